@@ -1,0 +1,360 @@
+"""Every message on the wire, as frozen tagged structs (``docs/protocol.md#messages``).
+
+A frame is one JSON object whose ``"type"`` field names the struct. Decoding validates
+types and sizes in one step (msgspec), so a handler only ever sees well-formed values.
+Strings, lists and maps carry limits: everything a peer sends is untrusted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta, Struct
+
+# -- constrained scalar types -------------------------------------------------------------
+
+Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
+"""Message, request and agent identifiers."""
+CaseNumber = Annotated[str, Meta(pattern=r"^HW-[0-9]{8}-[0-9]{4,6}$")]
+Name = Annotated[str, Meta(min_length=1, max_length=128)]
+Text = Annotated[str, Meta(max_length=4096)]
+Code = Annotated[str, Meta(max_length=64, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")]
+Version = Annotated[int, Meta(ge=1, le=65535)]
+Nonce = Annotated[bytes, Meta(min_length=16, max_length=64)]
+Signature = Annotated[bytes, Meta(min_length=64, max_length=64)]
+PublicKey = Annotated[bytes, Meta(min_length=32, max_length=32)]
+Readings = Annotated[dict[str, Any], Meta(max_length=256)]
+Timeout = Annotated[float, Meta(gt=0, le=600)]
+
+
+class Role(StrEnum):
+    """Who is on the other end of a connection."""
+
+    AGENT = "agent"
+    TECH = "tech"
+
+
+class Mode(StrEnum):
+    """What an agent connection is for: the long-lived session, or one call and close."""
+
+    RUN = "run"
+    CALL = "call"
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Category(StrEnum):
+    HARDWARE = "hardware"
+    SOFTWARE = "software"
+    NETWORK = "network"
+    CONFIGURATION = "configuration"
+
+
+class ProbeStatus(StrEnum):
+    """``not_available``: the platform does not expose the data (never a guess)."""
+
+    OK = "ok"
+    NOT_AVAILABLE = "not_available"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+
+
+class ErrorCode(StrEnum):
+    """Codes of :class:`Error` replies (``docs/protocol.md#errors``)."""
+
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    AGENT_OFFLINE = "agent_offline"
+    TIMEOUT = "timeout"
+    REFUSED = "refused"
+    INTERNAL = "internal"
+
+
+class Action(StrEnum):
+    """Actions a technician may ask an agent to perform."""
+
+    DIAG = "diag"
+
+
+# -- payload values ---------------------------------------------------------------------
+
+
+class Finding(Struct, frozen=True, forbid_unknown_fields=True):
+    """One conclusion drawn from readings (``docs/protocol.md#findings``).
+
+    ``code`` is stable and dotted (``disk.almost_full``); ``category`` is what escalation
+    reads; ``remote_fixable`` says whether a fixer can address it remotely.
+    """
+
+    code: Code
+    severity: Severity
+    category: Category
+    summary: Text
+    summary_zh: Text = ""
+    evidence: Readings = {}
+    remote_fixable: bool = False
+    fixers: Annotated[list[Code], Meta(max_length=16)] = []
+
+
+class ProbeReport(Struct, frozen=True, forbid_unknown_fields=True):
+    """What one probe read and concluded."""
+
+    probe: Name
+    version: Name
+    status: ProbeStatus
+    readings: Readings = {}
+    findings: Annotated[list[Finding], Meta(max_length=256)] = []
+    duration_ms: Annotated[float, Meta(ge=0)] = 0.0
+    error: Text = ""
+
+
+class AgentInfo(Struct, frozen=True, forbid_unknown_fields=True):
+    agent_id: Id
+    customer: Name
+    kind: Name
+    city: Name
+    hostname: Name
+    os: Name
+    online: bool
+    last_seen: datetime | None
+
+
+class CaseInfo(Struct, frozen=True, forbid_unknown_fields=True):
+    number: CaseNumber
+    agent_id: Id
+    customer: Name
+    description: Text
+    state: Name
+    opened_at: datetime
+    updated_at: datetime
+
+
+class CaseEvent(Struct, frozen=True, forbid_unknown_fields=True):
+    state: Name
+    at: datetime
+    actor: Name
+    note: Text = ""
+
+
+class StoredResult(Struct, frozen=True, forbid_unknown_fields=True):
+    msg_id: Id
+    request_id: Id
+    action: Action
+    ok: bool
+    received_at: datetime
+    reports: Annotated[list[ProbeReport], Meta(max_length=128)] = []
+    error: Text = ""
+
+
+# -- handshake (docs/protocol.md#handshake) ----------------------------------------------
+
+
+class Hello(Struct, frozen=True, forbid_unknown_fields=True, tag="hello", tag_field="type"):
+    """First message of a client. Offers the protocol versions it speaks.
+
+    An agent names its ``agent_id``; a technician its ``name`` and OpenSSH ``certificate``.
+    """
+
+    role: Role
+    min_version: Version
+    max_version: Version
+    software: Name
+    agent_id: Id | None = None
+    mode: Mode = Mode.RUN
+    name: Name | None = None
+    certificate: Annotated[str, Meta(max_length=8192)] | None = None
+
+
+class Enroll(Struct, frozen=True, forbid_unknown_fields=True, tag="enroll", tag_field="type"):
+    """First message of a new agent: redeems a one-time token for an identity."""
+
+    min_version: Version
+    max_version: Version
+    software: Name
+    secret: Annotated[bytes, Meta(min_length=16, max_length=64)]
+    public_key: PublicKey
+    hostname: Name
+    os: Name
+
+
+class Challenge(Struct, frozen=True, forbid_unknown_fields=True, tag="challenge",
+                tag_field="type"):
+    """Server's reply to :class:`Hello`: the chosen version and a fresh nonce to sign."""
+
+    version: Version
+    nonce: Nonce
+    server_time: datetime
+
+
+class Proof(Struct, frozen=True, forbid_unknown_fields=True, tag="proof", tag_field="type"):
+    """Ed25519 signature over :func:`proto.session.proof_payload`."""
+
+    signature: Signature
+
+
+class Welcome(Struct, frozen=True, forbid_unknown_fields=True, tag="welcome", tag_field="type"):
+    """The client is authenticated and the session is ready."""
+
+    session_id: Id
+    identity: Name
+    server_time: datetime
+
+
+class Enrolled(Struct, frozen=True, forbid_unknown_fields=True, tag="enrolled",
+               tag_field="type"):
+    """Enrollment succeeded; the connection closes after this."""
+
+    version: Version
+    agent_id: Id
+    customer: Name
+
+
+# -- agent session -------------------------------------------------------------------------
+
+
+class OpenCase(Struct, frozen=True, forbid_unknown_fields=True, tag="open_case",
+               tag_field="type"):
+    """The customer asks for help. ``id`` makes a retry idempotent."""
+
+    id: Id
+    description: Text
+
+
+class CaseOpened(Struct, frozen=True, forbid_unknown_fields=True, tag="case_opened",
+                 tag_field="type"):
+    re: Id
+    case: CaseNumber
+    opened_at: datetime
+
+
+class Request(Struct, frozen=True, forbid_unknown_fields=True, tag="request", tag_field="type"):
+    """Server -> agent: perform ``action`` for ``case`` on behalf of technician ``tech``."""
+
+    id: Id
+    case: CaseNumber
+    action: Action
+    tech: Name
+    timeout: Timeout = 30.0
+    args: Annotated[dict[str, Any], Meta(max_length=32)] = {}
+
+
+class Result(Struct, frozen=True, forbid_unknown_fields=True, tag="result", tag_field="type"):
+    """Agent -> server: the outcome of :class:`Request` ``re``.
+
+    ``id`` is unique per result and stable across resends (durable outbox), so the server
+    stores each result once however many times it arrives.
+    """
+
+    id: Id
+    re: Id
+    case: CaseNumber
+    action: Action
+    ok: bool
+    reports: Annotated[list[ProbeReport], Meta(max_length=128)] = []
+    error_code: ErrorCode | None = None
+    error: Text = ""
+
+
+class Ack(Struct, frozen=True, forbid_unknown_fields=True, tag="ack", tag_field="type"):
+    """Server -> agent: result ``re`` is durably stored; drop it from the outbox."""
+
+    re: Id
+
+
+# -- technician session ------------------------------------------------------------------
+
+
+class ListAgents(Struct, frozen=True, forbid_unknown_fields=True, tag="list_agents",
+                 tag_field="type"):
+    id: Id
+
+
+class ListCases(Struct, frozen=True, forbid_unknown_fields=True, tag="list_cases",
+                tag_field="type"):
+    id: Id
+    state: Name | None = None
+
+
+class GetCase(Struct, frozen=True, forbid_unknown_fields=True, tag="get_case",
+              tag_field="type"):
+    id: Id
+    case: CaseNumber
+
+
+class RunDiag(Struct, frozen=True, forbid_unknown_fields=True, tag="run_diag",
+              tag_field="type"):
+    """Run the diagnostic probes on the agent that owns ``case``."""
+
+    id: Id
+    case: CaseNumber
+    timeout: Timeout = 60.0
+
+
+class AgentList(Struct, frozen=True, forbid_unknown_fields=True, tag="agent_list",
+                tag_field="type"):
+    re: Id
+    agents: list[AgentInfo]
+
+
+class CaseList(Struct, frozen=True, forbid_unknown_fields=True, tag="case_list",
+               tag_field="type"):
+    re: Id
+    cases: list[CaseInfo]
+
+
+class CaseDetail(Struct, frozen=True, forbid_unknown_fields=True, tag="case_detail",
+                 tag_field="type"):
+    re: Id
+    case: CaseInfo
+    history: list[CaseEvent]
+    results: list[StoredResult]
+
+
+class DiagDone(Struct, frozen=True, forbid_unknown_fields=True, tag="diag_done",
+               tag_field="type"):
+    re: Id
+    case: CaseNumber
+    result: StoredResult
+
+
+# -- both directions ---------------------------------------------------------------------
+
+
+class Error(Struct, frozen=True, forbid_unknown_fields=True, tag="error", tag_field="type"):
+    """A request could not be served. ``message`` says what happened and what to do."""
+
+    re: Id | None
+    code: ErrorCode
+    message: Text
+
+
+class Bye(Struct, frozen=True, forbid_unknown_fields=True, tag="bye", tag_field="type"):
+    """Orderly end of a session (the websocket close follows)."""
+
+    reason: Text = ""
+
+
+AnyMessage = (
+    Hello | Enroll | Challenge | Proof | Welcome | Enrolled
+    | OpenCase | CaseOpened | Request | Result | Ack
+    | ListAgents | ListCases | GetCase | RunDiag
+    | AgentList | CaseList | CaseDetail | DiagDone
+    | Error | Bye
+)
+"""Union of every message; :func:`proto.codec.decode` returns one of these."""
+
+ALL_MESSAGES: tuple[type[Struct], ...] = (
+    Hello, Enroll, Challenge, Proof, Welcome, Enrolled,
+    OpenCase, CaseOpened, Request, Result, Ack,
+    ListAgents, ListCases, GetCase, RunDiag,
+    AgentList, CaseList, CaseDetail, DiagDone,
+    Error, Bye,
+)
+
+Direction = Literal["agent->server", "server->agent", "tech->server", "server->tech"]
