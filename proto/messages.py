@@ -289,11 +289,12 @@ class GetCase(Struct, frozen=True, forbid_unknown_fields=True, tag="get_case",
 
 class RunDiag(Struct, frozen=True, forbid_unknown_fields=True, tag="run_diag",
               tag_field="type"):
-    """Run the diagnostic probes on the agent that owns ``case``."""
+    """Run the diagnostic probes on the agent that owns ``case`` (``probes``: all if empty)."""
 
     id: Id
     case: CaseNumber
     timeout: Timeout = 60.0
+    probes: Annotated[list[Name], Meta(max_length=64)] = []
 
 
 class AgentList(Struct, frozen=True, forbid_unknown_fields=True, tag="agent_list",

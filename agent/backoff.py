@@ -1,0 +1,30 @@
+"""Reconnect delays: exponential with full jitter, so thousands of agents spread out."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+
+class Backoff:
+    """``next()`` returns a delay drawn uniformly from [min, min(cap, min * 2**n)].
+
+    Full jitter (AWS architecture blog, "Exponential Backoff and Jitter"): after a server
+    restart the agents' reconnects are spread over the whole window instead of arriving in
+    lockstep. ``reset()`` after a connection that stayed up.
+    """
+
+    def __init__(self, *, minimum: float = 1.0, cap: float = 60.0,
+                 rand: Callable[[], float] = random.random) -> None:
+        if not 0 < minimum <= cap:
+            raise ValueError("backoff needs 0 < minimum <= cap")
+        self.minimum, self.cap, self._rand = minimum, cap, rand
+        self.attempt = 0
+
+    def next(self) -> float:
+        upper = min(self.cap, self.minimum * 2 ** min(self.attempt, 32))
+        self.attempt += 1
+        return self.minimum + (upper - self.minimum) * self._rand()
+
+    def reset(self) -> None:
+        self.attempt = 0

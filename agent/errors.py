@@ -1,0 +1,32 @@
+"""Exceptions of the agent package.
+
+::
+
+    AgentError            base; the text says what happened and what to do
+    ├── NotEnrolled       the home holds no enrollment yet
+    ├── EnrollError       enrollment refused or impossible (CA mismatch, used token...)
+    ├── Unreachable       no server URL answered (transient: the run loop retries)
+    └── Refused           the server refused us for good (revoked, unknown agent)
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base class; never carries keys, tokens or payloads."""
+
+
+class NotEnrolled(AgentError):
+    pass
+
+
+class EnrollError(AgentError):
+    pass
+
+
+class Unreachable(AgentError):
+    pass
+
+
+class Refused(AgentError):
+    pass

@@ -1,0 +1,412 @@
+"""The server process: one TLS websocket port with the agent and technician gateways.
+
+``/agent`` takes enrollments and agent sessions, ``/tech`` technician sessions, ``/healthz``
+answers plain HTTP and ``/ca.pem`` serves the CA certificate (agents check it against the
+fingerprint in their token before trusting it). Protocol decisions live in
+:mod:`proto.session`; this module only moves frames, looks things up and routes requests.
+See ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response as HttpResponse
+
+from proto import MAX_FRAME_SIZE
+from proto import messages as m
+from proto.errors import (
+    AuthenticationFailed,
+    CloseCode,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from proto.session import ServerSession
+
+from . import pki
+from .config import ServerConfig, parse_listen
+from .errors import CertificateRefused
+from .store import NotFound, ResultRecord, Store, StoreError, TokenRefused
+
+log = logging.getLogger("hw.server")
+
+SOFTWARE = "hw-server/0.1"
+_reports = msgspec.json.Decoder(list[m.ProbeReport])
+_encoder = msgspec.json.Encoder()
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def secret_hash(secret: bytes) -> bytes:
+    """How enrollment secrets are stored: only their SHA-256."""
+    return hashlib.sha256(b"helloword-enroll-v1\0" + secret).digest()
+
+
+def agent_id_for(public_key: bytes) -> str:
+    """``ag-`` + 20 hex chars of SHA-256 of the raw Ed25519 public key."""
+    return "ag-" + hashlib.sha256(public_key).hexdigest()[:20]
+
+
+def _reason(text: str) -> str:
+    """A close reason fits in 123 bytes of UTF-8."""
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
+def server_ssl_context(cfg: ServerConfig) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cfg.path("server.crt"), cfg.path("server.key"))
+    return ctx
+
+
+def stored_result(rec: ResultRecord) -> m.StoredResult:
+    return m.StoredResult(msg_id=rec.msg_id, request_id=rec.request_id,
+                          action=m.Action(rec.action), ok=rec.ok, received_at=rec.received_at,
+                          reports=_reports.decode(rec.payload) if rec.payload else [],
+                          error=rec.error)
+
+
+@dataclass
+class AgentLink:
+    """A live ``run`` session of one agent."""
+
+    agent_id: str
+    ws: ServerConnection
+    session: ServerSession
+    peer: str
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, msg: m.AnyMessage) -> None:
+        async with self.send_lock:
+            await self.ws.send(self.session.send(msg), text=True)
+
+
+class Server:
+    """Holds the store, the live agent links and the pending technician requests."""
+
+    def __init__(self, cfg: ServerConfig, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.org_pub = pki.org_public_raw(cfg.home)
+        self.ca_pem = cfg.path("ca.crt").read_bytes()
+        self.links: dict[str, AgentLink] = {}
+        self.pending: dict[str, tuple[str, asyncio.Future[m.Result]]] = {}
+        self._ws_server: WsServer | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> WsServer:
+        host, port = parse_listen(self.cfg.listen)
+        self._ws_server = await serve(
+            self._handler, host, port, ssl=server_ssl_context(self.cfg),
+            process_request=self._process_request, compression=None,
+            max_size=MAX_FRAME_SIZE, max_queue=4, ping_interval=30, ping_timeout=20,
+            open_timeout=self.cfg.handshake_timeout, server_header=None,
+            logger=logging.getLogger("hw.server.ws"),
+        )
+        return self._ws_server
+
+    @property
+    def port(self) -> int:
+        assert self._ws_server is not None
+        sock = next(iter(self._ws_server.sockets))
+        return int(sock.getsockname()[1])
+
+    def _process_request(self, conn: ServerConnection, request: HttpRequest
+                         ) -> HttpResponse | None:
+        path = request.path.split("?", 1)[0]
+        if path in ("/agent", "/tech"):
+            return None
+        if path == "/healthz":
+            return conn.respond(200, "ok\n")
+        if path == "/ca.pem":
+            return HttpResponse(200, "OK", Headers([("Content-Type", "application/x-pem-file"),
+                                                    ("Content-Length", str(len(self.ca_pem)))]),
+                                self.ca_pem)
+        return conn.respond(404, "not found: this is a HelloWord server; agents use /agent, "
+                                 "technicians /tech\n")
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        path = ws.request.path.split("?", 1)[0]
+        peer = "{}:{}".format(*ws.remote_address[:2]) if ws.remote_address else "?"
+        session = ServerSession()
+        try:
+            if path == "/agent":
+                await self._agent(ws, session, peer)
+            else:
+                await self._tech(ws, session, peer)
+        except ProtocolError as exc:
+            log.info("closing %s (%s): %s", peer, int(exc.close_code), exc.reason)
+            await ws.close(int(exc.close_code), _reason(exc.reason))
+        except TimeoutError:
+            log.info("closing %s: handshake not completed in %ss", peer,
+                     self.cfg.handshake_timeout)
+            await ws.close(int(CloseCode.HANDSHAKE_TIMEOUT),
+                           f"handshake not completed within {self.cfg.handshake_timeout:g}s")
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("internal error on connection from %s", peer)
+            await ws.close(int(CloseCode.INTERNAL_ERROR), "internal server error; retry later")
+
+    async def _recv(self, ws: ServerConnection, session: ServerSession) -> m.AnyMessage:
+        return session.receive(await ws.recv(decode=False))
+
+    # -- agents ----------------------------------------------------------------------
+
+    async def _agent(self, ws: ServerConnection, session: ServerSession, peer: str) -> None:
+        async with asyncio.timeout(self.cfg.handshake_timeout):
+            first = await self._recv(ws, session)
+            if isinstance(first, m.Enroll):
+                await self._enroll(ws, session, first, peer)
+                return
+            assert isinstance(first, m.Hello)
+            if first.role is not m.Role.AGENT:
+                raise session.reject(RemoteProtocolError("technicians connect to /tech"))
+            agent = await self.store.get_agent(session.identity)
+            if agent is None or agent.revoked_at is not None:
+                raise session.reject(AuthenticationFailed(
+                    "unknown or revoked agent; enroll again with a new token"))
+            await ws.send(session.challenge(secrets.token_bytes(32), now_utc()), text=True)
+            proof = await self._recv(ws, session)
+            assert isinstance(proof, m.Proof)
+            session.verify(proof, Ed25519PublicKey.from_public_bytes(agent.public_key))
+            await ws.send(session.send(m.Welcome(session_id=secrets.token_hex(8),
+                                                 identity=agent.agent_id,
+                                                 server_time=now_utc())), text=True)
+        assert session.hello is not None
+        link = AgentLink(agent.agent_id, ws, session, peer)
+        run = session.hello.mode is m.Mode.RUN
+        if run:
+            old = self.links.get(agent.agent_id)
+            self.links[agent.agent_id] = link
+            if old is not None:
+                await old.ws.close(int(CloseCode.REPLACED),
+                                   "replaced by a newer connection of the same agent")
+            await self.store.touch_agent(agent.agent_id, now=now_utc())
+            log.info("agent %s (%s) connected from %s", agent.agent_id, agent.customer, peer)
+        try:
+            while True:
+                msg = await self._recv(ws, session)
+                if isinstance(msg, m.Bye):
+                    break
+                await self._from_agent(link, msg)
+        finally:
+            if run and self.links.get(agent.agent_id) is link:
+                del self.links[agent.agent_id]
+                await self.store.touch_agent(agent.agent_id, now=now_utc())
+                log.info("agent %s disconnected from %s", agent.agent_id, peer)
+
+    async def _enroll(self, ws: ServerConnection, session: ServerSession, msg: m.Enroll,
+                      peer: str) -> None:
+        agent_id = agent_id_for(msg.public_key)
+        try:
+            rec = await self.store.redeem_enroll_token(
+                secret_hash=secret_hash(msg.secret), now=now_utc(), agent_id=agent_id,
+                public_key=msg.public_key, hostname=msg.hostname, os=msg.os,
+                software=msg.software)
+        except (TokenRefused, StoreError) as exc:
+            log.info("enrollment from %s refused: %s", peer, exc)
+            await ws.send(session.send(m.Error(re=None, code=m.ErrorCode.REFUSED,
+                                               message=str(exc))), text=True)
+            await ws.close(int(CloseCode.ENROLL_REFUSED), _reason(str(exc)))
+            return
+        assert session.version is not None
+        await ws.send(session.send(m.Enrolled(version=session.version, agent_id=rec.agent_id,
+                                              customer=rec.customer)), text=True)
+        log.info("agent %s enrolled for %s from %s", rec.agent_id, rec.customer, peer)
+        await ws.close(int(CloseCode.NORMAL), "enrolled")
+
+    async def _from_agent(self, link: AgentLink, msg: m.AnyMessage) -> None:
+        if isinstance(msg, m.OpenCase):
+            case, _new = await self.store.open_case(agent_id=link.agent_id,
+                                                    description=msg.description,
+                                                    request_id=msg.id, now=now_utc())
+            await link.send(m.CaseOpened(re=msg.id, case=case.number, opened_at=case.opened_at))
+            log.info("case %s opened by agent %s", case.number, link.agent_id)
+        elif isinstance(msg, m.Result):
+            await self._result(link, msg)
+        elif isinstance(msg, m.Error):
+            log.info("agent %s reported error %s", link.agent_id, msg.code.value)
+
+    async def _result(self, link: AgentLink, msg: m.Result) -> None:
+        now = now_utc()
+        try:
+            new = await self.store.store_result(
+                msg_id=msg.id, request_id=msg.re, case=msg.case, agent_id=link.agent_id,
+                action=msg.action.value, ok=msg.ok, payload=_encoder.encode(msg.reports),
+                error=msg.error, now=now)
+        except StoreError as exc:
+            # The agent sent a result for a case that is not its own: refuse, keep the link.
+            await link.send(m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc)))
+            return
+        if new:
+            state = "diagnosed" if msg.ok else "diagnosis-failed"
+            await self.store.set_case_state(msg.case, state, actor=link.agent_id, now=now,
+                                            note=f"result {msg.id}")
+        await link.send(m.Ack(re=msg.id))
+        waiting = self.pending.get(msg.re)
+        if waiting is not None and waiting[0] == link.agent_id and not waiting[1].done():
+            waiting[1].set_result(msg)
+
+    # -- technicians -----------------------------------------------------------------
+
+    async def _tech(self, ws: ServerConnection, session: ServerSession, peer: str) -> None:
+        async with asyncio.timeout(self.cfg.handshake_timeout):
+            hello = await self._recv(ws, session)
+            if not isinstance(hello, m.Hello) or hello.role is not m.Role.TECH:
+                raise session.reject(RemoteProtocolError("only technicians connect to /tech"))
+            assert hello.certificate is not None
+            name = session.identity
+            try:
+                key, fingerprint = pki.verify_tech_certificate(hello.certificate,
+                                                               org_pub=self.org_pub, name=name)
+            except CertificateRefused as exc:
+                raise session.reject(AuthenticationFailed(str(exc))) from None
+            tech = await self.store.get_technician(name)
+            if tech is None or tech.revoked_at is not None or tech.key_fingerprint != fingerprint:
+                raise session.reject(AuthenticationFailed(
+                    f"technician {name!r} is not registered or was revoked on this server"))
+            await ws.send(session.challenge(secrets.token_bytes(32), now_utc()), text=True)
+            proof = await self._recv(ws, session)
+            assert isinstance(proof, m.Proof)
+            session.verify(proof, key)
+            await ws.send(session.send(m.Welcome(session_id=secrets.token_hex(8), identity=name,
+                                                 server_time=now_utc())), text=True)
+        log.info("technician %s connected from %s", name, peer)
+        lock = asyncio.Lock()
+
+        async def reply(msg: m.AnyMessage) -> None:
+            async with lock:
+                await ws.send(session.send(msg), text=True)
+
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                msg = await self._recv(ws, session)
+                if isinstance(msg, m.Bye):
+                    break
+                task = asyncio.create_task(self._tech_request(name, msg, reply))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for task in tasks:
+                task.cancel()
+            log.info("technician %s disconnected from %s", name, peer)
+
+    async def _tech_request(self, tech: str, msg: m.AnyMessage, reply: Any) -> None:
+        rid = getattr(msg, "id", None)
+        try:
+            await reply(await self._serve_tech(tech, msg))
+        except NotFound as exc:
+            await reply(m.Error(re=rid, code=m.ErrorCode.NOT_FOUND, message=str(exc)))
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("technician request failed")
+            await reply(m.Error(re=rid, code=m.ErrorCode.INTERNAL,
+                                message="internal server error; the operator log has details"))
+
+    async def _serve_tech(self, tech: str, msg: m.AnyMessage) -> m.AnyMessage:
+        if isinstance(msg, m.ListAgents):
+            agents = [m.AgentInfo(agent_id=a.agent_id, customer=a.customer, kind=a.kind,
+                                  city=a.city, hostname=a.hostname, os=a.os,
+                                  online=a.agent_id in self.links, last_seen=a.last_seen)
+                      for a in await self.store.list_agents()]
+            return m.AgentList(re=msg.id, agents=agents)
+        if isinstance(msg, m.ListCases):
+            cases = await self.store.list_cases(state=msg.state)
+            return m.CaseList(re=msg.id, cases=[_case_info(c) for c in cases])
+        if isinstance(msg, m.GetCase):
+            case = await self._case(msg.case)
+            history = await self.store.case_history(case.number)
+            results = await self.store.list_results(case.number)
+            return m.CaseDetail(
+                re=msg.id, case=_case_info(case),
+                history=[m.CaseEvent(state=h.state, at=h.at, actor=h.actor, note=h.note)
+                         for h in history],
+                results=[stored_result(r) for r in results])
+        if isinstance(msg, m.RunDiag):
+            return await self._run_diag(tech, msg)
+        raise AssertionError(f"unhandled {type(msg).__name__}")  # session table forbids it
+
+    async def _case(self, number: str) -> Any:
+        case = await self.store.get_case(number)
+        if case is None:
+            raise NotFound(f"no case {number}; list cases with `hw-tech cases`")
+        return case
+
+    async def _run_diag(self, tech: str, msg: m.RunDiag) -> m.AnyMessage:
+        case = await self._case(msg.case)
+        link = self.links.get(case.agent_id)
+        if link is None:
+            return m.Error(re=msg.id, code=m.ErrorCode.AGENT_OFFLINE,
+                           message=f"agent {case.agent_id} of case {case.number} is offline; "
+                                   "ask the customer to start `hw-agent run`, then retry")
+        request_id = "rq-" + secrets.token_hex(8)
+        future: asyncio.Future[m.Result] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = (case.agent_id, future)
+        try:
+            await self.store.set_case_state(case.number, "diagnosing", actor=tech,
+                                            now=now_utc(), note=f"request {request_id}")
+            args: dict[str, Any] = {"probes": list(msg.probes)} if msg.probes else {}
+            await link.send(m.Request(id=request_id, case=case.number, action=m.Action.DIAG,
+                                      tech=tech, timeout=msg.timeout, args=args))
+            try:
+                result = await asyncio.wait_for(asyncio.shield(future), msg.timeout)
+            except TimeoutError:
+                return m.Error(re=msg.id, code=m.ErrorCode.TIMEOUT,
+                               message=f"agent did not answer within {msg.timeout:g}s; the "
+                                       "result is stored when it arrives (`hw-tech case`)")
+        except ConnectionClosed:
+            return m.Error(re=msg.id, code=m.ErrorCode.AGENT_OFFLINE,
+                           message=f"agent {case.agent_id} went offline; retry when it is back")
+        finally:
+            self.pending.pop(request_id, None)
+        if not result.ok and result.error_code is m.ErrorCode.REFUSED:
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=result.error)
+        rec = await self.store.get_result(result.id)
+        assert rec is not None
+        return m.DiagDone(re=msg.id, case=case.number, result=stored_result(rec))
+
+
+def _case_info(c: Any) -> m.CaseInfo:
+    return m.CaseInfo(number=c.number, agent_id=c.agent_id, customer=c.customer,
+                      description=c.description, state=c.state, opened_at=c.opened_at,
+                      updated_at=c.updated_at)
+
+
+async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Open the store, serve until ``stop`` is set (or forever), then close cleanly."""
+    store = await Store.open(cfg.db_url)
+    try:
+        server = Server(cfg, store)
+        ws_server = await server.start()
+        log.info("hw-server listening on wss://%s (pid %d)", cfg.listen.rsplit(":", 1)[0]
+                 + f":{server.port}", os.getpid())
+        async with ws_server:
+            if stop is None:
+                await ws_server.serve_forever()
+            else:
+                await stop.wait()
+    finally:
+        await store.close()

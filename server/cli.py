@@ -1,0 +1,249 @@
+"""``hw-server``: operator commands. Parses arguments and calls into the package."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from proto.token import EnrollToken, encode_token
+
+from . import pki
+from .config import ServerConfig, parse_listen
+from .errors import ServerError
+from .store import Store, StoreError
+
+KINDS = ("individual", "small-business", "enterprise")
+
+
+def _home(args: argparse.Namespace) -> Path:
+    home = args.home or os.environ.get("HW_HOME")
+    if not home:
+        raise ServerError("no home directory: pass --home DIR or set HW_HOME")
+    return Path(home)
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # Windows: the stock asyncio loop
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home = _home(args)
+    if (home / "config.toml").exists():
+        raise ServerError(f"{home} is already a server home; use another directory "
+                          "(re-initialising would invalidate every agent and technician)")
+    host, _port = parse_listen(args.listen)
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    names = list(dict.fromkeys([*args.name, host] if args.name else [host, "localhost"]))
+    now = pki.now_utc()
+    cfg = ServerConfig(home=home, listen=args.listen, names=names,
+                       public_urls=list(args.public_url or []))
+    pki.make_ca(home, now=now)
+    pki.make_server_cert(home, names=names, now=now)
+    pki.make_org_key(home)
+    cfg.write()
+    ServerConfig.load(home)
+
+    async def migrate() -> None:
+        store = await Store.open(cfg.db_url)
+        await store.close()
+
+    _run(migrate())
+    fp = pki.ca_fingerprint((home / "ca.crt").read_bytes()).hex()
+    print(f"initialised server home {home}")
+    print(f"  listen        {args.listen}  (certificate names: {', '.join(names)})")
+    print(f"  agents dial   {', '.join(cfg.urls)}")
+    print(f"  CA sha256     {fp}")
+    print(f"  org key       {home / 'org.key'} (keep it safe; it certifies technicians)")
+    print(f"next: hw-server run --home {home}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import run_server
+
+    cfg = ServerConfig.load(_home(args))
+    if args.listen:
+        parse_listen(args.listen)
+        cfg = ServerConfig(**{**cfg.__dict__, "listen": args.listen})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("hw.server.ws").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # Windows
+                pass
+        await run_server(cfg, stop=stop)
+
+    _run(main())
+    logging.getLogger("hw.server").info("hw-server stopped")
+    return 0
+
+
+def cmd_enroll_token(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.load(_home(args))
+    if not args.customer.strip():
+        raise ServerError("--customer must not be empty")
+    now = pki.now_utc()
+    hours = args.ttl if args.ttl is not None else cfg.token_ttl_hours
+    if not 0 < hours <= 24 * 30:
+        raise ServerError("--ttl must be between 0 and 720 hours")
+    expires = (now + timedelta(hours=hours)).replace(microsecond=0)
+    secret = secrets.token_bytes(32)
+
+    async def add() -> None:
+        from .app import secret_hash
+
+        store = await Store.open(cfg.db_url)
+        try:
+            await store.add_enroll_token(secret_hash=secret_hash(secret),
+                                         customer=args.customer.strip(), kind=args.kind,
+                                         city=args.city.strip(), expires_at=expires, now=now)
+        finally:
+            await store.close()
+
+    _run(add())
+    token = EnrollToken(urls=cfg.urls, secret=secret, expires=expires,
+                        ca_sha256=pki.ca_fingerprint(cfg.path("ca.crt").read_bytes()),
+                        org_pub=pki.org_public_raw(cfg.home), customer=args.customer.strip())
+    print(encode_token(token))
+    print(f"single use, valid until {expires.isoformat()}; give it to {args.customer.strip()} "
+          "for `hw-agent enroll`", file=sys.stderr)
+    return 0
+
+
+def cmd_tech_add(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.load(_home(args))
+    out = Path(args.out)
+    if (out / "tech.key").exists() and not args.replace:
+        raise ServerError(f"{out} already holds a technician key; pass --replace to issue anew")
+    now = pki.now_utc()
+    issued = pki.issue_tech(cfg.home, name=args.name, out=out, now=now, days=args.days)
+    shutil.copyfile(cfg.path("ca.crt"), out / "ca.crt")
+    profile = {"name": args.name, "urls": cfg.urls,
+               "ca_sha256": pki.ca_fingerprint(cfg.path("ca.crt").read_bytes()).hex()}
+    (out / "profile.json").write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+
+    async def add() -> None:
+        store = await Store.open(cfg.db_url)
+        try:
+            await store.add_technician(name=args.name, key_fingerprint=issued.key_fingerprint,
+                                       valid_before=issued.valid_before, now=now, replace=True)
+        finally:
+            await store.close()
+
+    _run(add())
+    print(f"technician {args.name}: key, certificate (valid until "
+          f"{issued.valid_before.date()}) and profile written to {out}")
+    print(f"next: hw-tech --home {out} agents")
+    return 0
+
+
+def cmd_tech_revoke(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.load(_home(args))
+
+    async def revoke() -> None:
+        store = await Store.open(cfg.db_url)
+        try:
+            await store.revoke_technician(args.name, now=pki.now_utc())
+        finally:
+            await store.close()
+
+    _run(revoke())
+    print(f"technician {args.name} revoked; their certificate is refused from now on")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--home", metavar="DIR", help="server home directory (default: $HW_HOME)")
+    common = argparse.ArgumentParser(add_help=False)  # same flag after the command
+    common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
+                        help="server home directory (default: $HW_HOME)")
+    p = argparse.ArgumentParser(
+        prog="hw-server", parents=[top],
+        description="HelloWord support server: keys, enrollment, technicians, and the "
+                    "TLS websocket service agents and technicians connect to.",
+        epilog="Exit codes: 0 ok, 1 refused or failed (reason on stderr), 2 usage error.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("init", parents=[common], help="create a server home: CA, server "
+                       "certificate, org key, config, database")
+    s.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT",
+                   help="address to serve on (default 127.0.0.1:8765)")
+    s.add_argument("--name", action="append", default=[], metavar="HOST",
+                   help="extra DNS name or IP for the server certificate (repeatable)")
+    s.add_argument("--public-url", action="append", metavar="wss://HOST:PORT",
+                   help="URL agents dial, if not the listen address (repeatable)")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("run", parents=[common], help="serve in the foreground; one log line "
+                       "per connection")
+    s.add_argument("--listen", metavar="HOST:PORT", help="override the configured address")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("enroll-token", parents=[common],
+                       help="print a single-use enrollment token for one customer machine")
+    s.add_argument("--customer", required=True, help="customer name")
+    s.add_argument("--kind", required=True, choices=KINDS, help="customer kind")
+    s.add_argument("--city", required=True, help="customer city (e.g. 上海)")
+    s.add_argument("--ttl", type=float, metavar="HOURS",
+                   help="validity in hours (default from config: 24)")
+    s.set_defaults(func=cmd_enroll_token)
+
+    t = sub.add_parser("tech", parents=[common], help="manage technicians")
+    tsub = t.add_subparsers(dest="tech_command", required=True, metavar="ACTION")
+    s = tsub.add_parser("add", parents=[common], help="issue a technician key, an OpenSSH "
+                        "certificate signed by the org key, and a profile")
+    s.add_argument("name", help="technician name (certificate principal)")
+    s.add_argument("--out", required=True, metavar="DIR", help="technician home to write")
+    s.add_argument("--days", type=int, default=90, help="certificate validity (default 90)")
+    s.add_argument("--replace", action="store_true", help="overwrite an existing key in --out")
+    s.set_defaults(func=cmd_tech_add)
+    s = tsub.add_parser("revoke", parents=[common], help="revoke a technician")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_tech_revoke)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ServerError, StoreError, OSError) as exc:
+        print(f"hw-server: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

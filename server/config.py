@@ -1,0 +1,104 @@
+"""A server home: its directory layout and ``config.toml`` (see ``docs/operations.md``)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+CONFIG_NAME = "config.toml"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port). Raises ConfigError."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address {text!r} is not HOST:PORT (e.g. 127.0.0.1:8765)")
+    return host, int(port)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings read from ``config.toml``; every field has a documented default."""
+
+    home: Path
+    listen: str = "127.0.0.1:8765"
+    names: list[str] = field(default_factory=list)
+    public_urls: list[str] = field(default_factory=list)
+    db: str = ""
+    handshake_timeout: float = 10.0
+    token_ttl_hours: float = 24.0
+    diag_timeout: float = 60.0
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite+aiosqlite:///{(self.home / 'store.db').resolve()}"
+
+    @property
+    def urls(self) -> list[str]:
+        if self.public_urls:
+            return self.public_urls
+        host, port = parse_listen(self.listen)
+        return [f"wss://{_url_host(host)}:{port}"]
+
+    def path(self, name: str) -> Path:
+        return self.home / name
+
+    @classmethod
+    def load(cls, home: Path) -> ServerConfig:
+        """Read ``home/config.toml``. Raises ConfigError saying how to fix the home."""
+        path = home / CONFIG_NAME
+        if not path.is_file():
+            raise ConfigError(f"{home} is not a server home (no {CONFIG_NAME}); run "
+                              f"`hw-server init --home {home}` first")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML ({exc}); fix or re-create it") from None
+        known = {"listen", "names", "public_urls", "db", "handshake_timeout",
+                 "token_ttl_hours", "diag_timeout"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+        try:
+            cfg = cls(home=home, **data)
+            parse_listen(cfg.listen)
+            for u in cfg.urls:
+                if not u.startswith("wss://"):
+                    raise ConfigError(f"{path}: public URL {u!r} must start with wss://")
+            if not (0 < float(cfg.handshake_timeout) <= 300):
+                raise ConfigError(f"{path}: handshake_timeout must be in (0, 300] seconds")
+        except TypeError as exc:
+            raise ConfigError(f"{path}: bad setting ({exc})") from None
+        for name in ("ca.crt", "server.crt", "server.key", "org.pub"):
+            if not (home / name).is_file():
+                raise ConfigError(f"{home} lacks {name}; re-run `hw-server init --home {home}`")
+        return cfg
+
+    def write(self) -> None:
+        """Write ``config.toml`` (only on init)."""
+        lines = [
+            "# hw-server configuration; see docs/operations.md",
+            f"listen = {_q(self.listen)}",
+            f"names = [{', '.join(_q(n) for n in self.names)}]",
+            "# URLs agents dial (put in enrollment tokens); default: wss://<listen>",
+            f"public_urls = [{', '.join(_q(u) for u in self.public_urls)}]",
+            "# SQLAlchemy URL of the store; empty = SQLite file store.db in this home",
+            f"db = {_q(self.db)}",
+            f"handshake_timeout = {self.handshake_timeout}",
+            f"token_ttl_hours = {self.token_ttl_hours}",
+            f"diag_timeout = {self.diag_timeout}",
+        ]
+        (self.home / CONFIG_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

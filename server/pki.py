@@ -1,0 +1,183 @@
+"""Keys and certificates of a server home: TLS CA, server certificate, organisation key.
+
+The TLS side uses ``cryptography`` (an ECDSA P-256 CA and a server certificate whose SANs
+come from the listen address and names). The organisation key is Ed25519 in OpenSSH
+format and certifies technicians with OpenSSH user certificates (asyncssh), a form stock
+``ssh`` understands. See ``docs/security.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncssh
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .errors import CertificateRefused
+
+SSH_CERT_TYPE_USER = 1  # OpenSSH PROTOCOL.certkeys: SSH_CERT_TYPE_USER
+
+
+def ca_fingerprint(cert_pem: bytes) -> bytes:
+    """SHA-256 over the DER form of a PEM certificate (what tokens pin)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    path.chmod(0o600)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "HelloWord Remote Support"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_ca(home: Path, *, now: datetime, years: int = 10) -> None:
+    """Create ``ca.key`` and ``ca.crt`` (self-signed, path length 0)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("HelloWord support CA"))
+        .issuer_name(_name("HelloWord support CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=365 * years))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(home / "ca.key", key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (home / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def make_server_cert(home: Path, *, names: list[str], now: datetime, days: int = 825) -> None:
+    """Issue ``server.key``/``server.crt`` from the home's CA for ``names`` (hosts or IPs)."""
+    ca_key = serialization.load_pem_private_key((home / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate((home / "ca.crt").read_bytes())
+    sans: list[x509.GeneralName] = []
+    for n in dict.fromkeys(names):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(home / "server.key", key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (home / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM)
+                                      + ca_cert.public_bytes(serialization.Encoding.PEM))
+
+
+def make_org_key(home: Path) -> None:
+    """Create the Ed25519 organisation key ``org.key`` (OpenSSH) and ``org.pub``."""
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="helloword-org")
+    _write_private(home / "org.key", key.export_private_key("openssh"))
+    (home / "org.pub").write_bytes(key.export_public_key("openssh"))
+
+
+def org_public_raw(home: Path) -> bytes:
+    """The raw 32 bytes of the organisation public key (what tokens carry)."""
+    return ssh_public_raw(asyncssh.import_public_key((home / "org.pub").read_bytes()))
+
+
+def ssh_public_raw(key: asyncssh.SSHKey) -> bytes:
+    """Raw Ed25519 public bytes of an asyncssh key; refuses other key types."""
+    pub = serialization.load_ssh_public_key(key.export_public_key("openssh"))
+    if not isinstance(pub, Ed25519PublicKey):
+        raise CertificateRefused("only Ed25519 keys are accepted")
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+@dataclass(frozen=True)
+class IssuedTech:
+    name: str
+    key_fingerprint: str
+    valid_before: datetime
+
+
+def issue_tech(home: Path, *, name: str, out: Path, now: datetime, days: int = 90
+               ) -> IssuedTech:
+    """Make a technician key and an OpenSSH user certificate signed by the org key.
+
+    Writes ``tech.key`` (private, 0600), ``tech.key.pub`` and ``tech.key-cert.pub`` into
+    ``out``; the certificate's principal is ``name`` and it is valid for ``days``.
+    """
+    org = asyncssh.read_private_key(home / "org.key")
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=f"helloword-tech-{name}")
+    valid_before = now + timedelta(days=days)
+    cert = org.generate_user_certificate(
+        key, key_id=f"helloword-tech:{name}", principals=[name],
+        valid_after=int((now - timedelta(minutes=5)).timestamp()),
+        valid_before=int(valid_before.timestamp()))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_private(out / "tech.key", key.export_private_key("openssh"))
+    (out / "tech.key.pub").write_bytes(key.export_public_key("openssh"))
+    cert.write_certificate(out / "tech.key-cert.pub")
+    return IssuedTech(name=name, key_fingerprint=key.get_fingerprint("sha256"),
+                      valid_before=valid_before.replace(microsecond=0))
+
+
+def verify_tech_certificate(cert_text: str, *, org_pub: bytes, name: str
+                            ) -> tuple[Ed25519PublicKey, str]:
+    """Check an OpenSSH user certificate against the org key; return its key and fingerprint.
+
+    Raises:
+        CertificateRefused: not a certificate, not signed by the org key, wrong principal,
+            outside its validity period, or not Ed25519. The text says which.
+    """
+    try:
+        cert = asyncssh.import_certificate(cert_text)
+    except (asyncssh.KeyImportError, ValueError):
+        raise CertificateRefused("the technician certificate is not a valid OpenSSH "
+                                 "certificate (or its signature is bad)") from None
+    if cert.is_x509 or name not in cert.principals:
+        raise CertificateRefused(f"the technician certificate is not an OpenSSH user "
+                                 f"certificate for {name!r}")
+    if ssh_public_raw(cert.signing_key) != org_pub:
+        raise CertificateRefused("the technician certificate was not signed by this "
+                                 "organisation's key; ask an operator for `hw-server tech add`")
+    try:
+        cert.validate(SSH_CERT_TYPE_USER, name)  # checks type and validity period (clock now)
+    except ValueError as exc:
+        raise CertificateRefused(f"the technician certificate is not valid for {name!r} now "
+                                 f"({exc}); ask an operator for a new one (`hw-server tech add`)"
+                                 ) from None
+    raw = ssh_public_raw(cert.key)
+    return Ed25519PublicKey.from_public_bytes(raw), cert.key.get_fingerprint("sha256")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

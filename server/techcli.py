@@ -1,0 +1,205 @@
+"""``hw-tech``: the technician's commands. Parses arguments and calls into the client.
+
+``--json`` output is the protocol structs as JSON (``docs/protocol.md#messages``): keys are
+stable; new keys may be added, none renamed or removed within a protocol version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import unicodedata
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from proto import messages as m
+
+from .errors import ServerError
+from .techclient import Profile, TechClient, TechError
+
+
+def _profile(args: argparse.Namespace) -> Profile:
+    home = getattr(args, "home", None) or os.environ.get("HW_HOME")
+    if not home:
+        raise TechError("no home directory: pass --home DIR or set HW_HOME")
+    return Profile.load(Path(home))
+
+
+def _call(args: argparse.Namespace, make: Callable[[str], Any]) -> Any:
+    profile = _profile(args)
+
+    async def go() -> Any:
+        async with TechClient(profile) as client:
+            return await client.call(make(client.new_id()))
+
+    return asyncio.run(go())
+
+
+def _dump(value: Any) -> None:
+    print(json.dumps(msgspec.to_builtins(value), ensure_ascii=False, indent=2))
+
+
+CASE_RE = re.compile(r"^HW-[0-9]{8}-[0-9]{4,6}$")
+
+
+def case_number(text: str) -> str:
+    """argparse type: a case number like HW-20261126-0007 (a usage error otherwise)."""
+    if not CASE_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a case number (like "
+                                         "HW-20261126-0007; see `hw-tech cases`)")
+    return text
+
+
+def probe_list(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names or any(len(n) > 64 for n in names):
+        raise argparse.ArgumentTypeError("--probes takes names separated by commas")
+    return names
+
+
+def timeout_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError("--timeout takes seconds between 1 and 600")
+    return value
+
+
+def _width(text: str) -> int:
+    """Terminal columns: CJK characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = [max(_width(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(c) + " " * (w - _width(str(c)))
+                        for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _when(dt: Any) -> str:
+    return "-" if dt is None else dt.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    reply = _call(args, lambda rid: m.ListAgents(id=rid))
+    if args.json:
+        _dump(reply.agents)
+    else:
+        _table([[a.agent_id, a.customer, a.city, a.hostname, "online" if a.online else "offline",
+                 _when(a.last_seen)] for a in reply.agents],
+               ["AGENT", "CUSTOMER", "CITY", "HOST", "STATUS", "LAST SEEN"])
+    return 0
+
+
+def cmd_cases(args: argparse.Namespace) -> int:
+    reply = _call(args, lambda rid: m.ListCases(id=rid, state=args.state))
+    if args.json:
+        _dump(reply.cases)
+    else:
+        _table([[c.number, c.state, c.customer, _when(c.opened_at), c.description[:50]]
+                for c in reply.cases], ["CASE", "STATE", "CUSTOMER", "OPENED", "DESCRIPTION"])
+    return 0
+
+
+def cmd_case(args: argparse.Namespace) -> int:
+    reply = _call(args, lambda rid: m.GetCase(id=rid, case=args.case))
+    if args.json:
+        _dump({"case": reply.case, "history": reply.history, "results": reply.results})
+        return 0
+    c = reply.case
+    print(f"{c.number}  {c.state}  {c.customer}  agent {c.agent_id}")
+    print(f"  {c.description}")
+    for h in reply.history:
+        print(f"  {_when(h.at)}  {h.state:<18} {h.actor}  {h.note}")
+    for r in reply.results:
+        _print_result(r)
+    return 0
+
+
+def _print_result(r: m.StoredResult) -> None:
+    status = "ok" if r.ok else f"failed: {r.error}"
+    print(f"result {r.msg_id} ({r.action.value}, {_when(r.received_at)}): {status}")
+    for rep in r.reports:
+        print(f"  [{rep.status.value:<13}] {rep.probe} {rep.version} "
+              f"({rep.duration_ms:.0f} ms){'  ' + rep.error if rep.error else ''}")
+        for f in rep.findings:
+            print(f"      {f.severity.value.upper():<8} {f.code}: {f.summary}")
+    findings = [f for rep in r.reports for f in rep.findings]
+    if r.ok and not findings:
+        print("  no findings: nothing abnormal seen")
+
+
+def cmd_diag(args: argparse.Namespace) -> int:
+    reply = _call(args, lambda rid: m.RunDiag(id=rid, case=args.case, timeout=args.timeout,
+                                              probes=args.probes))
+    if args.json:
+        _dump({"case": reply.case, "result": reply.result})
+    else:
+        _print_result(reply.result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--home", metavar="DIR", help="technician home (default: $HW_HOME)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
+                        help="technician home (default: $HW_HOME)")
+    common.add_argument("--json", action="store_true",
+                        help="machine-readable output (stable keys, docs/protocol.md)")
+    p = argparse.ArgumentParser(
+        prog="hw-tech", parents=[top],
+        description="HelloWord technician tool: list agents and cases, run diagnostics.",
+        epilog="Exit codes: 0 ok, 1 refused or failed (reason on stderr), 2 usage error.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("agents", parents=[common], help="enrolled agents and whether online")
+    s.set_defaults(func=cmd_agents)
+    s = sub.add_parser("cases", parents=[common], help="cases, newest first")
+    s.add_argument("--state", help="only cases in this state")
+    s.set_defaults(func=cmd_cases)
+    s = sub.add_parser("case", parents=[common], help="one case: history and stored results")
+    s.add_argument("case", metavar="CASE", type=case_number,
+                   help="case number, e.g. HW-20261126-0007")
+    s.set_defaults(func=cmd_case)
+    s = sub.add_parser("diag", parents=[common], help="run the diagnostic probes on the "
+                       "case's agent and show the findings")
+    s.add_argument("case", metavar="CASE", type=case_number)
+    s.add_argument("--probes", metavar="A,B", type=probe_list, default=[],
+                   help="only these probes (default: all)")
+    s.add_argument("--timeout", type=timeout_seconds, default=60.0, metavar="S",
+                   help="how long to wait for the agent, 1-600 s (default 60)")
+    s.set_defaults(func=cmd_diag)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ServerError, OSError) as exc:
+        print(f"hw-tech: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,68 @@
+"""``make demo``: a whole support case on this machine, with real processes on loopback.
+
+An operator sets up a server, a customer enrolls and asks for help, a technician lists the
+agents and cases and runs the diagnostics. Everything lives in a temporary directory and is
+shut down at the end. The same harness drives the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.harness import Harness  # noqa: E402
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="hw-demo-") as tmp:
+        h = Harness(Path(tmp))
+
+        def say(role: str, *args: str, show: bool = True) -> str:
+            shown = [a if len(a) < 60 else a[:24] + "..." for a in args]
+            print(f"\n[{role}] $ {shlex.join(shown)}")
+            out = h.run(*args)
+            if show:
+                for stream in (out.stdout, out.stderr):
+                    if stream.strip():
+                        print(stream.rstrip())
+            return out.stdout.strip()
+
+        try:
+            S = str(h.server_home)
+            say("operator", "hw-server", "init", "--home", S, "--listen",
+                f"127.0.0.1:{h.port}")
+            print(f"\n[operator] $ hw-server run --home {S} &")
+            server = h.start_server()
+            token = say("operator", "hw-server", "enroll-token", "--home", S, "--customer",
+                        "Li Wei", "--kind", "individual", "--city", "上海", show=False)
+            print(f"{token[:40]}...  (one line, single use)")
+            A = str(h.root / "A")
+            say("customer", "hw-agent", "enroll", "--home", A, token)
+            print(f"\n[customer] $ hw-agent run --home {A} &")
+            agent = h.start_agent(h.root / "A")
+            case = say("customer", "hw-agent", "help", "--home", A,
+                       "laptop gets hot and shuts down").splitlines()[0]
+            T = str(h.root / "T")
+            say("operator", "hw-server", "tech", "add", "--home", S, "alice", "--out", T)
+            say("technician", "hw-tech", "--home", T, "agents")
+            say("technician", "hw-tech", "--home", T, "cases")
+            say("technician", "hw-tech", "--home", T, "diag", case)
+            say("technician", "hw-tech", "--home", T, "case", case)
+            say("customer", "hw-agent", "log", "--home", A)
+            print("\n--- shutting down ---")
+            codes = agent.stop(), server.stop()
+            print(f"agent exited {codes[0]}, server exited {codes[1]}")
+            print("\nserver log (one line per connection):")
+            for line in server.text().splitlines():
+                print("  " + line)
+            return 0 if codes == (0, 0) else 1
+        finally:
+            h.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
