@@ -124,6 +124,10 @@ class Agent:
             self.store.ack(msg.re)
         elif isinstance(msg, m.Error):
             log.warning("server reports %s: %s", msg.code.value, msg.message)
+            if msg.re is not None and self.store.ack(msg.re):
+                # A result the server refused for good is not resent forever.
+                self.store.log("dropped", f"result {msg.re} refused by the server: "
+                               f"{msg.message}", now=now_utc())
 
     async def _flush_outbox(self, link: Link) -> None:
         for _msg_id, frame in self.store.outbox():

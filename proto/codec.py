@@ -10,7 +10,8 @@ from . import MAX_FRAME_SIZE
 from .errors import DecodeError, FrameTooLarge
 from .messages import AnyMessage
 
-_QUOTED = re.compile(r"'[^']*'")
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_UNKNOWN_FIELD = re.compile(r"unknown field `[^`]*`")
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[AnyMessage] = msgspec.json.Decoder(AnyMessage)
 
@@ -35,8 +36,10 @@ def decode(data: bytes | str, *, max_size: int = MAX_FRAME_SIZE) -> AnyMessage:
         DecodeError: for anything that is not exactly one valid message, including frames
             over ``max_size``. The text names the problem, never the payload.
     """
-    if len(data) > max_size:
-        raise FrameTooLarge(f"frame of {len(data)} bytes is over the {max_size} byte limit")
+    size = len(data) if isinstance(data, bytes) or len(data) * 4 <= max_size else \
+        len(data.encode("utf-8", "surrogatepass"))
+    if size > max_size:
+        raise FrameTooLarge(f"frame of {size} bytes is over the {max_size} byte limit")
     try:
         return _decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -49,5 +52,5 @@ def decode(data: bytes | str, *, max_size: int = MAX_FRAME_SIZE) -> AnyMessage:
 
 def _safe(exc: msgspec.ValidationError) -> str:
     """Validation text with quoted values masked, so it names fields, never payload."""
-    text = _QUOTED.sub("'…'", str(exc))
+    text = _UNKNOWN_FIELD.sub("unknown field", _QUOTED.sub("'…'", str(exc)))
     return text if len(text) <= 200 else text[:200] + "..."

@@ -15,18 +15,20 @@ from msgspec import Meta, Struct
 
 # -- constrained scalar types -------------------------------------------------------------
 
-Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
+Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+(?!\n)$")]
 """Message, request and agent identifiers."""
-CaseNumber = Annotated[str, Meta(pattern=r"^HW-[0-9]{8}-[0-9]{4,6}$")]
+CaseNumber = Annotated[str, Meta(pattern=r"^HW-[0-9]{8}-[0-9]{4,6}(?!\n)$")]
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
 Text = Annotated[str, Meta(max_length=4096)]
-Code = Annotated[str, Meta(max_length=64, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")]
+Code = Annotated[str, Meta(max_length=64, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+(?!\n)$")]
 Version = Annotated[int, Meta(ge=1, le=65535)]
 Nonce = Annotated[bytes, Meta(min_length=16, max_length=64)]
 Signature = Annotated[bytes, Meta(min_length=64, max_length=64)]
 PublicKey = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Readings = Annotated[dict[str, Any], Meta(max_length=256)]
 Timeout = Annotated[float, Meta(gt=0, le=600)]
+Timestamp = Annotated[datetime, Meta(tz=True)]
+"""Timestamps are always timezone-aware (RFC 3339 with an offset)."""
 
 
 class Role(StrEnum):
@@ -122,7 +124,7 @@ class AgentInfo(Struct, frozen=True, forbid_unknown_fields=True):
     hostname: Name
     os: Name
     online: bool
-    last_seen: datetime | None
+    last_seen: Timestamp | None
 
 
 class CaseInfo(Struct, frozen=True, forbid_unknown_fields=True):
@@ -131,13 +133,13 @@ class CaseInfo(Struct, frozen=True, forbid_unknown_fields=True):
     customer: Name
     description: Text
     state: Name
-    opened_at: datetime
-    updated_at: datetime
+    opened_at: Timestamp
+    updated_at: Timestamp
 
 
 class CaseEvent(Struct, frozen=True, forbid_unknown_fields=True):
     state: Name
-    at: datetime
+    at: Timestamp
     actor: Name
     note: Text = ""
 
@@ -147,7 +149,7 @@ class StoredResult(Struct, frozen=True, forbid_unknown_fields=True):
     request_id: Id
     action: Action
     ok: bool
-    received_at: datetime
+    received_at: Timestamp
     reports: Annotated[list[ProbeReport], Meta(max_length=128)] = []
     error: Text = ""
 
@@ -189,7 +191,7 @@ class Challenge(Struct, frozen=True, forbid_unknown_fields=True, tag="challenge"
 
     version: Version
     nonce: Nonce
-    server_time: datetime
+    server_time: Timestamp
 
 
 class Proof(Struct, frozen=True, forbid_unknown_fields=True, tag="proof", tag_field="type"):
@@ -203,7 +205,7 @@ class Welcome(Struct, frozen=True, forbid_unknown_fields=True, tag="welcome", ta
 
     session_id: Id
     identity: Name
-    server_time: datetime
+    server_time: Timestamp
 
 
 class Enrolled(Struct, frozen=True, forbid_unknown_fields=True, tag="enrolled",
@@ -230,7 +232,7 @@ class CaseOpened(Struct, frozen=True, forbid_unknown_fields=True, tag="case_open
                  tag_field="type"):
     re: Id
     case: CaseNumber
-    opened_at: datetime
+    opened_at: Timestamp
 
 
 class Request(Struct, frozen=True, forbid_unknown_fields=True, tag="request", tag_field="type"):

@@ -134,7 +134,8 @@ class ServerSession(_Session):
         if isinstance(msg, m.Bye):
             self.state = State.CLOSING
             return msg
-        if self.state is State.HELLO and isinstance(msg, m.Hello | m.Enroll):
+        if (self.state is State.HELLO and self.hello is None and self.enroll is None
+                and isinstance(msg, m.Hello | m.Enroll)):
             peer = "agent" if isinstance(msg, m.Enroll) else msg.role.value
             try:
                 self.version = negotiate(msg.min_version, msg.max_version, ours=self.versions,
@@ -201,20 +202,21 @@ class ServerSession(_Session):
     def send(self, msg: m.AnyMessage) -> bytes:
         """Encode an outgoing message, checking the transition table."""
         if isinstance(msg, m.Bye):
-            self.state = State.CLOSING
+            after = State.CLOSING
         elif self.state is State.AUTHENTICATED and isinstance(msg, m.Welcome):
-            self.state = State.READY
-        elif self.state is State.ENROLLING and isinstance(msg, m.Enrolled):
-            self.state = State.CLOSING
-        elif self.state is State.ENROLLING and isinstance(msg, m.Error):
-            self.state = State.CLOSING
+            after = State.READY
+        elif self.state is State.ENROLLING and isinstance(msg, m.Enrolled | m.Error):
+            after = State.CLOSING
         elif self.state is State.READY:
             allowed = SERVER_TO_AGENT if self.role is m.Role.AGENT else SERVER_TO_TECH
             if type(msg) not in allowed:
                 raise self._local(msg)
+            after = State.READY
         else:
             raise self._local(msg)
-        return encode(msg)
+        data = encode(msg)  # may raise; the state moves only once the frame exists
+        self.state = after
+        return data
 
 
 class ClientSession(_Session):
@@ -260,14 +262,13 @@ class ClientSession(_Session):
             self.state = State.CLOSING
             return msg
         if self.state is State.HELLO and self._hello_sent and isinstance(msg, m.Challenge):
-            if not self.versions[0] <= msg.version <= self.versions[1]:
-                raise self._fail(VersionMismatch(
-                    f"server chose protocol {msg.version}, we speak "
-                    f"{self.versions[0]}..{self.versions[1]}"))
+            self._check_version(msg.version)
             self.version, self.nonce = msg.version, msg.nonce
             self.state = State.CHALLENGE
             return msg
         if self.state is State.ENROLLING and isinstance(msg, m.Enrolled | m.Error):
+            if isinstance(msg, m.Enrolled):
+                self._check_version(msg.version)
             self.state = State.CLOSING
             return msg
         if self.state is State.AUTHENTICATED and isinstance(msg, m.Welcome):
@@ -278,6 +279,14 @@ class ClientSession(_Session):
             if type(msg) in allowed:
                 return msg
         raise self._unexpected(msg)
+
+    def _check_version(self, version: int) -> None:
+        lo, hi = self.versions
+        if not lo <= version <= hi:
+            side = "the server" if version < lo else f"this {self.role.value}"
+            raise self._fail(VersionMismatch(
+                f"server chose protocol {version}, this {self.role.value} speaks {lo}..{hi}; "
+                f"upgrade {side}"))
 
     def proof_payload(self) -> bytes:
         """The bytes to sign for the pending challenge."""

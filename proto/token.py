@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -21,7 +22,7 @@ from .errors import TokenError
 PREFIX = "hwe1."
 MAX_TOKEN_LENGTH = 4096
 
-Url = Annotated[str, Meta(pattern=r"^wss://[^\s/]+(/.*)?$", max_length=512)]
+Url = Annotated[str, Meta(pattern=r"^wss://[^\s/]+(/[^\s]*)?(?!\n)$", max_length=512)]
 
 
 class EnrollToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -34,6 +35,7 @@ class EnrollToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 _decoder = msgspec.json.Decoder(EnrollToken)
+_B64URL = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 
 def encode_token(token: EnrollToken) -> str:
@@ -52,8 +54,12 @@ def decode_token(text: str, *, now: datetime) -> EnrollToken:
     if len(text) > MAX_TOKEN_LENGTH or not text.startswith(PREFIX):
         raise TokenError("this is not a HelloWord enrollment token (it should start with "
                          f"{PREFIX!r}); copy the whole line from `hw-server enroll-token`")
+    if now.tzinfo is None:
+        raise ValueError("decode_token() needs a timezone-aware `now`")
     body = text[len(PREFIX):]
     try:
+        if not _B64URL.match(body):
+            raise ValueError("characters outside base64url")
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         token = _decoder.decode(raw)
     except (binascii.Error, ValueError, msgspec.DecodeError):

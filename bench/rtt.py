@@ -1,0 +1,138 @@
+"""Round trip technician -> server -> agent -> no-op probe -> back, vs a raw websockets echo.
+
+Starts a real hw-server and hw-agent (processes, TLS, SQLite store) and a raw `websockets`
+TLS echo server (a process too), then times N sequential requests of each from one client
+process. Prints p50/p99 of both and the ratio. Goal (issue 2): p50 <= 4x the raw echo.
+
+    .venv/bin/python bench/rtt.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from websockets.asyncio.client import connect  # noqa: E402
+
+from proto import messages as m  # noqa: E402
+from server.techclient import Profile, TechClient  # noqa: E402
+from tests.harness import Harness, free_port, wait_until  # noqa: E402
+
+ECHO_SERVER = """
+import asyncio, ssl, sys
+from websockets.asyncio.server import serve
+async def echo(ws):
+    async for msg in ws:
+        await ws.send(msg)
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    async with serve(echo, "127.0.0.1", int(sys.argv[1]), ssl=ctx, compression=None):
+        print("ready", flush=True)
+        await asyncio.Future()
+try:
+    import uvloop
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
+"""
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def time_echo(port: int, cafile: Path, n: int) -> list[float]:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    frame = m.RunDiag(id="tq-000000000000", case="HW-20261126-0001", probes=["noop"])
+    from proto import codec
+
+    data = codec.encode(frame)
+    async with connect(f"wss://127.0.0.1:{port}", ssl=ctx, compression=None) as ws:
+        for _ in range(50):
+            await ws.send(data, text=True)
+            await ws.recv(decode=False)
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await ws.send(data, text=True)
+            await ws.recv(decode=False)
+            out.append(time.perf_counter() - t0)
+        return out
+
+
+async def time_rtt(tech: Path, case: str, n: int) -> list[float]:
+    async with TechClient(Profile.load(tech)) as client:
+        for i in range(50):
+            await client.call(m.RunDiag(id=f"w{i}", case=case, probes=["noop"]))
+        out = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            reply = await client.call(m.RunDiag(id=f"r{i}", case=case, probes=["noop"]))
+            out.append(time.perf_counter() - t0)
+            assert isinstance(reply, m.DiagDone) and reply.result.ok
+        return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hw-bench-") as tmp:
+        h = Harness(Path(tmp))
+        h.env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "bench"), h.env["PYTHONPATH"]])
+        echo = None
+        try:
+            h.init_server()
+            h.start_server()
+            home = h.enroll("A")
+            h.start_agent(home, env={"HW_PLUGINS": "noopprobe"})
+            case = h.help(home).splitlines()[0]
+            tech = h.add_tech("bench")
+            port = free_port()
+            echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(port),
+                                     str(h.server_home / "server.crt"),
+                                     str(h.server_home / "server.key")],
+                                    stdout=subprocess.PIPE, text=True)
+            assert echo.stdout is not None
+            wait_until(lambda: echo.stdout.readline().strip() == "ready", what="echo server")
+            loop_run = asyncio.run
+            try:
+                import uvloop
+                loop_run = uvloop.run
+            except ImportError:
+                pass
+            base = loop_run(time_echo(port, h.server_home / "ca.crt", args.requests))
+            ours = loop_run(time_rtt(tech, case, args.requests))
+        finally:
+            if echo is not None:
+                echo.terminate()
+                echo.wait()
+            h.stop_all()
+    ms = 1000.0
+    print(f"requests: {args.requests} sequential, after 50 warm-up, on {os.cpu_count()} cores")
+    print(f"raw websockets TLS echo    p50 {pct(base, .5) * ms:7.3f} ms   p99 "
+          f"{pct(base, .99) * ms:7.3f} ms   mean {statistics.fmean(base) * ms:.3f} ms")
+    print(f"tech->server->agent->back  p50 {pct(ours, .5) * ms:7.3f} ms   p99 "
+          f"{pct(ours, .99) * ms:7.3f} ms   mean {statistics.fmean(ours) * ms:.3f} ms")
+    ratio = pct(ours, .5) / pct(base, .5)
+    print(f"ratio p50: {ratio:.2f}x (goal <= 4x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
