@@ -1,0 +1,176 @@
+"""What a probe plugin builds on: probe descriptors, the run context, the exceptions.
+
+A plugin module implements the hooks of :mod:`plugins.hookspecs`. Its ``hw_probes``
+returns :class:`Probe` descriptors; the agent's runner (``agent/runner.py``) calls each
+probe's ``run`` on a worker thread with a :class:`ProbeContext` and a timeout, then hands
+the readings to every plugin's ``hw_evaluate``, which turns them into findings
+(:func:`finding` builds one). See ``docs/findings.md`` for the built-in finding codes.
+
+Exceptions raised here::
+
+    PluginError      a plugin cannot be loaded or is malformed (our or the plugin author's
+                     mistake); the message says what to fix
+    NotAvailable     raised *by a probe*: this platform does not expose the data. Not an
+                     error: the report's status becomes ``not_available``
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from proto.messages import Category, Finding, Severity
+
+__all__ = [
+    "CODE_PATTERN",
+    "PROBE_NAME_PATTERN",
+    "NotAvailable",
+    "PluginError",
+    "Probe",
+    "ProbeContext",
+    "ProbeFunction",
+    "finding",
+    "number",
+]
+
+#: A finding code: dotted lower-case words, ``area.what`` (same rule as ``proto.messages.Code``).
+CODE_PATTERN = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
+#: A probe name: short, lower-case, stable (it is how a technician asks for the probe).
+PROBE_NAME_PATTERN = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,63}$")
+_MAX_CODE_LENGTH = 64
+_MAX_VERSION_LENGTH = 128
+
+
+class PluginError(Exception):
+    """A plugin cannot be loaded or is malformed. The message says what to fix."""
+
+
+class NotAvailable(Exception):
+    """Raised by a probe when this platform does not expose the data it reads.
+
+    The runner reports status ``not_available`` with the message as ``error``. Use it
+    instead of guessing a value: "not available here" is a fact a technician can act on.
+    """
+
+
+@dataclass(frozen=True)
+class ProbeContext:
+    """What a probe may know about the request it runs for.
+
+    Attributes:
+        server_time: the server's clock *now* (an aware datetime), e.g. the handshake's
+            ``server_time`` plus the monotonic time elapsed since; ``None`` if unknown.
+            The ``system`` probe compares it with the local clock.
+        agent_version: version string of the running agent ("" if the caller does not say).
+        args: request arguments (read-only); probes ignore keys they do not know.
+    """
+
+    server_time: datetime | None = None
+    agent_version: str = ""
+    args: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+ProbeFunction = Callable[[ProbeContext], dict[str, Any]]
+"""A probe's reader: context in, readings (a JSON-like dict) out. Runs on a worker thread."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A probe descriptor, contributed by a plugin's ``hw_probes`` hook.
+
+    Attributes:
+        name: stable, lower-case (``cpu``, ``disk``); unique among all plugins.
+        version: version of the readings' shape; bump it when keys change meaning.
+        run: reads the machine and returns readings. Blocking is fine (it runs off the
+            event loop); it raises :class:`NotAvailable` when the platform has no such data.
+        summary: one line for ``hw-tech diag --list``.
+        platforms: ``sys.platform`` values it runs on (``"linux"``, ``"darwin"``,
+            ``"win32"``); ``None`` means every platform.
+        timeout: seconds before the runner gives up on it (status ``timeout``).
+
+    Raises:
+        PluginError: a field is malformed (the message names it).
+    """
+
+    name: str
+    version: str
+    run: ProbeFunction
+    summary: str
+    platforms: frozenset[str] | None = None
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not PROBE_NAME_PATTERN.fullmatch(self.name):
+            raise PluginError(
+                f"probe name {self.name!r} is invalid: use 1-64 characters of "
+                "a-z, 0-9, '_', '.', '-' (starting with a letter, digit or '_')"
+            )
+        if not isinstance(self.version, str) or not 0 < len(self.version) <= _MAX_VERSION_LENGTH:
+            raise PluginError(
+                f"probe {self.name!r}: version must be a non-empty string of at most "
+                f"{_MAX_VERSION_LENGTH} characters"
+            )
+        if not callable(self.run):
+            raise PluginError(f"probe {self.name!r}: run must be callable")
+        if not isinstance(self.timeout, int | float) or not 0 < self.timeout <= 600:
+            raise PluginError(f"probe {self.name!r}: timeout must be in (0, 600] seconds")
+        if self.platforms is not None and not isinstance(self.platforms, frozenset):
+            raise PluginError(f"probe {self.name!r}: platforms must be a frozenset or None")
+
+    def runs_on(self, platform: str) -> bool:
+        """Whether this probe applies to ``platform`` (a ``sys.platform`` value)."""
+        return self.platforms is None or platform in self.platforms
+
+
+def finding(
+    code: str,
+    severity: Severity,
+    category: Category,
+    summary: str,
+    summary_zh: str,
+    evidence: Mapping[str, Any],
+    *,
+    remote_fixable: bool = False,
+    fixers: Sequence[str] = (),
+) -> Finding:
+    """Build a :class:`~proto.messages.Finding`, checking the code and fixer names.
+
+    ``evidence`` should be the readings the conclusion rests on (plus the threshold).
+
+    Raises:
+        PluginError: ``code`` or a fixer name is not a dotted lower-case code.
+    """
+    for value in (code, *fixers):
+        if len(value) > _MAX_CODE_LENGTH or not CODE_PATTERN.fullmatch(value):
+            raise PluginError(
+                f"finding code {value!r} is invalid: use dotted lower-case words like "
+                "'disk.almost_full' (at most 64 characters)"
+            )
+    return Finding(
+        code=code,
+        severity=severity,
+        category=category,
+        summary=summary,
+        summary_zh=summary_zh,
+        evidence=dict(evidence),
+        remote_fixable=remote_fixable,
+        fixers=list(fixers),
+    )
+
+
+def number(readings: Mapping[str, Any], key: str) -> float | None:
+    """``readings[key]`` as a float, or ``None`` when absent or not a finite number.
+
+    Evaluate functions use it so that readings from another agent version (a key missing
+    or of another type) yield no finding instead of an exception. Booleans are not numbers.
+    """
+    value = readings.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    result = float(value)
+    return result if math.isfinite(result) else None
