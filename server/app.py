@@ -108,7 +108,11 @@ class Server:
         self.org_pub = pki.org_public_raw(cfg.home)
         self.ca_pem = cfg.path("ca.crt").read_bytes()
         self.links: dict[str, AgentLink] = {}
-        self.pending: dict[str, tuple[str, asyncio.Future[m.Result]]] = {}
+        #: request id -> ((agent id, case), future of (result, when it arrived))
+        self.pending: dict[str, tuple[tuple[str, str],
+                                      asyncio.Future[tuple[m.Result, datetime]]]] = {}
+        #: case number -> agent id; a case never changes agent, so this never goes stale
+        self._case_agent: dict[str, str] = {}
         self._ws_server: WsServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -204,6 +208,8 @@ class Server:
                                    "replaced by a newer connection of the same agent")
             await self.store.touch_agent(agent.agent_id, now=now_utc())
             log.info("agent %s (%s) connected from %s", agent.agent_id, agent.customer, peer)
+        else:
+            log.info("agent %s (%s) call from %s", agent.agent_id, agent.customer, peer)
         try:
             while True:
                 msg = await self._recv(ws, session)
@@ -250,23 +256,24 @@ class Server:
 
     async def _result(self, link: AgentLink, msg: m.Result) -> None:
         now = now_utc()
+        waiting = self.pending.get(msg.re)
+        if (waiting is not None and waiting[0] == (link.agent_id, msg.case)
+                and not waiting[1].done()):
+            # The technician gets the result as it arrives; storing it (and acking the
+            # agent, which then drops it from its outbox) happens alongside.
+            waiting[1].set_result((msg, now))
         try:
-            new = await self.store.store_result(
+            await self.store.store_result(
                 msg_id=msg.id, request_id=msg.re, case=msg.case, agent_id=link.agent_id,
                 action=msg.action.value, ok=msg.ok, payload=_encoder.encode(msg.reports),
-                error=msg.error, now=now)
+                error=msg.error, now=now,
+                case_state=None if msg.error_code is m.ErrorCode.REFUSED
+                else "diagnosed" if msg.ok else "diagnosis-failed")
         except StoreError as exc:
             # The agent sent a result for a case that is not its own: refuse, keep the link.
             await link.send(m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc)))
             return
-        if new:
-            state = "diagnosed" if msg.ok else "diagnosis-failed"
-            await self.store.set_case_state(msg.case, state, actor=link.agent_id, now=now,
-                                            note=f"result {msg.id}")
         await link.send(m.Ack(re=msg.id))
-        waiting = self.pending.get(msg.re)
-        if waiting is not None and waiting[0] == link.agent_id and not waiting[1].done():
-            waiting[1].set_result(msg)
 
     # -- technicians -----------------------------------------------------------------
 
@@ -355,38 +362,46 @@ class Server:
             raise NotFound(f"no case {number}; list cases with `hw-tech cases`")
         return case
 
+    async def _agent_of(self, number: str) -> str:
+        agent_id = self._case_agent.get(number)
+        if agent_id is None:
+            agent_id = (await self._case(number)).agent_id
+            if len(self._case_agent) >= 100_000:
+                self._case_agent.clear()
+            self._case_agent[number] = agent_id
+        return agent_id
+
     async def _run_diag(self, tech: str, msg: m.RunDiag) -> m.AnyMessage:
-        case = await self._case(msg.case)
-        link = self.links.get(case.agent_id)
+        agent_id = await self._agent_of(msg.case)
+        link = self.links.get(agent_id)
         if link is None:
             return m.Error(re=msg.id, code=m.ErrorCode.AGENT_OFFLINE,
-                           message=f"agent {case.agent_id} of case {case.number} is offline; "
+                           message=f"agent {agent_id} of case {msg.case} is offline; "
                                    "ask the customer to start `hw-agent run`, then retry")
         request_id = "rq-" + secrets.token_hex(8)
-        future: asyncio.Future[m.Result] = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = (case.agent_id, future)
+        future: asyncio.Future[tuple[m.Result, datetime]] = \
+            asyncio.get_running_loop().create_future()
+        self.pending[request_id] = ((agent_id, msg.case), future)
         try:
-            await self.store.set_case_state(case.number, "diagnosing", actor=tech,
-                                            now=now_utc(), note=f"request {request_id}")
             args: dict[str, Any] = {"probes": list(msg.probes)} if msg.probes else {}
-            await link.send(m.Request(id=request_id, case=case.number, action=m.Action.DIAG,
+            await link.send(m.Request(id=request_id, case=msg.case, action=m.Action.DIAG,
                                       tech=tech, timeout=msg.timeout, args=args))
             try:
-                result = await asyncio.wait_for(asyncio.shield(future), msg.timeout)
+                result, stored_at = await asyncio.wait_for(asyncio.shield(future), msg.timeout)
             except TimeoutError:
                 return m.Error(re=msg.id, code=m.ErrorCode.TIMEOUT,
                                message=f"agent did not answer within {msg.timeout:g}s; the "
                                        "result is stored when it arrives (`hw-tech case`)")
         except ConnectionClosed:
             return m.Error(re=msg.id, code=m.ErrorCode.AGENT_OFFLINE,
-                           message=f"agent {case.agent_id} went offline; retry when it is back")
+                           message=f"agent {agent_id} went offline; retry when it is back")
         finally:
             self.pending.pop(request_id, None)
         if not result.ok and result.error_code is m.ErrorCode.REFUSED:
             return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=result.error)
-        rec = await self.store.get_result(result.id)
-        assert rec is not None
-        return m.DiagDone(re=msg.id, case=case.number, result=stored_result(rec))
+        return m.DiagDone(re=msg.id, case=msg.case, result=m.StoredResult(
+            msg_id=result.id, request_id=result.re, action=result.action, ok=result.ok,
+            received_at=stored_at, reports=result.reports, error=result.error))
 
 
 def _case_info(c: Any) -> m.CaseInfo:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import Harness  # noqa: E402
+from tests.harness import Harness
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.harness import Harness, Proc  # noqa: E402
+from tests.harness import Harness, Proc
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -49,8 +49,12 @@ def test_diag_runs_the_probes_on_the_agent(running: Running) -> None:
     assert reports["system"]["readings"]["hostname"]
     assert reports["memory"]["readings"]["total"] > 0
     detail = running.h.tech_json(running.tech, "case", running.case)
-    states = [e["state"] for e in detail["history"]]
-    assert states[0] == "open" and states[-2:] == ["diagnosing", "diagnosed"]
+    assert [e["state"] for e in detail["history"]] == ["open", "diagnosed"]
+    running.h.tech_json(running.tech, "diag", running.case, "--probes", "system")
+    detail = running.h.tech_json(running.tech, "case", running.case)
+    assert [e["state"] for e in detail["history"]] == ["open", "diagnosed"], \
+        "a second diagnosis of a diagnosed case adds a result, not a state change"
+    assert len(detail["results"]) == 2
     assert result["msg_id"] in [r["msg_id"] for r in detail["results"]]
     log = running.h.run("hw-agent", "log", "--home", str(running.agent_home)).stdout
     assert "alice ran diagnostics on " + running.case in log

@@ -50,6 +50,10 @@ def test_technician_certificate_verifies(home: Path, tmp_path: Path) -> None:
     key, fp = pki.verify_tech_certificate((tmp_path / "tech.key-cert.pub").read_text(),
                                           org_pub=pki.org_public_raw(home), name="alice")
     assert fp == issued.key_fingerprint
+    from cryptography.hazmat.primitives import serialization
+
+    pub = serialization.load_ssh_public_key((tmp_path / "tech.key.pub").read_bytes())
+    assert key.public_bytes_raw() == pub.public_bytes_raw()  # type: ignore[union-attr]
     assert (tmp_path / "tech.key").stat().st_mode & 0o077 == 0
 
 

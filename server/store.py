@@ -1,0 +1,1128 @@
+"""The server's durable store: customers, enrollment tokens, agents, technicians, cases, results.
+
+SQLAlchemy 2 async Core (no ORM) over SQLite (``sqlite+aiosqlite:////abs/path/store.db``, the
+embedded default) or PostgreSQL (``postgresql+asyncpg://...``) with the same code. The schema
+is owned by the alembic migrations in ``server/migrations``; :meth:`Store.open` upgrades the
+database to head before returning, so a store is always at the schema this module expects.
+
+Every method is one transaction. Every datetime going in must be timezone-aware and every
+datetime coming out is timezone-aware UTC (SQLite stores naive UTC text; it is re-tagged).
+
+Exceptions (messages say what happened and what to do; never secrets, keys or payloads)::
+
+    StoreError          base; also: bad input, database unavailable or busy
+    ├── TokenRefused    an enrollment token that is unknown, already used or expired (.reason)
+    ├── NotFound        no such agent, technician or case (or not the caller's case)
+    └── Conflict        already exists: agent id, public key, technician, token secret
+
+SQLite concurrency: connections run with ``journal_mode=WAL``, a busy timeout and
+``foreign_keys=ON``. sqlite3's own (legacy) transaction control is switched off and the store
+emits ``BEGIN IMMEDIATE`` for transactions that write and plain ``BEGIN`` for reads, so DDL is
+transactional, writers queue on the busy timeout instead of failing with a stale snapshot, and
+reads within one method see one snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Final, Literal, TypeAlias
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+__all__ = [
+    "CUSTOMER_KINDS",
+    "AgentRecord",
+    "CaseEventRecord",
+    "CaseRecord",
+    "Conflict",
+    "NotFound",
+    "ResultRecord",
+    "Store",
+    "StoreError",
+    "TechnicianRecord",
+    "TokenRefused",
+]
+
+CUSTOMER_KINDS: Final = ("individual", "small-business", "enterprise")
+"""Allowed values of a customer's ``kind``."""
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+CASE_NUMBER_ATTEMPTS: Final = 20
+PUBLIC_KEY_SIZE: Final = 32  # raw Ed25519 public key
+
+_CHINA: Final = timezone(timedelta(hours=8), "China")  # case numbers use China's date
+_BEGIN_OPTION: Final = "helloword_sqlite_begin"
+_SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
+_WAL_RETRY_DELAYS: Final = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
+_PG_MIGRATION_LOCK: Final = 0x48574D494752  # "HWMIGR": advisory lock held while migrating
+
+
+# --------------------------------------------------------------------------- exceptions
+
+
+class StoreError(Exception):
+    """Base class of store errors; the text says what happened and what to do."""
+
+
+class TokenRefused(StoreError):
+    """An enrollment token cannot be redeemed; ``reason`` is "unknown", "used" or "expired"."""
+
+    MESSAGES: Final = {
+        "unknown": "this enrollment token is not known to the server; check it was copied "
+        "completely, or ask HelloWord support for a new one",
+        "used": "this enrollment token was already used; ask HelloWord support for a new one",
+        "expired": "this enrollment token has expired; ask HelloWord support for a new one",
+    }
+
+    def __init__(self, reason: Literal["unknown", "used", "expired"]) -> None:
+        super().__init__(self.MESSAGES[reason])
+        self.reason = reason
+
+
+class NotFound(StoreError):
+    """No such agent, technician or case."""
+
+
+class Conflict(StoreError):
+    """The thing being created already exists."""
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """An enrolled agent and the customer it belongs to."""
+
+    agent_id: str
+    customer: str
+    kind: str
+    city: str
+    public_key: bytes
+    hostname: str
+    os: str
+    software: str
+    enrolled_at: datetime
+    last_seen: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """A support case; ``number`` looks like ``HW-20261126-0001``."""
+
+    number: str
+    agent_id: str
+    customer: str
+    description: str
+    state: str
+    opened_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class CaseEventRecord:
+    """One entry of a case's state history."""
+
+    state: str
+    at: datetime
+    actor: str
+    note: str
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """A result an agent sent for a request in one of its cases; ``payload`` is JSON bytes."""
+
+    msg_id: str
+    request_id: str
+    case: str
+    agent_id: str
+    action: str
+    ok: bool
+    payload: bytes
+    error: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class TechnicianRecord:
+    """A technician allowed to sign requests with the key of ``key_fingerprint``."""
+
+    name: str
+    key_fingerprint: str
+    valid_before: datetime
+    added_at: datetime
+    revoked_at: datetime | None
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that only accepts aware datetimes and returns aware UTC.
+
+    Values are converted to UTC before binding (SQLite would otherwise store the wall-clock
+    time of whatever offset they carry) and naive values read back (SQLite) are tagged UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return _as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+METADATA: Final = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+"""The tables as this module expects them; the migrations are what create them."""
+
+customers = sa.Table(
+    "customers",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("city", sa.String(100), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("name", "kind", "city"),
+    sa.CheckConstraint("kind IN ('individual', 'small-business', 'enterprise')", name="kind"),
+)
+
+enroll_tokens = sa.Table(
+    "enroll_tokens",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("secret_hash", sa.LargeBinary(64), nullable=False, unique=True),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime, nullable=True),
+    sa.Column("agent_id", sa.String(100), sa.ForeignKey("agents.agent_id"), nullable=True),
+)
+
+agents = sa.Table(
+    "agents",
+    METADATA,
+    sa.Column("agent_id", sa.String(100), primary_key=True),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("public_key", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column("hostname", sa.String(255), nullable=False),
+    sa.Column("os", sa.String(255), nullable=False),
+    sa.Column("software", sa.Text, nullable=False),
+    sa.Column("enrolled_at", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=True),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+technicians = sa.Table(
+    "technicians",
+    METADATA,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("key_fingerprint", sa.String(200), nullable=False),
+    sa.Column("valid_before", UTCDateTime, nullable=False),
+    sa.Column("added_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+cases = sa.Table(
+    "cases",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("number", sa.String(32), nullable=False, unique=True),
+    sa.Column("number_day", sa.String(8), nullable=False),  # China date, YYYYMMDD
+    sa.Column("number_seq", sa.Integer, nullable=False),  # 1, 2, ... within number_day
+    sa.Column("agent_id", sa.String(100), sa.ForeignKey("agents.agent_id"), nullable=False),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("opened_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("open_request_id", sa.String(100), nullable=False),
+    sa.UniqueConstraint("number_day", "number_seq"),
+    sa.UniqueConstraint("agent_id", "open_request_id"),
+    sa.Index(None, "state"),
+)
+
+case_events = sa.Table(
+    "case_events",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.id"), nullable=False, index=True),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+)
+
+results = sa.Table(
+    "results",
+    METADATA,
+    sa.Column("msg_id", sa.String(100), primary_key=True),
+    sa.Column("request_id", sa.String(100), nullable=False),
+    sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.id"), nullable=False, index=True),
+    sa.Column("agent_id", sa.String(100), sa.ForeignKey("agents.agent_id"), nullable=False),
+    sa.Column("action", sa.String(100), nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_utc(value: datetime, what: str = "datetime") -> datetime:
+    """Return ``value`` in UTC; refuse naive datetimes (a caller bug, not data)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware (UTC), got a naive datetime")
+    return value.astimezone(UTC)
+
+
+def case_number(day: str, seq: int) -> str:
+    """Format a case number: ``HW-YYYYMMDD-NNNN`` (more digits past 9999)."""
+    return f"HW-{day}-{seq:04d}"
+
+
+def china_day(at: datetime) -> str:
+    """The China (UTC+8) calendar date of ``at`` as ``YYYYMMDD``."""
+    return _as_utc(at).astimezone(_CHINA).strftime("%Y%m%d")
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL: do not echo it, it may hold a password
+        return "<unparsable database URL>"
+
+
+def _on_sqlite_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    # The store emits BEGIN itself (see _on_sqlite_begin); turn off sqlite3's legacy control.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        with contextlib.suppress(sqlite3.OperationalError):
+            # A file not yet in WAL mode cannot switch while another connection holds a lock
+            # (SQLite fails at once, ignoring busy_timeout). WAL is a property of the file, so
+            # this is only a first try: Store.open makes sure, waiting without blocking.
+            cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()
+
+
+def _switch_to_wal(sync_conn: Connection) -> str:
+    """Ask for WAL outside any transaction; return the journal mode now in effect."""
+    cursor = sync_conn.connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return str(row[0]) if row else ""
+
+
+async def _ensure_sqlite_wal(engine: AsyncEngine) -> None:
+    """Put the SQLite file in WAL mode, retrying while another connection holds a lock."""
+    for delay in _WAL_RETRY_DELAYS:
+        await asyncio.sleep(delay)
+        try:
+            async with engine.connect() as conn:
+                mode = await conn.run_sync(_switch_to_wal)
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            # Wrapped by SQLAlchemy when raised while connecting, raw from our own cursor.
+            orig = exc.orig if isinstance(exc, OperationalError) else exc
+            if not isinstance(orig, sqlite3.OperationalError) or "locked" not in str(orig):
+                raise
+            continue
+        if mode in ("wal", "memory"):  # an in-memory database has no WAL, nor needs one
+            return
+        raise StoreError(f"SQLite refused WAL journal mode (it reports {mode!r})")
+    raise StoreError(
+        "could not switch the SQLite store to WAL mode: another process keeps the database "
+        "locked; stop it or retry"
+    )
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get(_BEGIN_OPTION)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+
+
+def _run_migrations(sync_conn: Connection, revision: str = "head") -> None:
+    """Upgrade the database on ``sync_conn`` to ``revision`` with alembic."""
+    if sync_conn.dialect.name == "postgresql":
+        # Nodes starting together must not race on CREATE TABLE; released at commit.
+        sync_conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+    cfg = Config()
+    # ConfigParser interpolation: a literal % in the path must be doubled.
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, revision)
+
+
+def _current_revision(sync_conn: Connection) -> str | None:
+    return MigrationContext.configure(sync_conn).get_current_revision()
+
+
+_Row: TypeAlias = sa.Row[*tuple[Any, ...]]
+
+_agent_columns: Final = (
+    agents.c.agent_id,
+    customers.c.name,
+    customers.c.kind,
+    customers.c.city,
+    agents.c.public_key,
+    agents.c.hostname,
+    agents.c.os,
+    agents.c.software,
+    agents.c.enrolled_at,
+    agents.c.last_seen,
+    agents.c.revoked_at,
+)
+_agent_select: Final = sa.select(*_agent_columns).join_from(
+    agents, customers, agents.c.customer_id == customers.c.id
+)
+
+_case_select: Final = sa.select(
+    cases.c.number,
+    cases.c.agent_id,
+    customers.c.name,
+    cases.c.description,
+    cases.c.state,
+    cases.c.opened_at,
+    cases.c.updated_at,
+).join_from(cases, customers, cases.c.customer_id == customers.c.id)
+
+_result_select: Final = sa.select(
+    results.c.msg_id,
+    results.c.request_id,
+    cases.c.number,
+    results.c.agent_id,
+    results.c.action,
+    results.c.ok,
+    results.c.payload,
+    results.c.error,
+    results.c.received_at,
+).join_from(results, cases, results.c.case_id == cases.c.id)
+
+_technician_select: Final = sa.select(
+    technicians.c.name,
+    technicians.c.key_fingerprint,
+    technicians.c.valid_before,
+    technicians.c.added_at,
+    technicians.c.revoked_at,
+)
+
+
+def _agent(row: _Row) -> AgentRecord:
+    return AgentRecord(
+        agent_id=row.agent_id,
+        customer=row.name,
+        kind=row.kind,
+        city=row.city,
+        public_key=bytes(row.public_key),
+        hostname=row.hostname,
+        os=row.os,
+        software=row.software,
+        enrolled_at=row.enrolled_at,
+        last_seen=row.last_seen,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _case(row: _Row) -> CaseRecord:
+    return CaseRecord(
+        number=row.number,
+        agent_id=row.agent_id,
+        customer=row.name,
+        description=row.description,
+        state=row.state,
+        opened_at=row.opened_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _result(row: _Row) -> ResultRecord:
+    return ResultRecord(
+        msg_id=row.msg_id,
+        request_id=row.request_id,
+        case=row.number,
+        agent_id=row.agent_id,
+        action=row.action,
+        ok=bool(row.ok),
+        payload=bytes(row.payload),
+        error=row.error,
+        received_at=row.received_at,
+    )
+
+
+def _technician(row: _Row) -> TechnicianRecord:
+    return TechnicianRecord(
+        name=row.name,
+        key_fingerprint=row.key_fingerprint,
+        valid_before=row.valid_before,
+        added_at=row.added_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """The durable store. Create with :meth:`open`; every method is its own transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        """Wrap an engine whose schema is already at head; use :meth:`open` instead."""
+        self._engine = engine
+        # Same pool; on SQLite its transactions start with BEGIN IMMEDIATE.
+        self._write_engine = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        dialect = engine.dialect.name
+        self._insert: Callable[[sa.Table], Any] = (
+            sqlite.insert if dialect == "sqlite" else postgresql.insert
+        )
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Connect to ``url`` and upgrade its schema to head (a no-op when already there).
+
+        Raises:
+            StoreError: the URL names an unsupported database, or it cannot be opened or
+                migrated (the message names the URL without its password).
+        """
+        try:
+            backend = make_url(url).get_backend_name()
+        except Exception as exc:
+            raise StoreError(
+                "the store URL is not a valid database URL; expected e.g. "
+                "sqlite+aiosqlite:////var/lib/helloword/store.db"
+            ) from exc
+        if backend not in _SUPPORTED_DIALECTS:
+            raise StoreError(
+                f"the store does not support {backend!r} databases; use "
+                "sqlite+aiosqlite:///... or postgresql+asyncpg://..."
+            )
+        database = make_url(url).database
+        if backend == "sqlite" and database and database != ":memory:":
+            folder = Path(database).parent
+            if not folder.is_dir():
+                raise StoreError(
+                    f"the folder of the SQLite store, {folder}, does not exist; create it "
+                    "(hw-server init does) or fix the store URL"
+                )
+        try:
+            engine = create_async_engine(url, hide_parameters=True)
+        except ImportError as exc:
+            raise StoreError(
+                f"the database driver for {_safe_url(url)} is not installed "
+                f"({exc.name or 'unknown module'}); install it, e.g. pip install asyncpg"
+            ) from exc
+        if backend == "sqlite":
+            event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+            event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
+        store = cls(engine)
+        try:
+            if backend == "sqlite":
+                await _ensure_sqlite_wal(engine)
+            async with store._write_engine.begin() as conn:
+                await conn.run_sync(_run_migrations)
+        except (sa.exc.SQLAlchemyError, sqlite3.Error, OSError, CommandError) as exc:
+            await engine.dispose()
+            raise StoreError(
+                f"could not open or migrate the store at {_safe_url(url)} "
+                f"({type(exc).__name__}); check that the database exists, is reachable "
+                "and writable, and was not created by a newer hw-server"
+            ) from exc
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    @contextlib.asynccontextmanager
+    async def _tx(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        engine = self._write_engine if write else self._engine
+        try:
+            async with engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(
+                f"the store is unavailable or busy ({type(exc.orig).__name__}); "
+                "retry, and check the database if it keeps happening"
+            ) from exc
+
+    async def schema_revision(self) -> str | None:
+        """The alembic revision the database is at (``None`` for an empty database)."""
+        async with self._tx(write=False) as conn:
+            return await conn.run_sync(_current_revision)
+
+    # ----------------------------------------------------------------- enrollment
+
+    async def add_enroll_token(
+        self,
+        *,
+        secret_hash: bytes,
+        customer: str,
+        kind: str,
+        city: str,
+        expires_at: datetime,
+        now: datetime,
+    ) -> int:
+        """Record an enrollment token for a customer; return the token's id.
+
+        The customer is created, or reused when one with the same name, kind and city exists.
+        Only the hash of the token's secret is stored.
+
+        Raises:
+            StoreError: ``kind`` is not one of :data:`CUSTOMER_KINDS`.
+            Conflict: a token with this secret hash already exists.
+        """
+        if kind not in CUSTOMER_KINDS:
+            raise StoreError(f"customer kind {kind!r} is not one of {', '.join(CUSTOMER_KINDS)}")
+        expires_at = _as_utc(expires_at, "expires_at")
+        now = _as_utc(now, "now")
+        try:
+            async with self._tx(write=True) as conn:
+                await conn.execute(
+                    self._insert(customers)
+                    .values(name=customer, kind=kind, city=city, created_at=now)
+                    .on_conflict_do_nothing(index_elements=["name", "kind", "city"])
+                )
+                customer_id = (
+                    await conn.execute(
+                        sa.select(customers.c.id).where(
+                            customers.c.name == customer,
+                            customers.c.kind == kind,
+                            customers.c.city == city,
+                        )
+                    )
+                ).scalar_one()
+                inserted = await conn.execute(
+                    sa.insert(enroll_tokens).values(
+                        secret_hash=secret_hash,
+                        customer_id=customer_id,
+                        expires_at=expires_at,
+                        created_at=now,
+                    )
+                )
+                (token_id,) = inserted.inserted_primary_key or (None,)
+        except IntegrityError as exc:
+            raise Conflict(
+                "an enrollment token with this secret already exists; generate a new token"
+            ) from exc
+        assert isinstance(token_id, int)
+        return token_id
+
+    async def redeem_enroll_token(
+        self,
+        *,
+        secret_hash: bytes,
+        now: datetime,
+        agent_id: str,
+        public_key: bytes,
+        hostname: str,
+        os: str,
+        software: str,
+    ) -> AgentRecord:
+        """Use up an enrollment token and enroll the agent, in one transaction.
+
+        The token is claimed with a conditional UPDATE (unused and not expired at ``now``), so
+        of two concurrent redeemers exactly one succeeds. If the agent cannot be inserted the
+        whole transaction rolls back and the token stays usable.
+
+        Raises:
+            TokenRefused: the token is unknown, already used or expired (``reason``).
+            Conflict: ``agent_id`` or ``public_key`` is already enrolled.
+            StoreError: ``public_key`` is not 32 bytes.
+        """
+        if len(public_key) != PUBLIC_KEY_SIZE:
+            raise StoreError(
+                f"an agent public key is {PUBLIC_KEY_SIZE} bytes (Ed25519), "
+                f"got {len(public_key)} bytes"
+            )
+        now = _as_utc(now, "now")
+        try:
+            async with self._tx(write=True) as conn:
+                claimed = await conn.execute(
+                    sa.update(enroll_tokens)
+                    .where(
+                        enroll_tokens.c.secret_hash == secret_hash,
+                        enroll_tokens.c.used_at.is_(None),
+                        enroll_tokens.c.expires_at > now,
+                    )
+                    .values(used_at=now)
+                )
+                token = (
+                    await conn.execute(
+                        sa.select(
+                            enroll_tokens.c.id,
+                            enroll_tokens.c.customer_id,
+                            enroll_tokens.c.used_at,
+                        ).where(enroll_tokens.c.secret_hash == secret_hash)
+                    )
+                ).one_or_none()
+                if claimed.rowcount != 1 or token is None:
+                    if token is None:
+                        raise TokenRefused("unknown")
+                    raise TokenRefused("used" if token.used_at is not None else "expired")
+                await self._check_new_agent(conn, agent_id, public_key)
+                await conn.execute(
+                    sa.insert(agents).values(
+                        agent_id=agent_id,
+                        customer_id=token.customer_id,
+                        public_key=public_key,
+                        hostname=hostname,
+                        os=os,
+                        software=software,
+                        enrolled_at=now,
+                    )
+                )
+                await conn.execute(
+                    sa.update(enroll_tokens)
+                    .where(enroll_tokens.c.id == token.id)
+                    .values(agent_id=agent_id)
+                )
+                row = (await conn.execute(_agent_select.where(agents.c.agent_id == agent_id))).one()
+        except IntegrityError as exc:  # a concurrent enrollment won the race
+            raise Conflict(
+                f"agent {agent_id!r} or its public key was enrolled concurrently; "
+                "generate a new agent key and enroll again with a new token"
+            ) from exc
+        return _agent(row)
+
+    @staticmethod
+    async def _check_new_agent(conn: AsyncConnection, agent_id: str, public_key: bytes) -> None:
+        taken = (
+            await conn.execute(
+                sa.select(agents.c.agent_id, agents.c.public_key).where(
+                    sa.or_(agents.c.agent_id == agent_id, agents.c.public_key == public_key)
+                )
+            )
+        ).first()
+        if taken is None:
+            return
+        if taken.agent_id == agent_id:
+            raise Conflict(f"agent {agent_id!r} is already enrolled; enroll with a new agent id")
+        raise Conflict(
+            "this agent public key is already enrolled for another agent; "
+            "generate a new agent key and enroll again"
+        )
+
+    # ----------------------------------------------------------------- agents
+
+    async def get_agent(self, agent_id: str) -> AgentRecord | None:
+        """The agent ``agent_id`` (revoked ones included), or ``None``."""
+        async with self._tx(write=False) as conn:
+            row = (
+                await conn.execute(_agent_select.where(agents.c.agent_id == agent_id))
+            ).one_or_none()
+        return None if row is None else _agent(row)
+
+    async def list_agents(self) -> list[AgentRecord]:
+        """Every agent (revoked ones included), oldest enrollment first."""
+        async with self._tx(write=False) as conn:
+            rows = (
+                await conn.execute(_agent_select.order_by(agents.c.enrolled_at, agents.c.agent_id))
+            ).all()
+        return [_agent(row) for row in rows]
+
+    async def touch_agent(self, agent_id: str, *, now: datetime) -> None:
+        """Record that the agent was seen at ``now``.
+
+        Raises:
+            NotFound: no such agent.
+        """
+        now = _as_utc(now, "now")
+        async with self._tx(write=True) as conn:
+            updated = await conn.execute(
+                sa.update(agents).where(agents.c.agent_id == agent_id).values(last_seen=now)
+            )
+        if updated.rowcount != 1:
+            raise NotFound(f"agent {agent_id!r} is not enrolled")
+
+    async def revoke_agent(self, agent_id: str, *, now: datetime) -> None:
+        """Mark the agent revoked at ``now``; revoking twice keeps the first time.
+
+        Raises:
+            NotFound: no such agent.
+        """
+        now = _as_utc(now, "now")
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                sa.update(agents)
+                .where(agents.c.agent_id == agent_id, agents.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            exists = (
+                await conn.execute(
+                    sa.select(agents.c.agent_id).where(agents.c.agent_id == agent_id)
+                )
+            ).first()
+        if exists is None:
+            raise NotFound(f"agent {agent_id!r} is not enrolled")
+
+    # ----------------------------------------------------------------- technicians
+
+    async def add_technician(
+        self,
+        *,
+        name: str,
+        key_fingerprint: str,
+        valid_before: datetime,
+        now: datetime,
+        replace: bool = False,
+    ) -> TechnicianRecord:
+        """Add a technician, or with ``replace=True`` replace (and un-revoke) an existing one.
+
+        Raises:
+            Conflict: ``name`` exists (revoked or not) and ``replace`` is false.
+        """
+        valid_before = _as_utc(valid_before, "valid_before")
+        now = _as_utc(now, "now")
+        values = {
+            "key_fingerprint": key_fingerprint,
+            "valid_before": valid_before,
+            "added_at": now,
+            "revoked_at": None,
+        }
+        conflict = Conflict(
+            f"technician {name!r} already exists (possibly revoked); "
+            "choose another name or replace the existing entry"
+        )
+        try:
+            async with self._tx(write=True) as conn:
+                exists = (
+                    await conn.execute(
+                        sa.select(technicians.c.name).where(technicians.c.name == name)
+                    )
+                ).first()
+                if exists is not None and not replace:
+                    raise conflict
+                if exists is not None:
+                    await conn.execute(
+                        sa.update(technicians).where(technicians.c.name == name).values(values)
+                    )
+                else:
+                    await conn.execute(sa.insert(technicians).values(name=name, **values))
+                row = (
+                    await conn.execute(_technician_select.where(technicians.c.name == name))
+                ).one()
+        except IntegrityError as exc:  # a concurrent add of the same name
+            raise conflict from exc
+        return _technician(row)
+
+    async def get_technician(self, name: str) -> TechnicianRecord | None:
+        """The technician ``name`` (revoked ones included), or ``None``."""
+        async with self._tx(write=False) as conn:
+            row = (
+                await conn.execute(_technician_select.where(technicians.c.name == name))
+            ).one_or_none()
+        return None if row is None else _technician(row)
+
+    async def revoke_technician(self, name: str, *, now: datetime) -> None:
+        """Mark the technician revoked at ``now``; revoking twice keeps the first time.
+
+        Raises:
+            NotFound: no such technician.
+        """
+        now = _as_utc(now, "now")
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                sa.update(technicians)
+                .where(technicians.c.name == name, technicians.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            exists = (
+                await conn.execute(sa.select(technicians.c.name).where(technicians.c.name == name))
+            ).first()
+        if exists is None:
+            raise NotFound(f"technician {name!r} does not exist")
+
+    # ----------------------------------------------------------------- cases
+
+    async def open_case(
+        self, *, agent_id: str, description: str, request_id: str, now: datetime
+    ) -> tuple[CaseRecord, bool]:
+        """Open a case for the agent, idempotently per ``(agent_id, request_id)``.
+
+        Returns ``(case, True)`` for a new case (state "open", first history entry by the
+        agent) or ``(existing, False)`` when this request already opened one. The number is
+        ``HW-YYYYMMDD-NNNN`` with the China (UTC+8) date of ``now`` and a per-day sequence from
+        0001; a number taken by a concurrent insert is retried with the next one.
+
+        Raises:
+            NotFound: no such agent.
+            StoreError: no free number after :data:`CASE_NUMBER_ATTEMPTS` attempts.
+        """
+        now = _as_utc(now, "now")
+        day = china_day(now)
+        for _attempt in range(CASE_NUMBER_ATTEMPTS):
+            try:
+                async with self._tx(write=True) as conn:
+                    existing = await self._case_for_request(conn, agent_id, request_id)
+                    if existing is not None:
+                        return existing, False
+                    customer_id = (
+                        await conn.execute(
+                            sa.select(agents.c.customer_id).where(agents.c.agent_id == agent_id)
+                        )
+                    ).scalar_one_or_none()
+                    if customer_id is None:
+                        raise NotFound(f"agent {agent_id!r} is not enrolled")
+                    seq = await self._next_case_seq(conn, day)
+                    number = case_number(day, seq)
+                    inserted = await conn.execute(
+                        sa.insert(cases).values(
+                            number=number,
+                            number_day=day,
+                            number_seq=seq,
+                            agent_id=agent_id,
+                            customer_id=customer_id,
+                            description=description,
+                            state="open",
+                            opened_at=now,
+                            updated_at=now,
+                            open_request_id=request_id,
+                        )
+                    )
+                    (case_id,) = inserted.inserted_primary_key or (None,)
+                    await conn.execute(
+                        sa.insert(case_events).values(
+                            case_id=case_id, state="open", at=now, actor=agent_id, note=""
+                        )
+                    )
+                    row = (await conn.execute(_case_select.where(cases.c.id == case_id))).one()
+                    return _case(row), True
+            except IntegrityError:
+                # Either the same request was opened concurrently (found next time round) or
+                # the number was taken concurrently (the next attempt reads a higher one).
+                await asyncio.sleep(0)
+        raise StoreError(
+            f"could not allocate a case number for {day} after {CASE_NUMBER_ATTEMPTS} "
+            "attempts; retry"
+        )
+
+    @staticmethod
+    async def _case_for_request(
+        conn: AsyncConnection, agent_id: str, request_id: str
+    ) -> CaseRecord | None:
+        row = (
+            await conn.execute(
+                _case_select.where(
+                    cases.c.agent_id == agent_id, cases.c.open_request_id == request_id
+                )
+            )
+        ).one_or_none()
+        return None if row is None else _case(row)
+
+    @staticmethod
+    async def _next_case_seq(conn: AsyncConnection, day: str) -> int:
+        highest = (
+            await conn.execute(
+                sa.select(sa.func.max(cases.c.number_seq)).where(cases.c.number_day == day)
+            )
+        ).scalar_one()
+        return 1 if highest is None else int(highest) + 1
+
+    async def get_case(self, number: str) -> CaseRecord | None:
+        """The case ``number``, or ``None``."""
+        async with self._tx(write=False) as conn:
+            row = (await conn.execute(_case_select.where(cases.c.number == number))).one_or_none()
+        return None if row is None else _case(row)
+
+    async def list_cases(
+        self, *, state: str | None = None, agent_id: str | None = None
+    ) -> list[CaseRecord]:
+        """Cases, newest first, optionally only those in ``state`` and/or of ``agent_id``."""
+        query = _case_select.order_by(cases.c.opened_at.desc(), cases.c.id.desc())
+        if state is not None:
+            query = query.where(cases.c.state == state)
+        if agent_id is not None:
+            query = query.where(cases.c.agent_id == agent_id)
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [_case(row) for row in rows]
+
+    async def set_case_state(
+        self, number: str, state: str, *, actor: str, now: datetime, note: str = ""
+    ) -> CaseRecord:
+        """Move the case to ``state`` and append it to the case's history, in one transaction.
+
+        The store does not judge transitions; the case lifecycle does that before calling.
+
+        Raises:
+            NotFound: no such case.
+        """
+        now = _as_utc(now, "now")
+        async with self._tx(write=True) as conn:
+            case_id = (
+                await conn.execute(sa.select(cases.c.id).where(cases.c.number == number))
+            ).scalar_one_or_none()
+            if case_id is None:
+                raise NotFound(f"case {number!r} does not exist")
+            await conn.execute(
+                sa.update(cases).where(cases.c.id == case_id).values(state=state, updated_at=now)
+            )
+            await conn.execute(
+                sa.insert(case_events).values(
+                    case_id=case_id, state=state, at=now, actor=actor, note=note
+                )
+            )
+            row = (await conn.execute(_case_select.where(cases.c.id == case_id))).one()
+        return _case(row)
+
+    async def case_history(self, number: str) -> list[CaseEventRecord]:
+        """The case's state changes, oldest first.
+
+        Raises:
+            NotFound: no such case.
+        """
+        async with self._tx(write=False) as conn:
+            case_id = (
+                await conn.execute(sa.select(cases.c.id).where(cases.c.number == number))
+            ).scalar_one_or_none()
+            if case_id is None:
+                raise NotFound(f"case {number!r} does not exist")
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        case_events.c.state,
+                        case_events.c.at,
+                        case_events.c.actor,
+                        case_events.c.note,
+                    )
+                    .where(case_events.c.case_id == case_id)
+                    .order_by(case_events.c.at, case_events.c.id)
+                )
+            ).all()
+        return [CaseEventRecord(state=r.state, at=r.at, actor=r.actor, note=r.note) for r in rows]
+
+    # ----------------------------------------------------------------- results
+
+    async def store_result(
+        self,
+        *,
+        msg_id: str,
+        request_id: str,
+        case: str,
+        agent_id: str,
+        action: str,
+        ok: bool,
+        payload: bytes,
+        error: str,
+        now: datetime,
+        case_state: str | None = None,
+    ) -> bool:
+        """Store an agent's result exactly once; ``False`` if ``msg_id`` was already stored.
+
+        With ``case_state``, a newly stored result also moves the case to that state (and
+        appends it to the history, noting the result) in the same transaction, unless the
+        case is in that state already.
+
+        Raises:
+            NotFound: the case does not exist or is not ``agent_id``'s (the same error for
+                both, so an agent learns nothing about other agents' cases).
+        """
+        now = _as_utc(now, "now")
+        async with self._tx(write=True) as conn:
+            found = (
+                await conn.execute(
+                    sa.select(cases.c.id, cases.c.state).where(
+                        cases.c.number == case, cases.c.agent_id == agent_id
+                    )
+                )
+            ).one_or_none()
+            if found is None:
+                raise NotFound(
+                    f"agent {agent_id!r} has no case {case!r}; an agent can only send "
+                    "results for its own cases"
+                )
+            inserted = await conn.execute(
+                self._insert(results)
+                .values(
+                    msg_id=msg_id,
+                    request_id=request_id,
+                    case_id=found.id,
+                    agent_id=agent_id,
+                    action=action,
+                    ok=ok,
+                    payload=payload,
+                    error=error,
+                    received_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["msg_id"])
+            )
+            if inserted.rowcount == 1 and case_state is not None and found.state != case_state:
+                await conn.execute(sa.update(cases).where(cases.c.id == found.id)
+                                   .values(state=case_state, updated_at=now))
+                await conn.execute(sa.insert(case_events).values(
+                    case_id=found.id, state=case_state, at=now, actor=agent_id,
+                    note=f"result {msg_id}"))
+        return bool(inserted.rowcount == 1)
+
+    async def list_results(self, case: str) -> list[ResultRecord]:
+        """The results stored for ``case``, oldest first (``[]`` for an unknown case)."""
+        async with self._tx(write=False) as conn:
+            rows = (
+                await conn.execute(
+                    _result_select.where(cases.c.number == case).order_by(
+                        results.c.received_at, results.c.msg_id
+                    )
+                )
+            ).all()
+        return [_result(row) for row in rows]
+
+    async def get_result(self, msg_id: str) -> ResultRecord | None:
+        """The result ``msg_id``, or ``None``."""
+        async with self._tx(write=False) as conn:
+            row = (
+                await conn.execute(_result_select.where(results.c.msg_id == msg_id))
+            ).one_or_none()
+        return None if row is None else _result(row)
