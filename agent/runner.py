@@ -35,6 +35,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import math
+import queue
 import sys
 import threading
 import time
@@ -93,18 +94,24 @@ _T = TypeVar("_T")
 
 
 class ProbeThreadExecutor(concurrent.futures.Executor):
-    """Runs every call on a new daemon thread.
+    """An elastic pool of daemon threads for probe calls.
 
-    Unlike a ``ThreadPoolExecutor``, a call that never returns holds no pool worker that
-    later calls wait for, and the interpreter does not wait for it at exit. The runner
-    makes only a few calls per request (one per probe, one per evaluation) and never
-    restarts a probe that still runs, so the number of threads stays small.
+    Unlike a ``ThreadPoolExecutor``, a call that never returns (``statvfs`` on a dead NFS
+    mount) holds no worker that later calls wait for, and the interpreter does not wait for
+    it at exit: when no worker is idle, a new one starts. Idle workers are reused (starting
+    a thread per call costs more than a quick probe) and exit after ``idle_seconds``. The
+    runner never restarts a probe that still runs, so the number of threads stays small.
     """
 
-    def __init__(self, thread_name_prefix: str = "hw-probe") -> None:
+    def __init__(self, thread_name_prefix: str = "hw-probe", idle_seconds: float = 60.0
+                 ) -> None:
         self._prefix = thread_name_prefix
         self._counter = itertools.count(1)
         self._closed = False
+        self._idle_seconds = idle_seconds
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # workers waiting for work and not yet promised to a submit
 
     def submit(
         self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
@@ -123,9 +130,30 @@ class ProbeThreadExecutor(concurrent.futures.Executor):
             else:
                 future.set_result(result)
 
-        name = f"{self._prefix}-{next(self._counter)}"
-        threading.Thread(target=work, name=name, daemon=True).start()
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._queue.put(work)
+        if spawn:
+            name = f"{self._prefix}-{next(self._counter)}"
+            threading.Thread(target=self._worker, name=name, daemon=True).start()
         return future
+
+    def _worker(self) -> None:
+        while True:
+            try:
+                work = self._queue.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # nobody is counting on this worker: retire
+                        self._idle -= 1
+                        return
+                continue  # a submit promised its work to an idle worker: wait for it
+            work()
+            del work
+            with self._lock:
+                self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new calls. Running calls are daemon threads: nothing to wait for."""

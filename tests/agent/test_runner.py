@@ -575,3 +575,28 @@ async def test_weird_readings_through_runner(pm: pluggy.PluginManager) -> None:
     (report,) = await run_probes(pm, context=CTX, names=["test_value"])
     assert report.readings == {"x": [1, 2], "s": "?"}
     assert_wire_ready([report])
+
+
+def test_probe_executor_reuses_idle_workers_and_outgrows_hung_ones() -> None:
+    import threading
+
+    from agent.runner import ProbeThreadExecutor
+
+    ex = ProbeThreadExecutor(thread_name_prefix="t-exec")
+    first = ex.submit(lambda: threading.current_thread().name).result(timeout=10)
+    # The worker marks itself idle right after finishing; wait for that, not for time.
+    wait = threading.Event()
+    for _ in range(1000):
+        if ex._idle == 1:
+            break
+        wait.wait(0.01)
+    second = ex.submit(lambda: threading.current_thread().name).result(timeout=10)
+    assert second == first, "an idle worker is reused"
+    release = threading.Event()
+    hung = ex.submit(release.wait)
+    third = ex.submit(lambda: threading.current_thread().name)
+    third.result(timeout=10)  # finishes while the hung call still holds a worker
+    assert not hung.done()
+    assert len([t for t in threading.enumerate() if t.name.startswith("t-exec")]) == 2
+    release.set()
+    assert hung.result(timeout=10) is True
