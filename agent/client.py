@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from plugins.api import ProbeContext
 from proto import codec
 from proto import messages as m
-from proto.errors import ProtocolError
+from proto.errors import CloseCode, ProtocolError
 
 from .backoff import Backoff
 from .connection import Link, close_text, dial
@@ -104,8 +104,12 @@ class Agent:
                     return
                 self._dispatch(link, receiver.result())
         except ConnectionClosed as exc:
-            if exc.rcvd is not None and exc.rcvd.code == 4003:
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            if code == CloseCode.AUTH_FAILED:
                 raise Refused(close_text(exc)) from None
+            if code == CloseCode.REPLACED:
+                raise Refused("another hw-agent with this identity connected to the server "
+                              "(is it running twice?); this one stops") from None
             log.warning("disconnected: %s", close_text(exc))
         except ProtocolError as exc:
             log.error("protocol error from server: %s", exc.reason)

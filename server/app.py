@@ -84,6 +84,14 @@ def stored_result(rec: ResultRecord) -> m.StoredResult:
                           error=rec.error)
 
 
+class AgentGone(Exception):
+    """The agent's run session closed while a request to it was pending."""
+
+
+#: Requests one technician connection may have in flight before the server stops reading.
+TECH_CONCURRENCY = 16
+
+
 @dataclass
 class AgentLink:
     """A live ``run`` session of one agent."""
@@ -219,6 +227,9 @@ class Server:
         finally:
             if run and self.links.get(agent.agent_id) is link:
                 del self.links[agent.agent_id]
+                for (owner, _case), future in self.pending.values():
+                    if owner == agent.agent_id and not future.done():
+                        future.set_exception(AgentGone())
                 await self.store.touch_agent(agent.agent_id, now=now_utc())
                 log.info("agent %s disconnected from %s", agent.agent_id, peer)
 
@@ -307,14 +318,21 @@ class Server:
                 await ws.send(session.send(msg), text=True)
 
         tasks: set[asyncio.Task[None]] = set()
+        limit = asyncio.Semaphore(TECH_CONCURRENCY)
+
+        def done(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            limit.release()
+
         try:
             while True:
                 msg = await self._recv(ws, session)
                 if isinstance(msg, m.Bye):
                     break
+                await limit.acquire()  # backpressure: a flood waits, memory stays bounded
                 task = asyncio.create_task(self._tech_request(name, msg, reply))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(done)
         finally:
             for task in tasks:
                 task.cancel()
@@ -392,9 +410,10 @@ class Server:
                 return m.Error(re=msg.id, code=m.ErrorCode.TIMEOUT,
                                message=f"agent did not answer within {msg.timeout:g}s; the "
                                        "result is stored when it arrives (`hw-tech case`)")
-        except ConnectionClosed:
+        except (ConnectionClosed, AgentGone):
             return m.Error(re=msg.id, code=m.ErrorCode.AGENT_OFFLINE,
-                           message=f"agent {agent_id} went offline; retry when it is back")
+                           message=f"agent {agent_id} went offline during the request; a "
+                                   "result it still sends is stored (`hw-tech case`)")
         finally:
             self.pending.pop(request_id, None)
         if not result.ok and result.error_code is m.ErrorCode.REFUSED:

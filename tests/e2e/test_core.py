@@ -185,3 +185,35 @@ def test_server_sigkill_loses_no_result(harness: Harness, tmp_path: Path) -> Non
     h.start_agent(home)
     db = sqlite3.connect(h.server_home / "store.db")
     assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 1
+
+
+def test_a_second_agent_process_with_the_same_identity_replaces_the_first(
+        running: Running) -> None:
+    h = running.h
+    home = h.enroll("TWICE", customer="Wang Fang", city="成都")
+    first = h.start_agent(home)
+    second = h.start_agent(home)
+    assert first.popen.wait(30) == 1
+    assert "running twice" in first.text()
+    assert second.popen.poll() is None
+    online = [a for a in h.tech_json(running.tech, "agents") if a["customer"] == "Wang Fang"]
+    assert online[0]["online"] is True
+
+
+def test_agent_lost_mid_request_is_reported_at_once(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    h.init_server()
+    h.start_server()
+    home = h.enroll("A")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    agent = h.start_agent(home, env={"HW_PLUGINS": "gateprobe", "HW_GATE_DIR": str(gate)})
+    case = h.help(home).splitlines()[0]
+    tech = h.add_tech("alice")
+    diag = h.spawn("diag", "hw-tech", "--home", str(tech), "diag", case, "--probes", "gate",
+                   "--timeout", "600")
+    from tests.harness import wait_until
+    wait_until(lambda: (gate / "started").exists(), what="the gate probe to start")
+    agent.stop(sig=9)
+    assert diag.popen.wait(60) == 1  # not the 600 s timeout
+    assert "went offline during the request" in diag.text()
