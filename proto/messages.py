@@ -79,9 +79,24 @@ class ErrorCode(StrEnum):
 
 
 class Action(StrEnum):
-    """Actions a technician may ask an agent to perform."""
+    """Actions a technician may ask an agent to perform (each needs a signed command)."""
 
     DIAG = "diag"
+    CONSENT = "consent"
+
+
+class Scope(StrEnum):
+    """What a consent grant allows (``docs/security.md#consent``)."""
+
+    DIAGNOSTICS = "diagnostics"
+    FIX = "fix"
+    SHELL = "shell"
+    FILES = "files"
+    BOOK_VISIT = "book-visit"
+
+
+#: The scope an action needs in an active grant; ``None``: no grant needed (asking for one).
+ACTION_SCOPE: dict[Action, Scope | None] = {Action.DIAG: Scope.DIAGNOSTICS, Action.CONSENT: None}
 
 
 # -- payload values ---------------------------------------------------------------------
@@ -152,6 +167,39 @@ class StoredResult(Struct, frozen=True, forbid_unknown_fields=True):
     received_at: Timestamp
     reports: Annotated[list[ProbeReport], Meta(max_length=128)] = []
     error: Text = ""
+
+
+class SignedCommand(Struct, frozen=True, forbid_unknown_fields=True):
+    """A technician's command: ``payload`` is the JSON of a :class:`proto.command.Command`,
+    ``signature`` is Ed25519 by the key in ``certificate`` over the context and ``payload``
+    (``docs/protocol.md#signed-commands``). The server relays it; the agent verifies it."""
+
+    payload: Annotated[bytes, Meta(max_length=65536)]
+    certificate: Annotated[str, Meta(max_length=8192)]
+    signature: Signature
+
+
+class ConsentGrant(Struct, frozen=True, forbid_unknown_fields=True):
+    """What the customer allowed, as the agent attests it in a signed receipt."""
+
+    receipt_id: Id
+    agent_id: Id
+    case: CaseNumber
+    tech: Name
+    scopes: Annotated[list[Scope], Meta(max_length=8)]
+    granted_at: Timestamp
+    expires_at: Timestamp
+    via: Name
+    tech_fingerprint: Annotated[str, Meta(max_length=128)] = ""
+    fix_needs_approval: bool = True
+    revoked_at: Timestamp | None = None
+
+
+class SignedReceipt(Struct, frozen=True, forbid_unknown_fields=True):
+    """A :class:`ConsentGrant` (JSON in ``payload``) signed by the agent's key."""
+
+    payload: Annotated[bytes, Meta(max_length=8192)]
+    signature: Signature
 
 
 # -- handshake (docs/protocol.md#handshake) ----------------------------------------------
@@ -244,6 +292,7 @@ class Request(Struct, frozen=True, forbid_unknown_fields=True, tag="request", ta
     tech: Name
     timeout: Timeout = 30.0
     args: Annotated[dict[str, Any], Meta(max_length=32)] = {}
+    command: SignedCommand | None = None
 
 
 class Result(Struct, frozen=True, forbid_unknown_fields=True, tag="result", tag_field="type"):
@@ -261,6 +310,24 @@ class Result(Struct, frozen=True, forbid_unknown_fields=True, tag="result", tag_
     reports: Annotated[list[ProbeReport], Meta(max_length=128)] = []
     error_code: ErrorCode | None = None
     error: Text = ""
+    receipt: SignedReceipt | None = None
+
+
+class ConsentUpdate(Struct, frozen=True, forbid_unknown_fields=True, tag="consent_update",
+                    tag_field="type"):
+    """Agent -> server: a signed consent receipt (a grant or its revocation), via the outbox.
+    ``id`` is the receipt id; the server stores each once and answers :class:`Ack`."""
+
+    id: Id
+    receipt: SignedReceipt
+
+
+class Revocations(Struct, frozen=True, forbid_unknown_fields=True, tag="revocations",
+                  tag_field="type"):
+    """Server -> agent: fingerprints of revoked technician keys (the whole current list)."""
+
+    fingerprints: Annotated[list[Annotated[str, Meta(max_length=128)]],
+                            Meta(max_length=10000)]
 
 
 class Ack(Struct, frozen=True, forbid_unknown_fields=True, tag="ack", tag_field="type"):
@@ -295,8 +362,20 @@ class RunDiag(Struct, frozen=True, forbid_unknown_fields=True, tag="run_diag",
 
     id: Id
     case: CaseNumber
+    command: SignedCommand
     timeout: Timeout = 60.0
     probes: Annotated[list[Name], Meta(max_length=64)] = []
+
+
+class AskConsent(Struct, frozen=True, forbid_unknown_fields=True, tag="ask_consent",
+                 tag_field="type"):
+    """Ask the case's customer for a grant; ``command`` (action ``consent``) carries the
+    scopes and duration in its args, signed, so the customer sees who really asks."""
+
+    id: Id
+    case: CaseNumber
+    command: SignedCommand
+    timeout: Timeout = 120.0
 
 
 class AgentList(Struct, frozen=True, forbid_unknown_fields=True, tag="agent_list",
@@ -329,6 +408,17 @@ class DiagDone(Struct, frozen=True, forbid_unknown_fields=True, tag="diag_done",
 # -- both directions ---------------------------------------------------------------------
 
 
+class ConsentAnswer(Struct, frozen=True, forbid_unknown_fields=True, tag="consent_answer",
+                    tag_field="type"):
+    """Server -> tech: the customer's answer to :class:`AskConsent`."""
+
+    re: Id
+    case: CaseNumber
+    granted: bool
+    message: Text
+    grant: ConsentGrant | None = None
+
+
 class Error(Struct, frozen=True, forbid_unknown_fields=True, tag="error", tag_field="type"):
     """A request could not be served. ``message`` says what happened and what to do."""
 
@@ -345,18 +435,18 @@ class Bye(Struct, frozen=True, forbid_unknown_fields=True, tag="bye", tag_field=
 
 AnyMessage = (
     Hello | Enroll | Challenge | Proof | Welcome | Enrolled
-    | OpenCase | CaseOpened | Request | Result | Ack
-    | ListAgents | ListCases | GetCase | RunDiag
-    | AgentList | CaseList | CaseDetail | DiagDone
+    | OpenCase | CaseOpened | Request | Result | ConsentUpdate | Revocations | Ack
+    | ListAgents | ListCases | GetCase | RunDiag | AskConsent
+    | AgentList | CaseList | CaseDetail | DiagDone | ConsentAnswer
     | Error | Bye
 )
 """Union of every message; :func:`proto.codec.decode` returns one of these."""
 
 ALL_MESSAGES: tuple[type[Struct], ...] = (
     Hello, Enroll, Challenge, Proof, Welcome, Enrolled,
-    OpenCase, CaseOpened, Request, Result, Ack,
-    ListAgents, ListCases, GetCase, RunDiag,
-    AgentList, CaseList, CaseDetail, DiagDone,
+    OpenCase, CaseOpened, Request, Result, ConsentUpdate, Revocations, Ack,
+    ListAgents, ListCases, GetCase, RunDiag, AskConsent,
+    AgentList, CaseList, CaseDetail, DiagDone, ConsentAnswer,
     Error, Bye,
 )
 

@@ -42,11 +42,13 @@ class State(StrEnum):
 
 
 #: What each role may send once READY. Replies go the other way.
-AGENT_SENDS: frozenset[type] = frozenset({m.OpenCase, m.Result, m.Error, m.Bye})
-SERVER_TO_AGENT: frozenset[type] = frozenset({m.CaseOpened, m.Request, m.Ack, m.Error, m.Bye})
-TECH_SENDS: frozenset[type] = frozenset({m.ListAgents, m.ListCases, m.GetCase, m.RunDiag, m.Bye})
+AGENT_SENDS: frozenset[type] = frozenset({m.OpenCase, m.Result, m.ConsentUpdate, m.Error, m.Bye})
+SERVER_TO_AGENT: frozenset[type] = frozenset(
+    {m.CaseOpened, m.Request, m.Revocations, m.Ack, m.Error, m.Bye})
+TECH_SENDS: frozenset[type] = frozenset(
+    {m.ListAgents, m.ListCases, m.GetCase, m.RunDiag, m.AskConsent, m.Bye})
 SERVER_TO_TECH: frozenset[type] = frozenset(
-    {m.AgentList, m.CaseList, m.CaseDetail, m.DiagDone, m.Error, m.Bye}
+    {m.AgentList, m.CaseList, m.CaseDetail, m.DiagDone, m.ConsentAnswer, m.Error, m.Bye}
 )
 
 PROOF_CONTEXT = b"helloword-auth-v1"

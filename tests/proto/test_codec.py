@@ -56,6 +56,12 @@ CASE_INFO = m.CaseInfo(number=CASE, agent_id=AGENT, customer="Acme Ltd",
                        description="laptop is slow", state="open", opened_at=T0,
                        updated_at=T0.astimezone(CST))
 
+SIGNED = m.SignedCommand(payload=b'{"agent_id":"ag-1"}', certificate="ssh-ed25519-cert-v01",
+                         signature=b"\x01" * 64)
+GRANT = m.ConsentGrant(receipt_id="cg-1", agent_id=AGENT, case=CASE, tech="alice",
+                       scopes=[m.Scope.DIAGNOSTICS, m.Scope.FIX], granted_at=T0, expires_at=T0,
+                       via="control", tech_fingerprint="SHA256:abc")
+
 EXAMPLES: list[Any] = [
     m.Hello(role=m.Role.AGENT, min_version=1, max_version=1, software="hw-agent/0.1.0",
             agent_id=AGENT),
@@ -81,7 +87,15 @@ EXAMPLES: list[Any] = [
     m.ListAgents(id="la-1"),
     m.ListCases(id="lc-1", state="open"),
     m.GetCase(id="gc-1", case=CASE),
-    m.RunDiag(id="rd-1", case=CASE, timeout=120.0),
+    m.RunDiag(id="rd-1", case=CASE, command=SIGNED, timeout=120.0),
+    m.AskConsent(id="ac-1", case=CASE, command=SIGNED),
+    m.ConsentAnswer(re="ac-1", case=CASE, granted=True, message="granted", grant=GRANT),
+    m.ConsentAnswer(re="ac-2", case=CASE, granted=False, message="declined"),
+    m.ConsentUpdate(id="cg-1", receipt=m.SignedReceipt(payload=b"{}", signature=b"\x02" * 64)),
+    m.Revocations(fingerprints=["SHA256:abc"]),
+    m.Request(id="req-2", case=CASE, action=m.Action.CONSENT, tech="alice", command=SIGNED),
+    m.Result(id="res-3", re="req-2", case=CASE, action=m.Action.CONSENT, ok=True,
+             receipt=m.SignedReceipt(payload=b"{}", signature=b"\x03" * 64)),
     m.AgentList(re="la-1", agents=[AGENT_INFO,
                                    msgspec.structs.replace(AGENT_INFO, online=False,
                                                            last_seen=None)]),

@@ -56,6 +56,9 @@ class Pair:
     key: Ed25519PrivateKey
 
 
+
+SIGNED = m.SignedCommand(payload=b"{}", certificate="cert", signature=b"\x01" * 64)
+
 def _client(role: m.Role, **kw: object) -> ClientSession:
     identity = AGENT_ID if role is m.Role.AGENT else TECH
     return ClientSession(role=role, identity=identity, **kw)  # type: ignore[arg-type]
@@ -159,9 +162,10 @@ def test_technician_happy_path() -> None:
     for request, reply in [
         (m.ListAgents(id="1"), m.AgentList(re="1", agents=[])),
         (m.ListCases(id="2", state="open"), m.CaseList(re="2", cases=[])),
-        (m.RunDiag(id="3", case=CASE), m.DiagDone(re="3", case=CASE, result=STORED)),
-        (m.RunDiag(id="4", case=CASE), m.Error(re="4", code=m.ErrorCode.AGENT_OFFLINE,
-                                              message="the agent is not connected")),
+        (m.RunDiag(id="3", case=CASE, command=SIGNED),
+         m.DiagDone(re="3", case=CASE, result=STORED)),
+        (m.RunDiag(id="4", case=CASE, command=SIGNED),
+         m.Error(re="4", code=m.ErrorCode.AGENT_OFFLINE, message="the agent is not connected")),
     ]:
         assert server.receive(client.send(request)) == request
         assert client.receive(server.send(reply)) == reply
@@ -355,12 +359,14 @@ SERVER_UNEXPECTED: list[tuple[str, m.Role, State, m.AnyMessage]] = [
     ("Result in CHALLENGE", m.Role.AGENT, State.CHALLENGE, RESULT),
     ("Hello in CHALLENGE", m.Role.AGENT, State.CHALLENGE,
      m.Hello(role=m.Role.AGENT, min_version=1, max_version=1, software="x", agent_id="a")),
-    ("RunDiag before ready", m.Role.TECH, State.CHALLENGE, m.RunDiag(id="1", case=CASE)),
+    ("RunDiag before ready", m.Role.TECH, State.CHALLENGE,
+     m.RunDiag(id="1", case=CASE, command=SIGNED)),
     ("tech sends Result", m.Role.TECH, State.READY, RESULT),
     ("tech sends OpenCase", m.Role.TECH, State.READY, m.OpenCase(id="1", description="x")),
     ("tech sends Error", m.Role.TECH, State.READY,
      m.Error(re=None, code=m.ErrorCode.INTERNAL, message="x")),
-    ("agent sends RunDiag", m.Role.AGENT, State.READY, m.RunDiag(id="1", case=CASE)),
+    ("agent sends RunDiag", m.Role.AGENT, State.READY,
+     m.RunDiag(id="1", case=CASE, command=SIGNED)),
     ("agent sends ListAgents", m.Role.AGENT, State.READY, m.ListAgents(id="1")),
     ("Hello when ready", m.Role.AGENT, State.READY,
      m.Hello(role=m.Role.AGENT, min_version=1, max_version=1, software="x", agent_id="a")),
@@ -487,12 +493,16 @@ EXAMPLES_BY_TYPE: dict[type, m.AnyMessage] = {type(x): x for x in [
     m.CaseOpened(re="oc", case=CASE, opened_at=NOW),
     REQUEST, RESULT, m.Ack(re="res-1"),
     m.ListAgents(id="1"), m.ListCases(id="2"), m.GetCase(id="3", case=CASE),
-    m.RunDiag(id="4", case=CASE),
+    m.RunDiag(id="4", case=CASE, command=SIGNED),
     m.AgentList(re="1", agents=[]), m.CaseList(re="2", cases=[]),
     m.CaseDetail(re="3", case=m.CaseInfo(number=CASE, agent_id=AGENT_ID, customer="c",
                                          description="d", state="open", opened_at=NOW,
                                          updated_at=NOW), history=[], results=[STORED]),
     m.DiagDone(re="4", case=CASE, result=STORED),
+    m.AskConsent(id="5", case=CASE, command=SIGNED),
+    m.ConsentAnswer(re="5", case=CASE, granted=False, message="declined"),
+    m.ConsentUpdate(id="cg-1", receipt=m.SignedReceipt(payload=b"{}", signature=b"\x00" * 64)),
+    m.Revocations(fingerprints=[]),
     m.Error(re=None, code=m.ErrorCode.INTERNAL, message="x"),
     m.Bye(),
 ]}
@@ -553,7 +563,7 @@ LOCAL_MISUSE: list[tuple[str, Callable[[], object]]] = [
     ("client Result before ready", lambda: _client_in(m.Role.AGENT, State.CHALLENGE).send(RESULT)),
     ("tech client sends Result", lambda: to_ready(m.Role.TECH).client.send(RESULT)),
     ("agent client sends RunDiag",
-     lambda: to_ready(m.Role.AGENT).client.send(m.RunDiag(id="1", case=CASE))),
+     lambda: to_ready(m.Role.AGENT).client.send(m.RunDiag(id="1", case=CASE, command=SIGNED))),
     ("hello twice", lambda: _hello(_client_in(m.Role.AGENT, State.HELLO))),
     ("enroll after hello", lambda: _client_in(m.Role.AGENT, State.HELLO).enroll(m.Enroll(
         min_version=1, max_version=1, software="x", secret=b"s" * 16,
@@ -609,7 +619,7 @@ def test_decode_errors_close_the_session(data: bytes, exc: type[ProtocolError]) 
 def test_after_an_error_receive_raises_local_error() -> None:
     pair = to_ready(m.Role.AGENT)
     with pytest.raises(UnexpectedMessage):
-        pair.server.receive(encode(m.RunDiag(id="1", case=CASE)))
+        pair.server.receive(encode(m.RunDiag(id="1", case=CASE, command=SIGNED)))
     with pytest.raises(LocalProtocolError):
         pair.server.receive(pair.client.send(RESULT))
     with pytest.raises(LocalProtocolError):

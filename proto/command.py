@@ -1,0 +1,298 @@
+"""Signed commands: a technician's request that the server can relay but not forge.
+
+Like a JWS, a :class:`SignedCommand` (defined with the other wire structs in
+:mod:`proto.messages`, re-exported here) carries the exact ``payload`` bytes (the msgspec JSON
+encoding of a :class:`Command`), the technician's OpenSSH user certificate and an Ed25519
+signature over ``COMMAND_CONTEXT + b"\\0" + payload``. The signature covers bytes, never a
+re-encoding, so verifier and signer need not agree on JSON formatting.
+
+The agent checks every command with :func:`verify_command` against the organisation key it
+pinned at enrollment (``docs/protocol.md#signed-commands``). Every refusal has its own
+:class:`RefusalReason`. Sans-I/O: callers pass ``now``, the nonce and the keys.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec import Meta
+
+from .certs import CertificateError, CertInfo, CertReason, verify_user_certificate
+from .messages import CaseNumber, Id, Name, Nonce, SignedCommand, Timestamp
+
+__all__ = [
+    "CLOCK_SKEW", "COMMAND_CONTEXT", "MAX_LIFETIME", "MAX_PAYLOAD", "Command", "CommandRefused",
+    "RefusalReason", "ReplayCache", "SignedCommand", "VerifiedCommand", "sign_command",
+    "verify_command",
+]
+
+COMMAND_CONTEXT = b"helloword-command-v1"
+"""Domain separation: a command signature can never pass for any other signature."""
+
+MAX_LIFETIME = timedelta(minutes=10)
+"""Longest ``expires_at - issued_at`` accepted."""
+
+CLOCK_SKEW = timedelta(minutes=2)
+"""How far in the future ``issued_at`` may be (the technician's clock runs ahead)."""
+
+MAX_PAYLOAD = 65536
+"""Largest encoded :class:`Command` accepted, in bytes (as ``SignedCommand.payload``)."""
+
+ActionName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}(?!\n)$")]
+
+
+class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a technician asks one agent to do, for one case, once, within a short window."""
+
+    agent_id: Id
+    case: CaseNumber
+    action: ActionName
+    tech: Name
+    nonce: Nonce
+    issued_at: Timestamp
+    expires_at: Timestamp
+    args: Annotated[dict[str, Any], Meta(max_length=32)] = {}
+
+
+class RefusalReason(StrEnum):
+    """Why a command was refused (stable strings: they appear in logs and docs)."""
+
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    UNTRUSTED_CERTIFICATE = "untrusted_certificate"
+    CERTIFICATE_EXPIRED = "certificate_expired"
+    WRONG_TECHNICIAN = "wrong_technician"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    LIFETIME_TOO_LONG = "lifetime_too_long"
+    WRONG_AGENT = "wrong_agent"
+    WRONG_CASE = "wrong_case"
+    WRONG_ACTION = "wrong_action"
+    REPLAYED = "replayed"
+    BUSY = "busy"
+
+
+_MESSAGES: dict[RefusalReason, str] = {
+    RefusalReason.MALFORMED:
+        "the signed command could not be decoded; send it again from an up-to-date hw-tech",
+    RefusalReason.BAD_SIGNATURE:
+        "the command's signature does not match its contents and the technician's "
+        "certificate, so it was altered on the way; sign and send it again",
+    RefusalReason.UNTRUSTED_CERTIFICATE:
+        "the technician certificate does not chain to the organisation key this agent "
+        "trusts; sign with a certificate from this organisation (`hw-server tech add`)",
+    RefusalReason.CERTIFICATE_EXPIRED:
+        "the technician certificate is outside its validity period; ask an operator for a "
+        "new one (`hw-server tech add`) or check the clocks",
+    RefusalReason.WRONG_TECHNICIAN:
+        "the command names a technician the certificate is not issued to; sign as yourself",
+    RefusalReason.REVOKED:
+        "the technician certificate that signed the command has been revoked; ask an operator "
+        "for a new one (`hw-server tech add`)",
+    RefusalReason.EXPIRED:
+        "the command expired before the agent could run it; sign and send it again",
+    RefusalReason.NOT_YET_VALID:
+        "the command is dated in the future beyond the allowed clock skew; correct the "
+        "technician's or the agent's clock and send it again",
+    RefusalReason.LIFETIME_TOO_LONG:
+        "the command stays valid for longer than the 10 minutes allowed; sign it again with "
+        "an earlier expiry",
+    RefusalReason.WRONG_AGENT:
+        "the command is addressed to another agent; send it to the agent that owns the case",
+    RefusalReason.WRONG_CASE:
+        "the command was signed for another case; sign it again for this case",
+    RefusalReason.WRONG_ACTION:
+        "the signed action differs from the action requested; sign the action you request",
+    RefusalReason.REPLAYED:
+        "this command was already received once (same nonce); sign a new command to repeat "
+        "the action",
+    RefusalReason.BUSY:
+        "too many commands are in flight on this agent; retry shortly",
+}
+
+_FROM_CERT: dict[CertReason, RefusalReason] = {
+    CertReason.MALFORMED: RefusalReason.MALFORMED,
+    CertReason.NOT_USER: RefusalReason.MALFORMED,
+    CertReason.NOT_ED25519: RefusalReason.MALFORMED,
+    CertReason.UNTRUSTED: RefusalReason.UNTRUSTED_CERTIFICATE,
+    CertReason.BAD_SIGNATURE: RefusalReason.UNTRUSTED_CERTIFICATE,
+    CertReason.UNSUPPORTED_OPTION: RefusalReason.UNTRUSTED_CERTIFICATE,
+    CertReason.WRONG_PRINCIPAL: RefusalReason.WRONG_TECHNICIAN,
+    CertReason.NOT_YET_VALID: RefusalReason.CERTIFICATE_EXPIRED,
+    CertReason.EXPIRED: RefusalReason.CERTIFICATE_EXPIRED,
+}
+"""How a certificate refusal surfaces; the certificate's own, more precise message is kept."""
+
+
+class CommandRefused(Exception):
+    """A command the agent will not run.
+
+    ``reason`` is the machine-readable cause; ``message`` (also ``str(exc)``) is one
+    sentence saying what was wrong and what to do. It never contains payload or key bytes.
+    A refusal caused by the certificate chains the :class:`~proto.certs.CertificateError`.
+    """
+
+    def __init__(self, reason: RefusalReason, message: str | None = None) -> None:
+        message = message if message is not None else _MESSAGES[reason]
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class VerifiedCommand:
+    """A command that passed every check, and the certificate that vouched for it."""
+
+    command: Command
+    cert: CertInfo
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Command)
+
+
+def _signed_bytes(payload: bytes) -> bytes:
+    return COMMAND_CONTEXT + b"\0" + payload
+
+
+def sign_command(command: Command, *, certificate: str, key: Ed25519PrivateKey
+                 ) -> SignedCommand:
+    """Encode ``command`` and sign the bytes with the technician's ``key``.
+
+    The command is validated as the agent will decode it, so a command this side builds
+    with out-of-range values fails here rather than at the agent.
+
+    Raises:
+        ValueError: ``command`` would not pass the agent's schema.
+    """
+    payload = _encoder.encode(command)
+    try:
+        _decoder.decode(payload)
+    except Exception as exc:  # ValidationError, or RecursionError on absurdly deep args
+        raise ValueError(f"the command does not pass the schema: {exc}") from None
+    return SignedCommand(payload=payload, certificate=certificate,
+                         signature=key.sign(_signed_bytes(payload)))
+
+
+def verify_command(
+    signed: SignedCommand,
+    *,
+    org_pub: bytes,
+    now: datetime,
+    agent_id: str,
+    case: str | None = None,
+    action: str | None = None,
+    revoked: Collection[str] = (),
+    replay: ReplayCache | None = None,
+) -> VerifiedCommand:
+    """Check a signed command before the agent acts on it.
+
+    Args:
+        signed: what arrived.
+        org_pub: the raw 32-byte organisation key pinned at enrollment.
+        now: the current time, timezone-aware.
+        agent_id: this agent's id; the command must name it.
+        case, action: when given, the command must name them (the relayed request's).
+        revoked: fingerprints (``SHA256:...``) of revoked technician keys.
+        replay: remembers accepted nonces; consulted last, so a refused command never
+            uses up its nonce.
+
+    Checks, in order: the payload decodes; the certificate chains to ``org_pub``, names
+    ``command.tech`` and is valid now; its key is not revoked; the signature over the
+    payload verifies with the certified key; agent, case and action match; the command
+    is within its validity window; the nonce is new.
+
+    Raises:
+        CommandRefused: with the :class:`RefusalReason` of the first failed check.
+        ValueError: ``now`` is naive (a bug in the caller).
+    """
+    if now.tzinfo is None:
+        raise ValueError("verify_command() needs a timezone-aware `now`")
+    if len(signed.payload) > MAX_PAYLOAD:  # only decoding enforces the struct's limit
+        raise CommandRefused(RefusalReason.MALFORMED)
+    try:
+        command = _decoder.decode(signed.payload)
+    except Exception:  # DecodeError, UnicodeDecodeError, RecursionError on deep nesting
+        raise CommandRefused(RefusalReason.MALFORMED) from None
+    try:
+        cert = verify_user_certificate(signed.certificate, org_pub=org_pub,
+                                       principal=command.tech, now=now)
+    except CertificateError as exc:
+        raise CommandRefused(_FROM_CERT[exc.reason], exc.message) from exc
+    if cert.fingerprint in revoked:
+        raise CommandRefused(RefusalReason.REVOKED)
+    try:
+        cert.public_key.verify(signed.signature, _signed_bytes(signed.payload))
+    except InvalidSignature:
+        raise CommandRefused(RefusalReason.BAD_SIGNATURE) from None
+    if command.agent_id != agent_id:
+        raise CommandRefused(RefusalReason.WRONG_AGENT)
+    if case is not None and command.case != case:
+        raise CommandRefused(RefusalReason.WRONG_CASE)
+    if action is not None and command.action != action:
+        raise CommandRefused(RefusalReason.WRONG_ACTION)
+    if command.expires_at <= now:
+        raise CommandRefused(RefusalReason.EXPIRED)
+    if command.issued_at > now + CLOCK_SKEW:
+        raise CommandRefused(RefusalReason.NOT_YET_VALID)
+    if command.expires_at - command.issued_at > MAX_LIFETIME:
+        raise CommandRefused(RefusalReason.LIFETIME_TOO_LONG)
+    if replay is not None:
+        replay.check_and_add(command.nonce, expires_at=command.expires_at, now=now)
+    return VerifiedCommand(command=command, cert=cert)
+
+
+class ReplayCache:
+    """Nonces of accepted commands, each remembered until its command expires.
+
+    Sans-I/O: the caller passes ``now``. Entries are pruned lazily, soonest expiry first
+    (a heap). A command cannot be accepted after its expiry, so forgetting its nonce then
+    is safe. When ``max_entries`` unexpired nonces are held, new commands are refused with
+    :attr:`RefusalReason.BUSY` rather than forgetting a nonce that is still live.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._expiry: dict[bytes, datetime] = {}
+        self._heap: list[tuple[datetime, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def __contains__(self, nonce: object) -> bool:
+        return nonce in self._expiry
+
+    def prune(self, now: datetime) -> None:
+        """Forget every nonce whose command has expired at ``now``."""
+        while self._heap and self._heap[0][0] <= now:
+            _, nonce = heapq.heappop(self._heap)
+            del self._expiry[nonce]
+
+    def check_and_add(self, nonce: bytes, *, expires_at: datetime, now: datetime) -> None:
+        """Remember ``nonce`` until ``expires_at``, or refuse it.
+
+        Raises:
+            CommandRefused: :attr:`~RefusalReason.REPLAYED` if the nonce is held,
+                :attr:`~RefusalReason.BUSY` if the cache is full of unexpired nonces,
+                :attr:`~RefusalReason.EXPIRED` if ``expires_at <= now`` (nothing to keep).
+        """
+        self.prune(now)
+        if nonce in self._expiry:
+            raise CommandRefused(RefusalReason.REPLAYED)
+        if expires_at <= now:
+            raise CommandRefused(RefusalReason.EXPIRED)
+        if len(self._expiry) >= self.max_entries:
+            raise CommandRefused(RefusalReason.BUSY)
+        self._expiry[nonce] = expires_at
+        heapq.heappush(self._heap, (expires_at, nonce))

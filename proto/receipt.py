@@ -1,0 +1,38 @@
+"""Consent receipts: what the customer allowed, signed by the agent's key.
+
+The server stores them so the support side can prove what was allowed; it cannot forge
+one, because it never holds the agent's private key (``docs/security.md#consent``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .errors import DecodeError
+from .messages import ConsentGrant, SignedReceipt
+
+RECEIPT_CONTEXT = b"helloword-receipt-v1"
+_decoder = msgspec.json.Decoder(ConsentGrant)
+
+
+def sign_receipt(grant: ConsentGrant, key: Ed25519PrivateKey) -> SignedReceipt:
+    payload = msgspec.json.encode(grant)
+    return SignedReceipt(payload=payload, signature=key.sign(RECEIPT_CONTEXT + b"\0" + payload))
+
+
+def verify_receipt(receipt: SignedReceipt, public_key: Ed25519PublicKey) -> ConsentGrant:
+    """Check the agent's signature and decode the grant.
+
+    Raises:
+        DecodeError: a bad signature or a payload that is not a grant.
+    """
+    try:
+        public_key.verify(receipt.signature, RECEIPT_CONTEXT + b"\0" + receipt.payload)
+    except InvalidSignature:
+        raise DecodeError("consent receipt signature does not verify") from None
+    try:
+        return _decoder.decode(receipt.payload)
+    except msgspec.DecodeError:
+        raise DecodeError("consent receipt payload is not a valid grant") from None
