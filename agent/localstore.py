@@ -3,15 +3,34 @@
 - ``outbox``: results not yet acknowledged by the server, resent after every reconnect;
 - ``cases``: cases this computer's customer opened with ``hw-agent help``, and until when
   that request counts as consent to diagnostics;
-- ``log``: what was done on this machine, for ``hw-agent log``.
+- ``log``: what was done on this machine, for ``hw-agent log``; append-only and hash-chained
+  like the server's audit log, so ``hw-agent log --verify`` (:meth:`LocalStore.verify_log`)
+  detects an edited, deleted or reordered entry.
+
+Log hash chain: every entry stores ``prev_hash`` (the previous entry's ``hash``; 32 zero bytes
+for the first) and ``hash``::
+
+    hash = SHA-256( b"helloword-agent-log-v1"
+                    || field(prev_hash) || field(str(id)) || field(at) || field(event)
+                    || field(detail) )
+    field(b) = len(b) as 4 bytes big-endian || b          (text in UTF-8)
+
+with ``at`` as RFC 3339 UTC with microseconds (``2026-11-26T08:00:00.000000Z``). A chain
+cannot show that the newest entries were deleted (a truncated tail is still a valid chain).
+An ``agent.db`` from before the chain gets the two columns on first open and its existing
+entries chained as they are then: the chain vouches for them from that moment only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -23,6 +42,12 @@ CREATE TABLE IF NOT EXISTS log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, event TEXT NOT NULL,
     detail TEXT NOT NULL);
 """
+# The log table as first shipped had no hash columns; _chain_log adds them (and chains the
+# rows already there) instead of _SCHEMA, so old and new databases take the same path.
+_LOG_HASH_COLUMNS = ("prev_hash", "hash")
+_LOG_DOMAIN = b"helloword-agent-log-v1"
+HASH_SIZE = 32
+GENESIS = bytes(HASH_SIZE)
 
 
 @dataclass(frozen=True)
@@ -38,11 +63,42 @@ class LogEntry:
     at: datetime
     event: str
     detail: str
+    id: int = 0
+    prev_hash: bytes = b""
+    hash: bytes = b""
 
 
 def _ts(value: str) -> datetime:
     dt = datetime.fromisoformat(value)
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _rfc3339(at: datetime) -> str:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError("log times must be timezone-aware (UTC), got a naive datetime")
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def log_hash(*, prev_hash: bytes, id: int, at: datetime, event: str, detail: str) -> bytes:
+    """The hash of one log entry (encoding in the module docstring)."""
+    digest = hashlib.sha256(_LOG_DOMAIN)
+    for part in (prev_hash, str(id).encode("ascii"), _rfc3339(at).encode("ascii"),
+                 event.encode("utf-8"), detail.encode("utf-8")):
+        digest.update(len(part).to_bytes(4, "big") + part)
+    return digest.digest()
+
+
+def _computed_hash(entry_id: int, at: Any, event: Any, detail: Any, prev_hash: Any
+                   ) -> bytes | None:
+    """Recompute a stored row's hash (``None`` if its contents cannot be read at all)."""
+    if not (isinstance(at, str) and isinstance(event, str) and isinstance(detail, str)
+            and isinstance(prev_hash, bytes)):
+        return None
+    try:
+        when = _ts(at)
+    except ValueError:
+        return None
+    return log_hash(prev_hash=prev_hash, id=entry_id, at=when, event=event, detail=detail)
 
 
 class LocalStore:
@@ -56,6 +112,41 @@ class LocalStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._chain_log()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE so concurrent writers queue, not fork."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _chain_log(self) -> None:
+        """Add the hash columns to a log table from before the chain, chaining its rows."""
+        def columns() -> set[str]:
+            return {r[1] for r in self._db.execute("PRAGMA table_info(log)")}
+
+        if set(_LOG_HASH_COLUMNS) <= columns():
+            return
+        with self._write() as db:
+            if not set(_LOG_HASH_COLUMNS) <= columns():  # another process may have done it
+                db.execute("ALTER TABLE log ADD COLUMN prev_hash BLOB")
+                db.execute("ALTER TABLE log ADD COLUMN hash BLOB")
+                prev = GENESIS
+                rows = db.execute("SELECT id, at, event, detail FROM log ORDER BY id").fetchall()
+                for entry_id, at, event, detail in rows:
+                    digest = _computed_hash(entry_id, at, event, detail, prev)
+                    if digest is None:  # unreadable: left unhashed, verify_log names it
+                        continue
+                    db.execute("UPDATE log SET prev_hash = ?, hash = ? WHERE id = ?",
+                               (prev, digest, entry_id))
+                    prev = digest
+                # One successor per entry: even a writer that skipped the lock cannot fork it.
+                db.execute("CREATE UNIQUE INDEX IF NOT EXISTS log_prev_hash ON log (prev_hash)")
 
     def close(self) -> None:
         self._db.close()
@@ -88,9 +179,45 @@ class LocalStore:
 
     # log
     def log(self, event: str, detail: str, *, now: datetime) -> None:
-        self._db.execute("INSERT INTO log (at, event, detail) VALUES (?, ?, ?)",
-                         (now.isoformat(), event, detail))
+        """Append an entry to the hash-chained log (never secrets: the customer reads it)."""
+        at = _rfc3339(now)
+        with self._write() as db:
+            (last_id,) = db.execute("SELECT max(id) FROM log").fetchone()
+            head = db.execute("SELECT hash FROM log WHERE hash IS NOT NULL "
+                              "ORDER BY id DESC LIMIT 1").fetchone()
+            entry_id = 1 if last_id is None else int(last_id) + 1
+            prev = GENESIS if head is None else bytes(head[0])
+            digest = log_hash(prev_hash=prev, id=entry_id, at=_ts(at), event=event,
+                              detail=detail)
+            db.execute("INSERT INTO log (id, at, event, detail, prev_hash, hash) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (entry_id, at, event, detail, prev, digest))
 
     def entries(self) -> list[LogEntry]:
-        rows = self._db.execute("SELECT at, event, detail FROM log ORDER BY id")
-        return [LogEntry(_ts(r[0]), r[1], r[2]) for r in rows]
+        rows = self._db.execute(
+            "SELECT at, event, detail, id, prev_hash, hash FROM log ORDER BY id")
+        return [LogEntry(_ts(r[0]), r[1], r[2], r[3], bytes(r[4] or b""), bytes(r[5] or b""))
+                for r in rows]
+
+    def verify_log(self) -> tuple[bool, int, str]:
+        """Re-hash the log and check every link: ``(ok, entries, reason)``.
+
+        ``reason`` is ``""`` when ok, else it names the first broken entry, e.g.
+        "entry 17: its hash does not match its contents (edited?)" or "entry 18: does not
+        follow entry 16 (deleted or reordered?)". Deleting the newest entries is not
+        detectable by a chain alone.
+        """
+        rows = self._db.execute(
+            "SELECT id, at, event, detail, prev_hash, hash FROM log ORDER BY id").fetchall()
+        head, prev_id = GENESIS, None
+        for entry_id, at, event, detail, prev_hash, stored in rows:
+            problem = ""
+            if stored is None or stored != _computed_hash(entry_id, at, event, detail, prev_hash):
+                problem = "its hash does not match its contents (edited?)"
+            elif prev_hash != head and prev_id is None:
+                problem = "does not start the log (earlier entries deleted?)"
+            elif prev_hash != head:
+                problem = f"does not follow entry {prev_id} (deleted or reordered?)"
+            if problem:
+                return False, len(rows), f"entry {entry_id}: {problem}"
+            head, prev_id = stored, entry_id
+        return True, len(rows), ""

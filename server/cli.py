@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -21,7 +22,7 @@ from proto.token import EnrollToken, encode_token
 from . import pki
 from .config import ServerConfig, parse_listen
 from .errors import ServerError
-from .store import Store, StoreError
+from .store import AuditCheck, AuditEntry, Store, StoreError
 
 KINDS = ("individual", "small-business", "enterprise")
 
@@ -136,7 +137,13 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
     return 0
 
 
+TECH_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}\Z")
+
+
 def cmd_tech_add(args: argparse.Namespace) -> int:
+    if not TECH_NAME.match(args.name):
+        raise ServerError(f"technician name {args.name!r} is not valid: use 1-64 lower-case "
+                          "letters, digits, '.', '_' or '-', starting with a letter")
     cfg = ServerConfig.load(_home(args))
     out = Path(args.out)
     if (out / "tech.key").exists() and not args.replace:
@@ -153,6 +160,10 @@ def cmd_tech_add(args: argparse.Namespace) -> int:
         try:
             await store.add_technician(name=args.name, key_fingerprint=issued.key_fingerprint,
                                        valid_before=issued.valid_before, now=now, replace=True)
+            await store.append_audit(event="tech.added", actor="operator", subject=args.name,
+                                     now=now, detail={"key": issued.key_fingerprint,
+                                                      "valid_before":
+                                                      issued.valid_before.isoformat()})
         finally:
             await store.close()
 
@@ -170,11 +181,71 @@ def cmd_tech_revoke(args: argparse.Namespace) -> int:
         store = await Store.open(cfg.db_url)
         try:
             await store.revoke_technician(args.name, now=pki.now_utc())
+            await store.append_audit(event="tech.revoked", actor="operator",
+                                     subject=args.name, now=pki.now_utc())
         finally:
             await store.close()
 
     _run(revoke())
     print(f"technician {args.name} revoked; their certificate is refused from now on")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.load(_home(args))
+
+    async def verify() -> AuditCheck:
+        store = await Store.open(cfg.db_url)
+        try:
+            return await store.verify_audit()
+        finally:
+            await store.close()
+
+    check: AuditCheck = _run(verify())
+    if not check.ok:
+        raise ServerError(f"audit log broken at {check.reason}")
+    print(f"audit log OK: {check.entries} entries, head {check.head.hex()[:16]}")
+    return 0
+
+
+def _audit_json(entry: AuditEntry) -> dict[str, Any]:
+    return {"id": entry.id, "at": entry.at.isoformat(), "actor": entry.actor,
+            "event": entry.event, "subject": entry.subject, "detail": entry.detail,
+            "hash": entry.hash.hex()}
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.load(_home(args))
+    if args.limit < 1:
+        raise ServerError("--limit must be 1 or more")
+
+    async def show() -> list[AuditEntry]:
+        store = await Store.open(cfg.db_url)
+        try:
+            return await store.list_audit(limit=args.limit, subject=args.subject)
+        finally:
+            await store.close()
+
+    entries: list[AuditEntry] = _run(show())
+    if args.json:
+        print(json.dumps([_audit_json(e) for e in entries], ensure_ascii=False, indent=2))
+        return 0
+    if not entries:
+        print("the audit log is empty" if args.subject is None
+              else f"no audit entries about {args.subject}")
+        return 0
+    rows = [(str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%SZ"), e.actor, e.event, e.subject,
+             _clip(json.dumps(e.detail, ensure_ascii=False, sort_keys=True), 80))
+            for e in entries]
+    header = ("ID", "AT (UTC)", "ACTOR", "EVENT", "SUBJECT", "DETAIL")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
     return 0
 
 
@@ -230,6 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = tsub.add_parser("revoke", parents=[common], help="revoke a technician")
     s.add_argument("name")
     s.set_defaults(func=cmd_tech_revoke)
+
+    a = sub.add_parser("audit", parents=[common], help="check or show the hash-chained "
+                       "audit log")
+    asub = a.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    s = asub.add_parser("verify", parents=[common], help="re-hash the audit log; exit 1 "
+                        "naming the first broken link; prints the head hash to record")
+    s.set_defaults(func=cmd_audit_verify)
+    s = asub.add_parser("show", parents=[common], help="list the newest audit entries, "
+                        "oldest of them first")
+    s.add_argument("--limit", type=int, default=50, metavar="N",
+                   help="how many of the newest entries (default 50)")
+    s.add_argument("--subject", metavar="S", help="only entries about S (a case, an agent)")
+    s.add_argument("--json", action="store_true", help="JSON array with keys id, at, actor, "
+                   "event, subject, detail, hash (hex)")
+    s.set_defaults(func=cmd_audit_show)
     return p
 
 

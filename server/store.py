@@ -1,4 +1,4 @@
-"""The server's durable store: customers, enrollment tokens, agents, technicians, cases, results.
+"""The server's durable store: customers, tokens, agents, technicians, cases, results, audit.
 
 SQLAlchemy 2 async Core (no ORM) over SQLite (``sqlite+aiosqlite:////abs/path/store.db``, the
 embedded default) or PostgreSQL (``postgresql+asyncpg://...``) with the same code. The schema
@@ -20,14 +20,20 @@ SQLite concurrency: connections run with ``journal_mode=WAL``, a busy timeout an
 emits ``BEGIN IMMEDIATE`` for transactions that write and plain ``BEGIN`` for reads, so DDL is
 transactional, writers queue on the busy timeout instead of failing with a stale snapshot, and
 reads within one method see one snapshot.
+
+Audit log: :meth:`Store.append_audit` adds hash-chained entries (``server/audit.py`` has the
+encoding); appends are serialised (``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped advisory
+lock on PostgreSQL) so concurrent writers, even on several nodes, never fork the chain. The
+store has no method that updates or deletes audit entries or consent receipts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -46,12 +52,17 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from . import audit as _audit
+
 __all__ = [
     "CUSTOMER_KINDS",
     "AgentRecord",
+    "AuditCheck",
+    "AuditEntry",
     "CaseEventRecord",
     "CaseRecord",
     "Conflict",
+    "ConsentReceiptRecord",
     "NotFound",
     "ResultRecord",
     "Store",
@@ -73,6 +84,8 @@ _BEGIN_OPTION: Final = "helloword_sqlite_begin"
 _SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
 _WAL_RETRY_DELAYS: Final = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
 _PG_MIGRATION_LOCK: Final = 0x48574D494752  # "HWMIGR": advisory lock held while migrating
+_PG_AUDIT_LOCK: Final = 0x4857415544495400  # "HWAUDIT": advisory lock held while appending
+_AUDIT_VERIFY_BATCH: Final = 1000
 
 
 # --------------------------------------------------------------------------- exceptions
@@ -172,6 +185,54 @@ class TechnicianRecord:
     valid_before: datetime
     added_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One entry of the hash-chained audit log (see :meth:`Store.append_audit`)."""
+
+    id: int
+    at: datetime
+    actor: str
+    event: str
+    subject: str
+    detail: dict[str, Any]
+    prev_hash: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """The outcome of :meth:`Store.verify_audit`.
+
+    ``entries`` counts every entry examined; ``first_bad_id`` and ``reason`` name the first
+    broken link (``reason`` is ``""`` when ``ok``), e.g. "entry 17: its hash does not match
+    its contents (edited?)". ``head`` is the hash of the newest intact entry (32 zero bytes
+    for an empty log): record it elsewhere to detect a truncated tail later.
+    """
+
+    ok: bool
+    entries: int
+    first_bad_id: int | None
+    reason: str
+    head: bytes = _audit.GENESIS
+
+
+@dataclass(frozen=True)
+class ConsentReceiptRecord:
+    """A consent receipt an agent signed: ``payload`` is the exact bytes ``signature`` covers."""
+
+    receipt_id: str
+    agent_id: str
+    case: str
+    tech: str
+    scopes: str
+    payload: bytes
+    signature: bytes
+    granted_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    received_at: datetime
 
 
 # --------------------------------------------------------------------------- schema
@@ -301,6 +362,50 @@ results = sa.Table(
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("error", sa.Text, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
+)
+
+audit = sa.Table(
+    "audit",
+    METADATA,
+    # Ids are given by append_audit (previous + 1) because they are part of the hash.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),  # canonical JSON, hashed as stored
+    sa.Column("prev_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sa.UniqueConstraint("prev_hash"),  # one successor per entry: the chain cannot fork
+    sa.Index(None, "subject"),
+    sqlite_autoincrement=True,
+)
+
+consent_receipts = sa.Table(
+    "consent_receipts",
+    METADATA,
+    sa.Column("receipt_id", sa.String(100), primary_key=True),
+    sa.Column("agent_id", sa.String(100), sa.ForeignKey("agents.agent_id"), nullable=False,
+              index=True),
+    sa.Column("case_number", sa.String(32), nullable=False, index=True),
+    sa.Column("tech", sa.String(100), nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("signature", sa.LargeBinary, nullable=False),
+    sa.Column("granted_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+)
+
+revoked_tech_keys = sa.Table(
+    "revoked_tech_keys",
+    METADATA,
+    # Every technician key ever revoked or superseded, so re-issuing a technician's key does
+    # not make the old (revoked or replaced) key valid again.
+    sa.Column("key_fingerprint", sa.String(200), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=False),
 )
 
 
@@ -452,6 +557,45 @@ _technician_select: Final = sa.select(
 )
 
 
+_audit_select: Final = sa.select(
+    audit.c.id,
+    audit.c.at,
+    audit.c.actor,
+    audit.c.event,
+    audit.c.subject,
+    audit.c.detail,
+    audit.c.prev_hash,
+    audit.c.hash,
+)
+
+# For verify_audit: every column as raw as the driver gives it, so that a value edited into
+# something unparsable is reported as a broken entry instead of crashing the check.
+_audit_raw_select: Final = sa.select(
+    audit.c.id,
+    sa.type_coerce(audit.c.at, sa.String).label("at"),
+    sa.type_coerce(audit.c.actor, sa.String).label("actor"),
+    sa.type_coerce(audit.c.event, sa.String).label("event"),
+    sa.type_coerce(audit.c.subject, sa.String).label("subject"),
+    sa.type_coerce(audit.c.detail, sa.String).label("detail"),
+    audit.c.prev_hash,
+    audit.c.hash,
+)
+
+_receipt_select: Final = sa.select(
+    consent_receipts.c.receipt_id,
+    consent_receipts.c.agent_id,
+    consent_receipts.c.case_number,
+    consent_receipts.c.tech,
+    consent_receipts.c.scopes,
+    consent_receipts.c.payload,
+    consent_receipts.c.signature,
+    consent_receipts.c.granted_at,
+    consent_receipts.c.expires_at,
+    consent_receipts.c.revoked_at,
+    consent_receipts.c.received_at,
+)
+
+
 def _agent(row: _Row) -> AgentRecord:
     return AgentRecord(
         agent_id=row.agent_id,
@@ -490,6 +634,78 @@ def _result(row: _Row) -> ResultRecord:
         ok=bool(row.ok),
         payload=bytes(row.payload),
         error=row.error,
+        received_at=row.received_at,
+    )
+
+
+def _audit_detail(text: str) -> dict[str, Any]:
+    """The stored detail as a dict; an unreadable one (tampering) is shown, not hidden."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"unreadable": text}
+    return value if isinstance(value, dict) else {"unreadable": text}
+
+
+def _audit_entry(row: _Row) -> AuditEntry:
+    return AuditEntry(
+        id=row.id,
+        at=row.at,
+        actor=row.actor,
+        event=row.event,
+        subject=row.subject,
+        detail=_audit_detail(row.detail),
+        prev_hash=bytes(row.prev_hash),
+        hash=bytes(row.hash),
+    )
+
+
+def _raw_bytes(value: object) -> bytes | None:
+    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
+
+
+def _raw_datetime(value: object) -> datetime | None:
+    """A timestamp as the driver returned it (SQLite: text, PostgreSQL: datetime), or None."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _audit_computed_hash(row: _Row) -> bytes | None:
+    """Recompute a raw entry's hash from its contents (``None`` if they are unreadable)."""
+    at = _raw_datetime(row.at)
+    prev_hash = _raw_bytes(row.prev_hash)
+    texts = (row.actor, row.event, row.subject, row.detail)
+    if at is None or prev_hash is None or not all(isinstance(t, str) for t in texts):
+        return None
+    return _audit.entry_hash(
+        prev_hash=prev_hash,
+        id=row.id,
+        at=at,
+        actor=row.actor,
+        event=row.event,
+        subject=row.subject,
+        detail_json=row.detail,
+    )
+
+
+def _receipt(row: _Row) -> ConsentReceiptRecord:
+    return ConsentReceiptRecord(
+        receipt_id=row.receipt_id,
+        agent_id=row.agent_id,
+        case=row.case_number,
+        tech=row.tech,
+        scopes=row.scopes,
+        payload=bytes(row.payload),
+        signature=bytes(row.signature),
+        granted_at=row.granted_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
         received_at=row.received_at,
     )
 
@@ -821,8 +1037,13 @@ class Store:
     ) -> TechnicianRecord:
         """Add a technician, or with ``replace=True`` replace (and un-revoke) an existing one.
 
+        Replacing gives the technician a new key: the key it replaces, if different, is
+        revoked for good (listed by :meth:`revoked_technician_fingerprints`), so a stolen old
+        key does not come back to life when its owner is re-issued a key.
+
         Raises:
-            Conflict: ``name`` exists (revoked or not) and ``replace`` is false.
+            Conflict: ``name`` exists (revoked or not) and ``replace`` is false, or
+                ``key_fingerprint`` is a revoked key (issue a new key instead).
         """
         valid_before = _as_utc(valid_before, "valid_before")
         now = _as_utc(now, "now")
@@ -845,7 +1066,28 @@ class Store:
                 ).first()
                 if exists is not None and not replace:
                     raise conflict
+                revoked_key = (
+                    await conn.execute(
+                        sa.select(revoked_tech_keys.c.key_fingerprint).where(
+                            revoked_tech_keys.c.key_fingerprint == key_fingerprint
+                        )
+                    )
+                ).first()
+                if revoked_key is not None:
+                    raise Conflict(
+                        f"the key {key_fingerprint} was revoked and cannot be used again; "
+                        "issue the technician a new key"
+                    )
                 if exists is not None:
+                    old = (
+                        await conn.execute(
+                            sa.select(technicians.c.key_fingerprint).where(
+                                technicians.c.name == name
+                            )
+                        )
+                    ).scalar_one()
+                    if old != key_fingerprint:
+                        await self._revoke_key(conn, old, name=name, now=now)
                     await conn.execute(
                         sa.update(technicians).where(technicians.c.name == name).values(values)
                     )
@@ -858,6 +1100,15 @@ class Store:
             raise conflict from exc
         return _technician(row)
 
+    async def _revoke_key(
+        self, conn: AsyncConnection, key_fingerprint: str, *, name: str, now: datetime
+    ) -> None:
+        await conn.execute(
+            self._insert(revoked_tech_keys)
+            .values(key_fingerprint=key_fingerprint, name=name, revoked_at=now)
+            .on_conflict_do_nothing(index_elements=["key_fingerprint"])
+        )
+
     async def get_technician(self, name: str) -> TechnicianRecord | None:
         """The technician ``name`` (revoked ones included), or ``None``."""
         async with self._tx(write=False) as conn:
@@ -869,6 +1120,8 @@ class Store:
     async def revoke_technician(self, name: str, *, now: datetime) -> None:
         """Mark the technician revoked at ``now``; revoking twice keeps the first time.
 
+        The technician's key joins :meth:`revoked_technician_fingerprints` for good.
+
         Raises:
             NotFound: no such technician.
         """
@@ -879,11 +1132,35 @@ class Store:
                 .where(technicians.c.name == name, technicians.c.revoked_at.is_(None))
                 .values(revoked_at=now)
             )
-            exists = (
-                await conn.execute(sa.select(technicians.c.name).where(technicians.c.name == name))
+            found = (
+                await conn.execute(
+                    sa.select(technicians.c.key_fingerprint, technicians.c.revoked_at).where(
+                        technicians.c.name == name
+                    )
+                )
             ).first()
-        if exists is None:
+            if found is not None:
+                await self._revoke_key(
+                    conn, found.key_fingerprint, name=name, now=found.revoked_at
+                )
+        if found is None:
             raise NotFound(f"technician {name!r} does not exist")
+
+    async def revoked_technician_fingerprints(self) -> list[str]:
+        """Fingerprints of every technician key revoked or replaced, sorted; it only grows.
+
+        This is the revocation list agents need: a key listed here is refused even while its
+        certificate is within its validity period.
+        """
+        async with self._tx(write=False) as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(revoked_tech_keys.c.key_fingerprint).order_by(
+                        revoked_tech_keys.c.key_fingerprint
+                    )
+                )
+            ).scalars()
+            return [str(fp) for fp in rows]
 
     # ----------------------------------------------------------------- cases
 
@@ -1126,3 +1403,225 @@ class Store:
                 await conn.execute(_result_select.where(results.c.msg_id == msg_id))
             ).one_or_none()
         return None if row is None else _result(row)
+
+    # ----------------------------------------------------------------- audit
+
+    async def append_audit(
+        self,
+        *,
+        event: str,
+        actor: str,
+        subject: str = "",
+        detail: Mapping[str, Any] | None = None,
+        now: datetime,
+    ) -> AuditEntry:
+        """Append an entry to the hash-chained audit log and return it.
+
+        ``event`` names what happened (``"enroll"``, ``"consent.grant"``, ``"command"``, ...),
+        ``actor`` who did it (``"tech:alice"``, ``"agent:<id>"``, ``"operator"``), ``subject``
+        what it was done to (a case number, an agent id), for :meth:`list_audit` filtering.
+
+        ``detail`` must never carry secrets: no tokens or token hashes, keys, passwords,
+        signatures or payloads; it is shown to operators and kept forever. Record facts
+        (a fingerprint, an action name, a verdict) instead. It must be JSON-representable and
+        at most :data:`server.audit.DETAIL_MAX_BYTES` once canonicalised.
+
+        The entry's id is the previous entry's plus one and its hash covers the previous
+        hash (``server/audit.py``). Appends are serialised across connections, processes and
+        PostgreSQL nodes, so concurrent appenders never fork the chain.
+
+        Raises:
+            StoreError: ``detail`` is not JSON-representable or too large.
+        """
+        now = _as_utc(now, "now")
+        try:
+            detail_json = _audit.canonical_detail(detail)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        async with self._tx(write=True) as conn:
+            return await self._append_audit(
+                conn, event=event, actor=actor, subject=subject, detail_json=detail_json, now=now
+            )
+
+    @staticmethod
+    async def _append_audit(
+        conn: AsyncConnection,
+        *,
+        event: str,
+        actor: str,
+        subject: str,
+        detail_json: str,
+        now: datetime,
+    ) -> AuditEntry:
+        """Append within the caller's write transaction (so an action and its audit commit
+        together); on SQLite the transaction must have been begun with BEGIN IMMEDIATE."""
+        if conn.dialect.name == "postgresql":
+            # Released at commit; serialises appenders on every node sharing the database.
+            await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_AUDIT_LOCK})")
+        last = (
+            await conn.execute(
+                sa.select(audit.c.id, audit.c.hash).order_by(audit.c.id.desc()).limit(1)
+            )
+        ).first()
+        entry_id = 1 if last is None else int(last.id) + 1
+        prev_hash = _audit.GENESIS if last is None else bytes(last.hash)
+        digest = _audit.entry_hash(
+            prev_hash=prev_hash,
+            id=entry_id,
+            at=now,
+            actor=actor,
+            event=event,
+            subject=subject,
+            detail_json=detail_json,
+        )
+        await conn.execute(
+            sa.insert(audit).values(
+                id=entry_id,
+                at=now,
+                actor=actor,
+                event=event,
+                subject=subject,
+                detail=detail_json,
+                prev_hash=prev_hash,
+                hash=digest,
+            )
+        )
+        return AuditEntry(
+            id=entry_id,
+            at=now,
+            actor=actor,
+            event=event,
+            subject=subject,
+            detail=json.loads(detail_json),
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+
+    async def list_audit(self, *, limit: int = 100, subject: str | None = None) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries (only those about ``subject``), newest last.
+
+        Raises:
+            StoreError: ``limit`` is negative.
+        """
+        if limit < 0:
+            raise StoreError(f"limit must be 0 or more, got {limit}")
+        query = _audit_select.order_by(audit.c.id.desc()).limit(limit)
+        if subject is not None:
+            query = query.where(audit.c.subject == subject)
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [_audit_entry(row) for row in reversed(rows)]
+
+    async def verify_audit(self) -> AuditCheck:
+        """Re-hash the whole audit log and check every link; report the first broken one.
+
+        Detects an edited entry (its hash no longer matches), a deleted or reordered entry
+        (the next one does not follow its predecessor) and deleted first entries. A chain
+        cannot detect a truncated tail (deleting the newest entries leaves a shorter valid
+        chain): compare :attr:`AuditCheck.head` with a copy recorded elsewhere for that.
+        Reads in batches, so memory does not grow with the log.
+        """
+        checker = _audit.ChainChecker()
+        after = 0
+        async with self._tx(write=False) as conn:
+            while True:
+                rows = (
+                    await conn.execute(
+                        _audit_raw_select.where(audit.c.id > after)
+                        .order_by(audit.c.id)
+                        .limit(_AUDIT_VERIFY_BATCH)
+                    )
+                ).all()
+                if not rows:
+                    break
+                for row in rows:
+                    checker.feed(
+                        id=row.id,
+                        prev_hash=_raw_bytes(row.prev_hash),
+                        hash=_raw_bytes(row.hash),
+                        computed=_audit_computed_hash(row),
+                    )
+                after = rows[-1].id
+        return AuditCheck(
+            ok=checker.ok,
+            entries=checker.entries,
+            first_bad_id=checker.first_bad_id,
+            reason=checker.reason,
+            head=checker.head,
+        )
+
+    # ----------------------------------------------------------------- consent receipts
+
+    async def store_consent_receipt(
+        self,
+        *,
+        receipt_id: str,
+        agent_id: str,
+        case: str,
+        tech: str,
+        scopes: str,
+        payload: bytes,
+        signature: bytes,
+        granted_at: datetime,
+        expires_at: datetime,
+        revoked_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """Keep an agent-signed consent receipt exactly once; ``False`` for a resend.
+
+        ``payload`` is the exact bytes the agent signed and ``signature`` its signature; the
+        caller verifies the signature with the agent's key before storing, and the other
+        fields are what that payload says. Receipts are never changed: a revocation arrives
+        as a new receipt (a new ``receipt_id``) with ``revoked_at`` set.
+
+        A receipt is never replaced: for a ``receipt_id`` already stored this returns
+        ``False`` and keeps the first one, even if the resent one differs.
+
+        Raises:
+            NotFound: no such agent.
+        """
+        granted_at = _as_utc(granted_at, "granted_at")
+        expires_at = _as_utc(expires_at, "expires_at")
+        revoked_at = None if revoked_at is None else _as_utc(revoked_at, "revoked_at")
+        now = _as_utc(now, "now")
+        async with self._tx(write=True) as conn:
+            known = (
+                await conn.execute(
+                    sa.select(agents.c.agent_id).where(agents.c.agent_id == agent_id)
+                )
+            ).first()
+            if known is None:
+                raise NotFound(f"agent {agent_id!r} is not enrolled")
+            inserted = await conn.execute(
+                self._insert(consent_receipts)
+                .values(
+                    receipt_id=receipt_id,
+                    agent_id=agent_id,
+                    case_number=case,
+                    tech=tech,
+                    scopes=scopes,
+                    payload=payload,
+                    signature=signature,
+                    granted_at=granted_at,
+                    expires_at=expires_at,
+                    revoked_at=revoked_at,
+                    received_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["receipt_id"])
+            )
+        return bool(inserted.rowcount == 1)
+
+    async def list_consent_receipts(
+        self, *, case: str | None = None, agent_id: str | None = None
+    ) -> list[ConsentReceiptRecord]:
+        """Consent receipts, oldest first, optionally only for ``case`` and/or ``agent_id``."""
+        query = _receipt_select.order_by(
+            consent_receipts.c.received_at, consent_receipts.c.receipt_id
+        )
+        if case is not None:
+            query = query.where(consent_receipts.c.case_number == case)
+        if agent_id is not None:
+            query = query.where(consent_receipts.c.agent_id == agent_id)
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [_receipt(row) for row in rows]

@@ -49,7 +49,11 @@ STORE_TABLES = {
     "cases",
     "case_events",
     "results",
+    "audit",
+    "consent_receipts",
+    "revoked_tech_keys",
 }
+HEAD = "0002"
 
 PG_URL = os.environ.get("HW_TEST_POSTGRES_URL", "")
 BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
@@ -163,9 +167,9 @@ async def enroll(
 
 
 async def test_open_migrates_to_head_and_records_revision(store: Store) -> None:
-    assert head_revision() == "0001"
-    assert await store.schema_revision() == "0001"
-    assert await fetch(store, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert head_revision() == HEAD
+    assert await store.schema_revision() == HEAD
+    assert await fetch(store, "SELECT version_num FROM alembic_version") == [(HEAD,)]
     assert await table_names(store) == STORE_TABLES | {"alembic_version"}
 
 
@@ -176,8 +180,8 @@ async def test_reopening_is_a_noop_and_keeps_data(url: str) -> None:
 
     second = await Store.open(url)
     try:
-        assert await second.schema_revision() == "0001"
-        assert await fetch(second, "SELECT version_num FROM alembic_version") == [("0001",)]
+        assert await second.schema_revision() == HEAD
+        assert await fetch(second, "SELECT version_num FROM alembic_version") == [(HEAD,)]
         assert [a.agent_id for a in await second.list_agents()] == ["agent-a"]
     finally:
         await second.close()
@@ -210,7 +214,7 @@ async def test_concurrent_first_open_migrates_once(url: str) -> None:
     stores = [s for s in opened if isinstance(s, Store)]
     try:
         assert len(stores) == 3, opened
-        assert [await s.schema_revision() for s in stores] == ["0001"] * 3
+        assert [await s.schema_revision() for s in stores] == [HEAD] * 3
     finally:
         for s in stores:
             await s.close()
@@ -247,6 +251,8 @@ def test_migrations_render_for_postgresql() -> None:
     assert "TIMESTAMP WITH TIME ZONE" in sql
     assert "BYTEA" in sql
     assert "CONSTRAINT uq_cases_agent_id_open_request_id UNIQUE" in sql
+    assert "CREATE TABLE audit" in sql and "CONSTRAINT uq_audit_prev_hash UNIQUE" in sql
+    assert "CREATE TABLE consent_receipts" in sql and "CREATE TABLE revoked_tech_keys" in sql
 
 
 async def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(
@@ -878,3 +884,142 @@ async def test_naive_datetimes_are_refused(store: Store) -> None:
     await enroll(store, "a")
     with pytest.raises(ValueError, match="timezone-aware"):
         await store.touch_agent("a", now=datetime(2026, 11, 25, 12, 0))
+
+
+# --------------------------------------------------------------------------- migration 0002
+
+
+async def test_migration_0002_round_trip_keeps_older_data(store: Store) -> None:
+    await enroll(store, "a")
+    await store.append_audit(event="e", actor="a", now=T0)
+
+    def migrate(sync_conn: Connection, down: bool) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = sync_conn
+        (command.downgrade if down else command.upgrade)(cfg, "0001" if down else "head")
+
+    async with store._write_engine.begin() as conn:
+        await conn.run_sync(migrate, True)
+    assert await store.schema_revision() == "0001"
+    assert await table_names(store) == STORE_TABLES - {
+        "audit", "consent_receipts", "revoked_tech_keys"} | {"alembic_version"}
+    async with store._write_engine.begin() as conn:
+        await conn.run_sync(migrate, False)
+    assert await store.schema_revision() == HEAD
+    assert await table_names(store) == STORE_TABLES | {"alembic_version"}
+    assert [a.agent_id for a in await store.list_agents()] == ["a"]
+    assert await store.list_audit() == []  # the audit table was dropped and recreated empty
+    assert (await store.verify_audit()).ok
+
+
+async def test_migration_0002_carries_over_revoked_technicians(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(store_module._run_migrations, "0001")
+            for name, fp, revoked in (("old", "SHA256:old", T0), ("ok", "SHA256:ok", None)):
+                await conn.execute(
+                    sa.insert(store_module.technicians).values(
+                        name=name, key_fingerprint=fp, valid_before=LATER, added_at=T0,
+                        revoked_at=revoked))
+    finally:
+        await engine.dispose()
+    s = await Store.open(url)
+    try:
+        assert await s.schema_revision() == HEAD
+        assert await s.revoked_technician_fingerprints() == ["SHA256:old"]
+    finally:
+        await s.close()
+
+
+# --------------------------------------------------------------------------- revocations
+
+
+async def test_revoked_fingerprints_are_listed_for_good(store: Store) -> None:
+    for name in ("zhang", "li"):
+        await store.add_technician(
+            name=name, key_fingerprint=f"SHA256:{name}-1", valid_before=LATER, now=T0)
+    assert await store.revoked_technician_fingerprints() == []
+    await store.revoke_technician("zhang", now=T0)
+    await store.revoke_technician("zhang", now=T0 + timedelta(hours=1))  # idempotent
+    assert await store.revoked_technician_fingerprints() == ["SHA256:zhang-1"]
+
+    # Re-issuing zhang a key keeps the stolen one revoked; replacing li's key revokes the old.
+    await store.add_technician(name="zhang", key_fingerprint="SHA256:zhang-2",
+                               valid_before=LATER, now=T0, replace=True)
+    await store.add_technician(name="li", key_fingerprint="SHA256:li-2",
+                               valid_before=LATER, now=T0, replace=True)
+    assert await store.revoked_technician_fingerprints() == ["SHA256:li-1", "SHA256:zhang-1"]
+    current = await store.get_technician("zhang")
+    assert current is not None and current.revoked_at is None
+
+    # Replacing with the same key revokes nothing; a revoked key cannot come back.
+    await store.add_technician(name="li", key_fingerprint="SHA256:li-2",
+                               valid_before=LATER, now=T0, replace=True)
+    with pytest.raises(Conflict, match="was revoked"):
+        await store.add_technician(name="zhang", key_fingerprint="SHA256:zhang-1",
+                                   valid_before=LATER, now=T0, replace=True)
+    with pytest.raises(Conflict, match="was revoked"):
+        await store.add_technician(name="wang", key_fingerprint="SHA256:li-1",
+                                   valid_before=LATER, now=T0)
+    assert await store.revoked_technician_fingerprints() == ["SHA256:li-1", "SHA256:zhang-1"]
+    current = await store.get_technician("zhang")
+    assert current is not None and current.key_fingerprint == "SHA256:zhang-2"
+
+
+# --------------------------------------------------------------------------- consent receipts
+
+
+async def send_receipt(
+    store: Store,
+    receipt_id: str,
+    *,
+    agent_id: str = "a",
+    case: str = "HW-20261125-0001",
+    payload: bytes = b"signed-bytes",
+    revoked_at: datetime | None = None,
+    now: datetime = T0,
+) -> bool:
+    return await store.store_consent_receipt(
+        receipt_id=receipt_id, agent_id=agent_id, case=case, tech="alice",
+        scopes="diagnostics,fix", payload=payload, signature=b"s" * 64, granted_at=T0,
+        expires_at=T0 + timedelta(minutes=30), revoked_at=revoked_at, now=now)
+
+
+async def test_consent_receipts_are_stored_exactly_once(store: Store) -> None:
+    await enroll(store, "a")
+    assert await send_receipt(store, "rc-1") is True
+    assert await send_receipt(store, "rc-1", now=T0 + timedelta(minutes=1)) is False
+    assert await send_receipt(store, "rc-1", payload=b"other-bytes") is False  # first kept
+    [receipt] = await store.list_consent_receipts()
+    assert (receipt.receipt_id, receipt.agent_id, receipt.case, receipt.tech) == (
+        "rc-1", "a", "HW-20261125-0001", "alice")
+    assert (receipt.scopes, receipt.payload, receipt.signature) == (
+        "diagnostics,fix", b"signed-bytes", b"s" * 64)
+    assert (receipt.granted_at, receipt.expires_at, receipt.revoked_at, receipt.received_at) == (
+        T0, T0 + timedelta(minutes=30), None, T0)
+    assert await fetch(store, "SELECT count(*) FROM consent_receipts") == [(1,)]
+
+
+async def test_a_revocation_is_a_new_receipt_and_listing_filters(store: Store) -> None:
+    await enroll(store, "a")
+    await enroll(store, "b")
+    assert await send_receipt(store, "rc-1")
+    assert await send_receipt(store, "rc-2", revoked_at=T0 + timedelta(minutes=5),
+                              now=T0 + timedelta(minutes=5))
+    assert await send_receipt(store, "rc-3", agent_id="b", case="HW-20261125-0002",
+                              now=T0 + timedelta(minutes=1))
+    listed = await store.list_consent_receipts()
+    assert [r.receipt_id for r in listed] == ["rc-1", "rc-3", "rc-2"]
+    assert [r.revoked_at for r in listed] == [None, None, T0 + timedelta(minutes=5)]
+    assert [r.receipt_id for r in await store.list_consent_receipts(agent_id="a")] == [
+        "rc-1", "rc-2"]
+    assert [r.receipt_id for r in await store.list_consent_receipts(
+        case="HW-20261125-0002")] == ["rc-3"]
+    assert await store.list_consent_receipts(case="HW-20261125-0002", agent_id="a") == []
+
+
+async def test_a_receipt_from_an_unknown_agent_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound, match="not enrolled"):
+        await send_receipt(store, "rc-1", agent_id="ghost")
+    assert await store.list_consent_receipts() == []
