@@ -53,15 +53,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .backoff import Backoff
     from .client import Agent
+    from .consent import Policy
 
     home = _home(args)
     home.state()
+    policy = Policy.load(Path(args.policy) if args.policy else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
     backoff = Backoff(minimum=args.retry_min, cap=args.retry_max)
 
     async def main() -> None:
-        agent = Agent(home, get_plugin_manager(), backoff=backoff)
+        agent = Agent(home, get_plugin_manager(), backoff=backoff, policy=policy)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -84,9 +86,70 @@ def cmd_help(args: argparse.Namespace) -> int:
         raise AgentError("describe the problem, e.g. hw-agent help \"laptop gets hot\"")
     case = _run(open_case(_home(args), description[:4000]))
     print(case.number)
-    print(f"case {case.number} opened; a HelloWord technician may run diagnostics on this "
-          f"computer until {case.diag_until.astimezone().strftime('%Y-%m-%d %H:%M')}",
-          file=sys.stderr)
+    print(f"case {case.number} opened. A technician will ask for your consent before doing "
+          f"anything on this computer; `hw-agent consent grant --case {case.number} --tech "
+          "NAME --scopes diagnostics` allows diagnostics in advance.", file=sys.stderr)
+    return 0
+
+
+def _control(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
+    from .control import ControlError, call
+
+    home = _home(args)
+    home.state()
+    reply: dict[str, Any] = asyncio.run(call(home.path, request))
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error", "the agent refused")))
+    return reply
+
+
+def _print_grant(g: dict[str, Any]) -> None:
+    state = "revoked" if g.get("revoked_at") else ("active" if g.get("active", True)
+                                                   else "expired")
+    print(f"{g['case']}  {g['tech']:<12} {','.join(g['scopes']):<24} {state:<8} until "
+          f"{g['expires_at'][:19]}  ({g['via']}, {g['receipt_id']})")
+
+
+def cmd_consent_grant(args: argparse.Namespace) -> int:
+    reply = _control(args, {"op": "grant", "case": args.case, "tech": args.tech,
+                            "scopes": args.scopes, "for": args.duration,
+                            "fix_approval": not args.no_fix_approval})
+    if args.json:
+        print(json.dumps(reply["grant"], ensure_ascii=False, indent=2))
+    else:
+        _print_grant(reply["grant"])
+    return 0
+
+
+def cmd_consent_deny(args: argparse.Namespace) -> int:
+    reply = _control(args, {"op": "deny", "case": args.case})
+    print(f"declined {reply['denied']} pending request(s)")
+    return 0
+
+
+def cmd_consent_status(args: argparse.Namespace) -> int:
+    reply = _control(args, {"op": "status"})
+    if args.json:
+        print(json.dumps({k: reply[k] for k in ("grants", "pending", "connected")},
+                         ensure_ascii=False, indent=2))
+        return 0
+    print("connected to the support server" if reply["connected"] else
+          "not connected to the support server")
+    for p in reply["pending"]:
+        print(f"waiting for your answer: {p['tech']} asks for access to case {p['case']}")
+    if not reply["grants"]:
+        print("no grants")
+    for g in reply["grants"]:
+        _print_grant(g)
+    return 0
+
+
+def cmd_consent_revoke(args: argparse.Namespace) -> int:
+    reply = _control(args, {"op": "revoke", "case": args.case})
+    for g in reply["revoked"]:
+        _print_grant(g)
+    print(f"revoked {len(reply['revoked'])} grant(s); cancelled {reply['cancelled']} running "
+          "action(s)")
     return 0
 
 
@@ -98,8 +161,14 @@ def cmd_log(args: argparse.Namespace) -> int:
     store = LocalStore(home.db_path)
     try:
         entries = store.entries()
+        ok, count, reason = store.verify_log()
     finally:
         store.close()
+    if args.verify:
+        if not ok:
+            raise AgentError(f"the local log was tampered with: {reason}")
+        print(f"local log OK: {count} entries, every link checks")
+        return 0
     if args.json:
         print(json.dumps([{"at": e.at.isoformat(), "event": e.event, "detail": e.detail}
                           for e in entries], ensure_ascii=False, indent=2))
@@ -127,16 +196,47 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", parents=[common], help="stay connected to the support server "
                        "(foreground; reconnects by itself)")
     s.add_argument("--retry-min", type=float, default=1.0, metavar="S",
-                   help="first reconnect delay upper bound in seconds (default 1)")
+                   help="upper bound of the first reconnect delay in seconds; each failed "
+                        "attempt doubles it, and the delay is drawn at random below it "
+                        "(default 1)")
     s.add_argument("--retry-max", type=float, default=60.0, metavar="S",
                    help="largest reconnect delay in seconds (default 60)")
+    s.add_argument("--policy", metavar="FILE", help="local policy (TOML) for managed devices: "
+                   "max_minutes, preapproved_scopes, preapproved_techs, prompt_timeout_s")
     s.set_defaults(func=cmd_run)
+    c = sub.add_parser("consent", parents=[common], help="grant, inspect or revoke what "
+                       "technicians may do on this computer (talks to the running agent)")
+    csub = c.add_subparsers(dest="consent_command", required=True, metavar="ACTION")
+    s = csub.add_parser("grant", parents=[common], help="allow a technician scopes on a case")
+    s.add_argument("--case", required=True, help="case number")
+    s.add_argument("--tech", required=True, help="technician name")
+    s.add_argument("--scopes", required=True, metavar="A,B",
+                   help="diagnostics, fix, shell, files, book-visit (comma-separated)")
+    s.add_argument("--for", dest="duration", default="30m", metavar="DURATION",
+                   help="how long, e.g. 20m or 1h (default 30m; capped by the policy)")
+    s.add_argument("--no-fix-approval", action="store_true",
+                   help="fixes need no per-fix approval (default: each fix asks you)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_consent_grant)
+    s = csub.add_parser("deny", parents=[common], help="decline pending requests now")
+    s.add_argument("--case", help="only this case")
+    s.set_defaults(func=cmd_consent_deny)
+    s = csub.add_parser("status", parents=[common], help="grants and pending requests")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_consent_status)
+    s = csub.add_parser("revoke", parents=[common], help="revoke grants at once; running "
+                        "actions are cancelled")
+    s.add_argument("--case", help="only this case (default: all)")
+    s.set_defaults(func=cmd_consent_revoke)
     s = sub.add_parser("help", parents=[common], help="ask HelloWord for help: opens a case "
-                       "and allows diagnostics on it for 24 hours; prints the case number")
+                       "and prints its number (technicians still need your consent)")
     s.add_argument("description", nargs="+", help="what is wrong, in your words")
     s.set_defaults(func=cmd_help)
-    s = sub.add_parser("log", parents=[common], help="what was done on this computer")
+    s = sub.add_parser("log", parents=[common], help="what was done on this computer "
+                       "(a hash-chained log)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--verify", action="store_true",
+                   help="check the hash chain; exit 1 naming the first broken entry")
     s.set_defaults(func=cmd_log)
     return p
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pluggy
 from websockets.exceptions import ConnectionClosed
@@ -18,10 +20,22 @@ from websockets.exceptions import ConnectionClosed
 from plugins.api import ProbeContext
 from proto import codec
 from proto import messages as m
+from proto.command import CommandRefused, ReplayCache, VerifiedCommand, verify_command
 from proto.errors import CloseCode, ProtocolError
+from proto.receipt import sign_receipt
 
-from .backoff import Backoff
+from .backoff import STABLE_AFTER, Backoff
 from .connection import Link, close_text, dial
+from .consent import (
+    DEFAULT_MINUTES,
+    ConsentError,
+    ConsentStore,
+    Grant,
+    Policy,
+    parse_duration,
+    parse_scopes,
+)
+from .control import serve_control
 from .errors import Refused, Unreachable
 from .home import AgentHome
 from .localstore import LocalCase, LocalStore
@@ -29,8 +43,8 @@ from .runner import run_probes
 
 log = logging.getLogger("hw.agent")
 
-#: How long `hw-agent help` counts as consent to diagnostics on that case.
-HELP_CONSENT = timedelta(hours=24)
+#: How long a case opened with `hw-agent help` stays on this computer's list of own cases.
+HELP_WINDOW = timedelta(hours=24)
 
 
 def now_utc() -> datetime:
@@ -41,18 +55,31 @@ class Agent:
     """One agent process: the reconnect loop around one live :class:`Link` at a time."""
 
     def __init__(self, home: AgentHome, pm: pluggy.PluginManager, *,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, policy: Policy | None = None,
+                 interactive: bool | None = None) -> None:
         self.home = home
         self.state = home.state()
         self.key = home.key()
+        self.org_pub = bytes.fromhex(self.state.org_pub)
         self.ctx = home.ssl_context()
         self.store = LocalStore(home.db_path)
+        self.consents = ConsentStore(home.db_path, agent_id=self.state.agent_id)
+        self.policy = policy or Policy()
+        self.interactive = sys.stdin.isatty() if interactive is None else interactive
         self.pm = pm
         self.backoff = backoff or Backoff()
         self.link: Link | None = None
         self.connected = asyncio.Event()
+        self.replay = ReplayCache()
+        started = now_utc()
+        for nonce, expires_at in self.consents.seen_nonces(started):
+            self.replay.check_and_add(nonce, expires_at=expires_at, now=started)
+        self.revoked: frozenset[str] = frozenset()
         self._work = asyncio.Semaphore(2)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], str] = {}  # running request -> its case
+        self._revoking: set[str] = set()
+        self._pending: dict[tuple[str, str], tuple[str, asyncio.Future[Grant | None]]] = {}
+        self._prompt = asyncio.Lock()
         self._server_offset: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -61,6 +88,20 @@ class Agent:
         Raises:
             Refused: the server refused this agent for good (revoked, unknown).
         """
+        control = await serve_control(self.home.path, self._control)
+        try:
+            await self._loop(stop)
+        finally:
+            if control is not None:
+                control.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.store.close()
+            self.consents.close()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 link = await dial(self.state.urls, self.ctx, agent_id=self.state.agent_id,
@@ -70,19 +111,16 @@ class Agent:
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await _wait(stop, delay)
                 continue
-            self.backoff.reset()
             log.info("connected to %s as %s", link.url, self.state.agent_id)
             self.store.log("connected", link.url, now=now_utc())
+            up_since = asyncio.get_running_loop().time()
             await self._serve(link, stop)
+            if asyncio.get_running_loop().time() - up_since >= STABLE_AFTER:
+                self.backoff.reset()
             if not stop.is_set():
                 delay = self.backoff.next()
                 log.info("reconnecting in %.1fs", delay)
                 await _wait(stop, delay)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.store.close()
 
     async def _serve(self, link: Link, stop: asyncio.Event) -> None:
         self.link = link
@@ -122,13 +160,16 @@ class Agent:
     def _dispatch(self, link: Link, msg: m.AnyMessage) -> None:
         if isinstance(msg, m.Request):
             task = asyncio.create_task(self._handle(msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[task] = msg.case
+            task.add_done_callback(lambda t: self._tasks.pop(t, None))
+        elif isinstance(msg, m.Revocations):
+            self.revoked = frozenset(msg.fingerprints)
         elif isinstance(msg, m.Ack):
             self.store.ack(msg.re)
         elif isinstance(msg, m.Error):
             log.warning("server reports %s: %s", msg.code.value, msg.message)
-            if msg.re is not None and self.store.ack(msg.re):
+            if (msg.code is m.ErrorCode.REFUSED and msg.re is not None
+                    and self.store.ack(msg.re)):
                 # A result the server refused for good is not resent forever.
                 self.store.log("dropped", f"result {msg.re} refused by the server: "
                                f"{msg.message}", now=now_utc())
@@ -138,37 +179,229 @@ class Agent:
             await link.send(codec.decode(frame))
 
     async def _handle(self, req: m.Request) -> None:
-        """Check local consent, run the action, put the result in the outbox, send it."""
-        result_id = "rs-" + secrets.token_hex(8)
+        """Verify the signed command and the customer's consent, act, answer via the outbox."""
+        try:
+            result = await self._act(req)
+        except asyncio.CancelledError:
+            if req.case not in self._revoking:
+                raise  # the agent is stopping
+            self.store.log("cancelled", f"{req.action.value} on {req.case} cancelled: the "
+                           "customer revoked consent", now=now_utc())
+            result = self._refusal(req, "consent revoked: the customer revoked consent for "
+                                   "this case, so the running action was cancelled")
+        await self._deliver(result.id, result)
+
+    def _refusal(self, req: m.Request, why: str) -> m.Result:
+        return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
+                        action=req.action, ok=False, error_code=m.ErrorCode.REFUSED,
+                        error=why[:4000])
+
+    async def _act(self, req: m.Request) -> m.Result:
         now = now_utc()
-        case = self.store.get_case(req.case)
-        if case is None or case.diag_until <= now:
-            why = ("the customer has not asked for help on this case from this computer"
-                   if case is None else "the customer's request for help on this case expired")
-            self.store.log("refused", f"{req.tech} asked for {req.action.value} on {req.case}: "
-                           f"{why}", now=now)
-            result = m.Result(id=result_id, re=req.id, case=req.case, action=req.action,
-                              ok=False, error_code=m.ErrorCode.REFUSED,
-                              error=f"{why}; ask them to run `hw-agent help` (case {req.case})")
+        try:
+            if req.command is None:
+                raise ConsentError("unsigned: the request carries no technician signature")
+            verified = verify_command(
+                req.command, org_pub=self.org_pub, now=now, agent_id=self.state.agent_id,
+                case=req.case, action=req.action.value, revoked=self.revoked,
+                replay=self.replay)
+        except CommandRefused as exc:
+            return self._refuse(req, f"{exc.reason.value}: {exc.message}")
+        except ConsentError as exc:
+            return self._refuse(req, str(exc))
+        cmd, fingerprint = verified.command, verified.cert.fingerprint
+        self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
+        if req.action is m.Action.CONSENT:
+            return await self._consent_request(req, verified)
+        scope = m.ACTION_SCOPE[req.action]
+        assert scope is not None
+        grant = self.consents.active(case=req.case, tech=cmd.tech, fingerprint=fingerprint,
+                                     scope=scope, now=now)
+        if grant is None:
+            return self._refuse(req, (
+                f"no_consent: the customer has not granted {cmd.tech} the {scope.value} scope "
+                f"on case {req.case} (or the grant expired or was revoked); ask with "
+                f"`hw-tech consent-request {req.case} --scopes {scope.value}`"))
+        self.store.log("diag", f"{cmd.tech} ran diagnostics on {req.case} (grant "
+                       f"{grant.receipt_id})", now=now)
+        probes = cmd.args.get("probes")
+        async with self._work:
+            ctx = ProbeContext(server_time=now_utc() + timedelta(
+                seconds=self._server_offset or 0.0), agent_version=SOFTWARE_VERSION,
+                args=cmd.args)
+            reports = await run_probes(self.pm, context=ctx,
+                                       names=probes if isinstance(probes, list) and probes
+                                       else None)
+        return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
+                        action=req.action, ok=True, reports=reports)
+
+    def _refuse(self, req: m.Request, why: str) -> m.Result:
+        tech = req.tech
+        self.store.log("refused", f"{req.action.value} on {req.case} asked by {tech} (as the "
+                       f"server says): {why}", now=now_utc())
+        log.warning("refused %s on %s: %s", req.action.value, req.case, why)
+        return self._refusal(req, why)
+
+    async def _consent_request(self, req: m.Request, verified: VerifiedCommand) -> m.Result:
+        cmd, fingerprint = verified.command, verified.cert.fingerprint
+        try:
+            scopes = parse_scopes(list(cmd.args.get("scopes") or []))
+            duration = timedelta(minutes=float(cmd.args.get("minutes", DEFAULT_MINUTES)))
+            fix_approval = bool(cmd.args.get("fix_approval", True))
+            if duration <= timedelta(0):
+                raise ConsentError("the requested duration is not positive")
+        except (ConsentError, TypeError, ValueError) as exc:
+            return self._refuse(req, f"malformed: {exc}")
+        duration = self.policy.cap(duration)
+        names = ", ".join(s.value for s in scopes)
+        what = (f"technician {cmd.tech} ({fingerprint}) asks for {names} on case {req.case} "
+                f"for {int(duration.total_seconds() // 60)} min")
+        self.store.log("asked", what, now=now_utc())
+        grant: Grant | None
+        if self.policy.preapproves(cmd.tech, scopes):
+            grant = self.consents.grant(
+                case=req.case, tech=cmd.tech, scopes=scopes, duration=duration, now=now_utc(),
+                via="policy", policy=self.policy, tech_fingerprint=fingerprint,
+                fix_needs_approval=fix_approval)
+        elif self.interactive:
+            grant = await self._prompt_terminal(what, req.case, cmd.tech, fingerprint, scopes,
+                                                duration, fix_approval)
         else:
-            self.store.log("diag", f"{req.tech} ran diagnostics on {req.case}", now=now)
-            async with self._work:
-                names = req.args.get("probes") or None
-                ctx = ProbeContext(server_time=now_utc() + timedelta(
-                    seconds=self._server_offset or 0.0), agent_version=SOFTWARE_VERSION,
-                    args=req.args)
-                reports = await run_probes(self.pm, context=ctx, names=names)
-            result = m.Result(id=result_id, re=req.id, case=req.case, action=req.action,
-                              ok=True, reports=reports)
-        self.store.put_outbox(result.id, codec.encode(result), now=now_utc())
+            grant = await self._wait_for_grant(req, cmd.tech, fingerprint, what)
+        if grant is None:
+            self.store.log("declined", what, now=now_utc())
+            return self._refusal(req, "declined: the customer did not grant this request "
+                                 "(declined, or no answer in time)")
+        self.store.log("granted", self._describe(grant), now=now_utc())
+        return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
+                        action=req.action, ok=True,
+                        receipt=sign_receipt(grant.as_wire(), self.key))
+
+    async def _wait_for_grant(self, req: m.Request, tech: str, fingerprint: str, what: str
+                              ) -> Grant | None:
+        """No terminal: wait for `hw-agent consent grant` on the control socket, then deny."""
+        future: asyncio.Future[Grant | None] = asyncio.get_running_loop().create_future()
+        key = (req.case, tech)
+        self._pending[key] = (fingerprint, future)
+        wait = max(1.0, min(self.policy.prompt_timeout_s, req.timeout - 2.0))
+        log.info("consent request: %s; waiting %.0fs for `hw-agent consent grant --case %s "
+                 "--tech %s --scopes ...`", what, wait, req.case, tech)
+        try:
+            return await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            return None
+        finally:
+            if self._pending.get(key, (None, None))[1] is future:
+                del self._pending[key]
+
+    async def _prompt_terminal(self, what: str, case: str, tech: str, fingerprint: str,
+                               scopes: list[m.Scope], duration: timedelta, fix_approval: bool
+                               ) -> Grant | None:
+        """Ask yes/no per scope in the agent's terminal."""
+        loop = asyncio.get_running_loop()
+        async with self._prompt:
+            print(f"\nHelloWord support: {what}.", flush=True)
+            allowed: list[m.Scope] = []
+            for scope in scopes:
+                answer = await loop.run_in_executor(
+                    None, input, f"  allow {scope.value}? [y/N] ")
+                if answer.strip().lower() in ("y", "yes", "是"):
+                    allowed.append(scope)
+        if not allowed:
+            return None
+        return self.consents.grant(case=case, tech=tech, scopes=allowed, duration=duration,
+                                   now=now_utc(), via="terminal", policy=self.policy,
+                                   tech_fingerprint=fingerprint,
+                                   fix_needs_approval=fix_approval)
+
+    @staticmethod
+    def _describe(g: Grant) -> str:
+        return (f"{g.tech} may {', '.join(s.value for s in g.scopes)} on {g.case} until "
+                f"{g.expires_at.isoformat(timespec='seconds')} ({g.via}, {g.receipt_id})")
+
+    async def _deliver(self, msg_id: str, msg: m.Result | m.ConsentUpdate) -> None:
+        """Outbox first, then send if connected; the Ack removes it from the outbox."""
+        self.store.put_outbox(msg_id, codec.encode(msg), now=now_utc())
         link = self.link
         if link is None:
-            log.info("result %s kept in the outbox until the server is back", result.id)
+            log.info("%s kept in the outbox until the server is back", msg_id)
             return
         try:
-            await link.send(result)
+            await link.send(msg)
         except ConnectionClosed:
-            log.info("result %s kept in the outbox until the server is back", result.id)
+            log.info("%s kept in the outbox until the server is back", msg_id)
+
+    async def _send_receipt(self, grant: Grant, *, revoked: bool = False) -> None:
+        update_id = grant.receipt_id + (".revoked" if revoked else "")
+        await self._deliver(update_id, m.ConsentUpdate(
+            id=update_id, receipt=sign_receipt(grant.as_wire(), self.key)))
+
+    # -- the customer's control socket -------------------------------------------------
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        now = now_utc()
+        if op == "grant":
+            case, tech = str(request.get("case", "")), str(request.get("tech", ""))
+            if not case or not tech:
+                raise ConsentError("a grant needs --case and --tech")
+            scopes = parse_scopes(str(request.get("scopes", "")))
+            duration = parse_duration(str(request.get("for", f"{DEFAULT_MINUTES}m")))
+            pending = self._pending.pop((case, tech), None)
+            grant = self.consents.grant(
+                case=case, tech=tech, scopes=scopes, duration=duration, now=now,
+                via="control", policy=self.policy,
+                tech_fingerprint=pending[0] if pending else "",
+                fix_needs_approval=bool(request.get("fix_approval", True)))
+            if pending is not None and not pending[1].done():
+                pending[1].set_result(grant)  # the receipt travels in the request's result
+            else:
+                self.store.log("granted", self._describe(grant), now=now)
+                await self._send_receipt(grant)
+            return {"ok": True, "grant": _grant_json(grant)}
+        if op == "deny":
+            case = str(request.get("case", ""))
+            denied = [k for k in self._pending if k[0] == case or not case]
+            for k in denied:
+                fut = self._pending.pop(k)[1]
+                if not fut.done():
+                    fut.set_result(None)
+            return {"ok": True, "denied": len(denied)}
+        if op == "status":
+            return {"ok": True, "grants": [_grant_json(g, now) for g in self.consents.all()],
+                    "pending": [{"case": c, "tech": t} for c, t in self._pending],
+                    "connected": self.link is not None}
+        if op == "revoke":
+            case = request.get("case") or None
+            revoked = self.consents.revoke(case=case, now=now)
+            cases = {g.case for g in revoked} if case is None else {str(case)}
+            self._revoking |= cases
+            try:
+                running = [t for t, c in self._tasks.items() if c in cases]
+                for task in running:
+                    task.cancel()
+                if running:
+                    await asyncio.wait(running)
+            finally:
+                self._revoking -= cases
+            for g in revoked:
+                self.store.log("revoked", self._describe(g), now=now)
+                await self._send_receipt(g, revoked=True)
+            return {"ok": True, "revoked": [_grant_json(g, now) for g in revoked],
+                    "cancelled": len(running)}
+        raise ConsentError(f"unknown control operation {op!r}")
+
+
+def _grant_json(g: Grant, now: datetime | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "receipt_id": g.receipt_id, "case": g.case, "tech": g.tech,
+        "tech_fingerprint": g.tech_fingerprint, "scopes": [s.value for s in g.scopes],
+        "fix_needs_approval": g.fix_needs_approval, "granted_at": g.granted_at.isoformat(),
+        "expires_at": g.expires_at.isoformat(), "via": g.via,
+        "revoked_at": g.revoked_at.isoformat() if g.revoked_at else None}
+    if now is not None:
+        out["active"] = g.active(now)
+    return out
 
 
 SOFTWARE_VERSION = "0.1.0"
@@ -201,13 +434,12 @@ async def open_case(home: AgentHome, description: str) -> LocalCase:
     finally:
         await link.ws.close()
     now = now_utc()
-    case = LocalCase(number=reply.case, opened_at=reply.opened_at, diag_until=now + HELP_CONSENT,
+    case = LocalCase(number=reply.case, opened_at=reply.opened_at, diag_until=now + HELP_WINDOW,
                      description=description)
     store = LocalStore(home.db_path)
     try:
         store.add_case(case)
-        store.log("help", f"opened case {case.number}; diagnostics allowed until "
-                  f"{case.diag_until.isoformat(timespec='seconds')}", now=now)
+        store.log("help", f"opened case {case.number}: {description[:200]}", now=now)
     finally:
         store.close()
     return case

@@ -45,19 +45,25 @@ def fetch_ca(url: str, *, timeout: float = 10.0) -> bytes:
         raise Unreachable(f"{url}: cannot fetch the CA certificate ({exc})") from None
 
 
-def check_ca(pem: bytes, expected: bytes, url: str) -> None:
-    """Refuse unless the certificate's SHA-256 (DER) is the one the token pins."""
+def check_ca(pem: bytes, expected: bytes, url: str) -> bytes:
+    """Refuse unless the server sent exactly one certificate whose SHA-256 (DER) is the one
+    the token pins; return that certificate alone, re-encoded, to be the only trust anchor."""
     try:
-        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+        certs = x509.load_pem_x509_certificates(pem)
     except ValueError:
         raise EnrollError(f"{url} did not serve a CA certificate; is it a HelloWord "
                           "server?") from None
+    if len(certs) != 1:
+        raise EnrollError(f"{url} served {len(certs)} certificates where exactly one CA "
+                          "certificate belongs; not connecting")
+    der = certs[0].public_bytes(serialization.Encoding.DER)
     got = hashlib.sha256(der).digest()
     if got != expected:
         raise EnrollError(
             f"the server at {url} presents CA fingerprint {got.hex()[:16]}..., but the token "
             f"pins {expected.hex()[:16]}...: the token is not for this server, or the "
             "connection is being intercepted. Not connecting; ask HelloWord for a new token.")
+    return certs[0].public_bytes(serialization.Encoding.PEM)
 
 
 def enroll(home: AgentHome, token: EnrollToken) -> AgentState:
@@ -72,7 +78,7 @@ def enroll(home: AgentHome, token: EnrollToken) -> AgentState:
         except Unreachable as exc:
             errors.append(str(exc))
             continue
-        check_ca(pem, token.ca_sha256, url)
+        pem = check_ca(pem, token.ca_sha256, url)
         created = not home.path.exists()
         home.path.mkdir(parents=True, exist_ok=True)
         cafile = home.path / "ca.crt"

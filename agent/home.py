@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -66,8 +68,22 @@ class AgentHome:
         tmp.replace(self.path / STATE)
 
     def ssl_context(self) -> ssl.SSLContext:
-        """TLS 1.3, trusting only the pinned CA, with hostname checking."""
-        return pinned_context(self.path / "ca.crt")
+        """TLS 1.3, trusting only the pinned CA, with hostname checking.
+
+        The CA file is checked against the fingerprint recorded at enrollment first, so a
+        swapped or extended ``ca.crt`` is refused rather than trusted.
+        """
+        cafile = self.path / "ca.crt"
+        try:
+            certs = x509.load_pem_x509_certificates(cafile.read_bytes())
+        except (OSError, ValueError):
+            certs = []
+        digest = (hashlib.sha256(certs[0].public_bytes(serialization.Encoding.DER)).hexdigest()
+                  if len(certs) == 1 else "")
+        if digest != self.state().ca_sha256:
+            raise NotEnrolled(f"{cafile} is not the CA pinned at enrollment; refusing to trust "
+                              "it (restore it or enroll again with a new token)")
+        return pinned_context(cafile)
 
     @property
     def db_path(self) -> Path:

@@ -1,5 +1,9 @@
 """Round trip technician -> server -> agent -> no-op probe -> back, vs a raw websockets echo.
 
+Each request is a signed command (Ed25519 over the payload, OpenSSH certificate chain to the
+org key checked by the server and again by the agent, replay cache, consent grant lookup),
+the result is stored once in the server's SQLite store and audited on both sides.
+
 Starts a real hw-server and hw-agent (processes, TLS, SQLite store) and a raw `websockets`
 TLS echo server (a process too), then times N sequential requests of each from one client
 process. Prints p50/p99 of both and the ratio. Goal (issue 2): p50 <= 4x the raw echo.
@@ -79,15 +83,11 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def time_echo(port: int, cafile: Path, n: int) -> list[float]:
-    """Sequential round trips of one RunDiag-sized text frame to ``port``."""
+async def time_echo(port: int, cafile: Path, n: int, data: bytes) -> list[float]:
+    """Sequential round trips of one frame (a real signed RunDiag) to ``port``."""
     import ssl
 
     ctx = ssl.create_default_context(cafile=str(cafile))
-    frame = m.RunDiag(id="tq-000000000000", case="HW-20261126-0001", probes=["noop"])
-    from proto import codec
-
-    data = codec.encode(frame)
     async with connect(f"wss://127.0.0.1:{port}", ssl=ctx, compression=None) as ws:
         for _ in range(50):
             await ws.send(data, text=True)
@@ -101,14 +101,33 @@ async def time_echo(port: int, cafile: Path, n: int) -> list[float]:
         return out
 
 
+def sample_frame(tech: Path, case: str) -> bytes:
+    """A signed RunDiag frame of the size the real round trip sends."""
+    from proto import codec
+
+    client = TechClient(Profile.load(tech))
+    signed = client.sign(agent_id="ag-" + "0" * 20, case=case, action=m.Action.DIAG,
+                         args={"probes": ["noop"]})
+    return codec.encode(m.RunDiag(id="tq-000000000000", case=case, command=signed,
+                                  probes=["noop"]))
+
+
 async def time_rtt(tech: Path, case: str, n: int) -> list[float]:
+    """Signed, consent-checked diag round trips; each command is signed inside the timing."""
     async with TechClient(Profile.load(tech)) as client:
+        agent_id = await client.agent_of(case)
+
+        def diag(rid: str) -> m.RunDiag:
+            signed = client.sign(agent_id=agent_id, case=case, action=m.Action.DIAG,
+                                 args={"probes": ["noop"]})
+            return m.RunDiag(id=rid, case=case, command=signed, probes=["noop"])
+
         for i in range(50):
-            await client.call(m.RunDiag(id=f"w{i}", case=case, probes=["noop"]))
+            await client.call(diag(f"w{i}"))
         out = []
         for i in range(n):
             t0 = time.perf_counter()
-            reply = await client.call(m.RunDiag(id=f"r{i}", case=case, probes=["noop"]))
+            reply = await client.call(diag(f"r{i}"))
             out.append(time.perf_counter() - t0)
             assert isinstance(reply, m.DiagDone) and reply.result.ok
         return out
@@ -129,6 +148,7 @@ def main() -> int:
             h.start_agent(home, env={"HW_PLUGINS": "noopprobe"})
             case = h.help(home).splitlines()[0]
             tech = h.add_tech("bench")
+            h.grant(home, case, "bench", duration="8h")
             port, relay_port = free_port(), free_port()
             cert, key = str(h.server_home / "server.crt"), str(h.server_home / "server.key")
             echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(port), cert, key],
@@ -147,8 +167,10 @@ def main() -> int:
                 loop_run = uvloop.run
             except ImportError:
                 pass
-            base = loop_run(time_echo(port, h.server_home / "ca.crt", args.requests))
-            hop2 = loop_run(time_echo(relay_port, h.server_home / "ca.crt", args.requests))
+            frame = sample_frame(tech, case)
+            base = loop_run(time_echo(port, h.server_home / "ca.crt", args.requests, frame))
+            hop2 = loop_run(time_echo(relay_port, h.server_home / "ca.crt", args.requests,
+                                      frame))
             ours = loop_run(time_rtt(tech, case, args.requests))
         finally:
             for proc in (echo, relay):
@@ -163,7 +185,7 @@ def main() -> int:
     print(f"raw websockets TLS relay   p50 {pct(hop2, .5) * ms:7.3f} ms   p99 "
           f"{pct(hop2, .99) * ms:7.3f} ms   (client->relay->echo->relay->client: our "
           "path's shape, no work)")
-    print(f"tech->server->agent->back  p50 {pct(ours, .5) * ms:7.3f} ms   p99 "
+    print(f"signed, consent-checked    p50 {pct(ours, .5) * ms:7.3f} ms   p99 "
           f"{pct(ours, .99) * ms:7.3f} ms   mean {statistics.fmean(ours) * ms:.3f} ms")
     ratio = pct(ours, .5) / pct(base, .5)
     print(f"ratio p50: {ratio:.2f}x the raw echo (goal <= 4x); "

@@ -30,12 +30,17 @@ from websockets.http11 import Response as HttpResponse
 
 from proto import MAX_FRAME_SIZE
 from proto import messages as m
+from proto.command import CommandRefused, RefusalReason, verify_command
 from proto.errors import (
     AuthenticationFailed,
     CloseCode,
+    DecodeError,
+    FrameTooLarge,
     ProtocolError,
     RemoteProtocolError,
+    UnexpectedMessage,
 )
+from proto.receipt import verify_receipt
 from proto.session import ServerSession
 
 from . import pki
@@ -90,6 +95,12 @@ class AgentGone(Exception):
 
 #: Requests one technician connection may have in flight before the server stops reading.
 TECH_CONCURRENCY = 16
+#: Listings carry at most this many cases (newest first), descriptions cut to 200 chars.
+LIST_LIMIT = 500
+#: A case detail carries its newest results only.
+RESULTS_LIMIT = 20
+#: How often the running server re-reads revoked technician keys (seconds).
+REVOCATION_REFRESH_S = 5.0
 
 
 @dataclass
@@ -97,6 +108,7 @@ class AgentLink:
     """A live ``run`` session of one agent."""
 
     agent_id: str
+    public_key: bytes
     ws: ServerConnection
     session: ServerSession
     peer: str
@@ -116,9 +128,10 @@ class Server:
         self.org_pub = pki.org_public_raw(cfg.home)
         self.ca_pem = cfg.path("ca.crt").read_bytes()
         self.links: dict[str, AgentLink] = {}
-        #: request id -> ((agent id, case), future of (result, when it arrived))
-        self.pending: dict[str, tuple[tuple[str, str],
+        #: request id -> (the agent link it went to, case, future of (result, stored at))
+        self.pending: dict[str, tuple[AgentLink, str,
                                       asyncio.Future[tuple[m.Result, datetime]]]] = {}
+        self.revoked: list[str] = []
         #: case number -> agent id; a case never changes agent, so this never goes stale
         self._case_agent: dict[str, str] = {}
         self._ws_server: WsServer | None = None
@@ -135,6 +148,23 @@ class Server:
             logger=logging.getLogger("hw.server.ws"),
         )
         return self._ws_server
+
+    async def refresh_revocations(self, every: float = REVOCATION_REFRESH_S) -> None:
+        """Pick up `hw-server tech revoke` made while running; push changes to agents."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                current = await self.store.revoked_technician_fingerprints()
+            except StoreError as exc:
+                log.warning("cannot read revocations: %s", exc)
+                continue
+            if current != self.revoked:
+                self.revoked = current
+                for link in list(self.links.values()):
+                    try:
+                        await link.send(m.Revocations(fingerprints=current))
+                    except ConnectionClosed:
+                        pass
 
     @property
     def port(self) -> int:
@@ -191,7 +221,8 @@ class Server:
             if isinstance(first, m.Enroll):
                 await self._enroll(ws, session, first, peer)
                 return
-            assert isinstance(first, m.Hello)
+            if not isinstance(first, m.Hello):
+                return  # bye before hello: nothing to do
             if first.role is not m.Role.AGENT:
                 raise session.reject(RemoteProtocolError("technicians connect to /tech"))
             agent = await self.store.get_agent(session.identity)
@@ -200,13 +231,14 @@ class Server:
                     "unknown or revoked agent; enroll again with a new token"))
             await ws.send(session.challenge(secrets.token_bytes(32), now_utc()), text=True)
             proof = await self._recv(ws, session)
-            assert isinstance(proof, m.Proof)
+            if not isinstance(proof, m.Proof):
+                return  # bye instead of a proof
             session.verify(proof, Ed25519PublicKey.from_public_bytes(agent.public_key))
             await ws.send(session.send(m.Welcome(session_id=secrets.token_hex(8),
                                                  identity=agent.agent_id,
                                                  server_time=now_utc())), text=True)
         assert session.hello is not None
-        link = AgentLink(agent.agent_id, ws, session, peer)
+        link = AgentLink(agent.agent_id, agent.public_key, ws, session, peer)
         run = session.hello.mode is m.Mode.RUN
         if run:
             old = self.links.get(agent.agent_id)
@@ -215,6 +247,7 @@ class Server:
                 await old.ws.close(int(CloseCode.REPLACED),
                                    "replaced by a newer connection of the same agent")
             await self.store.touch_agent(agent.agent_id, now=now_utc())
+            await link.send(m.Revocations(fingerprints=self.revoked))
             log.info("agent %s (%s) connected from %s", agent.agent_id, agent.customer, peer)
         else:
             log.info("agent %s (%s) call from %s", agent.agent_id, agent.customer, peer)
@@ -225,11 +258,11 @@ class Server:
                     break
                 await self._from_agent(link, msg)
         finally:
+            for owner, _case, future in self.pending.values():
+                if owner is link and not future.done():
+                    future.set_exception(AgentGone())
             if run and self.links.get(agent.agent_id) is link:
                 del self.links[agent.agent_id]
-                for (owner, _case), future in self.pending.values():
-                    if owner == agent.agent_id and not future.done():
-                        future.set_exception(AgentGone())
                 await self.store.touch_agent(agent.agent_id, now=now_utc())
                 log.info("agent %s disconnected from %s", agent.agent_id, peer)
 
@@ -251,6 +284,9 @@ class Server:
         await ws.send(session.send(m.Enrolled(version=session.version, agent_id=rec.agent_id,
                                               customer=rec.customer)), text=True)
         log.info("agent %s enrolled for %s from %s", rec.agent_id, rec.customer, peer)
+        await self.store.append_audit(event="agent.enrolled", actor=f"agent:{rec.agent_id}",
+                                      subject=rec.agent_id, now=now_utc(),
+                                      detail={"customer": rec.customer, "peer": peer})
         await ws.close(int(CloseCode.NORMAL), "enrolled")
 
     async def _from_agent(self, link: AgentLink, msg: m.AnyMessage) -> None:
@@ -259,32 +295,81 @@ class Server:
                                                     description=msg.description,
                                                     request_id=msg.id, now=now_utc())
             await link.send(m.CaseOpened(re=msg.id, case=case.number, opened_at=case.opened_at))
-            log.info("case %s opened by agent %s", case.number, link.agent_id)
+            if _new:
+                log.info("case %s opened by agent %s", case.number, link.agent_id)
+                await self.store.append_audit(event="case.opened", actor=f"agent:{link.agent_id}",
+                                              subject=case.number, now=now_utc())
         elif isinstance(msg, m.Result):
             await self._result(link, msg)
+        elif isinstance(msg, m.ConsentUpdate):
+            await self._consent_update(link, msg)
         elif isinstance(msg, m.Error):
             log.info("agent %s reported error %s", link.agent_id, msg.code.value)
 
     async def _result(self, link: AgentLink, msg: m.Result) -> None:
+        """Store first (exactly once), then answer the waiting technician, then ack."""
         now = now_utc()
-        waiting = self.pending.get(msg.re)
-        if (waiting is not None and waiting[0] == (link.agent_id, msg.case)
-                and not waiting[1].done()):
-            # The technician gets the result as it arrives; storing it (and acking the
-            # agent, which then drops it from its outbox) happens alongside.
-            waiting[1].set_result((msg, now))
+        refused = msg.error_code is m.ErrorCode.REFUSED
         try:
-            await self.store.store_result(
+            new = await self.store.store_result(
                 msg_id=msg.id, request_id=msg.re, case=msg.case, agent_id=link.agent_id,
                 action=msg.action.value, ok=msg.ok, payload=_encoder.encode(msg.reports),
                 error=msg.error, now=now,
-                case_state=None if msg.error_code is m.ErrorCode.REFUSED
+                case_state=None if refused or msg.action is not m.Action.DIAG
                 else "diagnosed" if msg.ok else "diagnosis-failed")
-        except StoreError as exc:
-            # The agent sent a result for a case that is not its own: refuse, keep the link.
+        except NotFound as exc:
+            # A result for a case that is not this agent's: refuse it for good.
             await link.send(m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc)))
             return
+        # Any other store error propagates: the connection closes without an ack, and the
+        # agent resends the result from its outbox after reconnecting.
+        if new:
+            await self.store.append_audit(
+                event="result", actor=f"agent:{link.agent_id}", subject=msg.case, now=now,
+                detail={"action": msg.action.value, "request": msg.re, "result": msg.id,
+                        "ok": msg.ok, "error": msg.error[:300]})
+        if msg.receipt is not None:
+            await self._receipt(link, msg.receipt, None)
+        waiting = self.pending.get(msg.re)
+        if (waiting is not None and waiting[0] is link and waiting[1] == msg.case
+                and not waiting[2].done()):
+            waiting[2].set_result((msg, now))
         await link.send(m.Ack(re=msg.id))
+
+    async def _consent_update(self, link: AgentLink, msg: m.ConsentUpdate) -> None:
+        if await self._receipt(link, msg.receipt, msg.id) is not None:
+            await link.send(m.Ack(re=msg.id))
+
+    async def _receipt(self, link: AgentLink, receipt: m.SignedReceipt, update_id: str | None
+                       ) -> m.ConsentGrant | None:
+        """Verify a receipt with the agent's enrolled key and store it once."""
+        try:
+            grant = verify_receipt(receipt, Ed25519PublicKey.from_public_bytes(
+                link.public_key))
+            if grant.agent_id != link.agent_id:
+                raise DecodeError("receipt names another agent")
+        except DecodeError as exc:
+            await link.send(m.Error(re=update_id, code=m.ErrorCode.REFUSED,
+                                    message=f"consent receipt refused: {exc.reason}"))
+            return None
+        await self._store_receipt(link.agent_id, update_id or grant.receipt_id, receipt, grant)
+        return grant
+
+    async def _store_receipt(self, agent_id: str, receipt_id: str, receipt: m.SignedReceipt,
+                             grant: m.ConsentGrant) -> None:
+        now = now_utc()
+        new = await self.store.store_consent_receipt(
+            receipt_id=receipt_id, agent_id=agent_id, case=grant.case, tech=grant.tech,
+            scopes=",".join(sc.value for sc in grant.scopes), payload=receipt.payload,
+            signature=receipt.signature, granted_at=grant.granted_at,
+            expires_at=grant.expires_at, revoked_at=grant.revoked_at, now=now)
+        if new:
+            await self.store.append_audit(
+                event="consent.revoked" if grant.revoked_at else "consent.granted",
+                actor=f"agent:{agent_id}", subject=grant.case, now=now,
+                detail={"receipt": receipt_id, "tech": grant.tech, "via": grant.via,
+                        "scopes": [sc.value for sc in grant.scopes],
+                        "expires_at": grant.expires_at.isoformat()})
 
     # -- technicians -----------------------------------------------------------------
 
@@ -293,8 +378,9 @@ class Server:
             hello = await self._recv(ws, session)
             if not isinstance(hello, m.Hello) or hello.role is not m.Role.TECH:
                 raise session.reject(RemoteProtocolError("only technicians connect to /tech"))
-            assert hello.certificate is not None
             name = session.identity
+            if hello.certificate is None:
+                raise session.reject(UnexpectedMessage("technician hello without certificate"))
             try:
                 key, fingerprint = pki.verify_tech_certificate(hello.certificate,
                                                                org_pub=self.org_pub, name=name)
@@ -306,11 +392,15 @@ class Server:
                     f"technician {name!r} is not registered or was revoked on this server"))
             await ws.send(session.challenge(secrets.token_bytes(32), now_utc()), text=True)
             proof = await self._recv(ws, session)
-            assert isinstance(proof, m.Proof)
+            if not isinstance(proof, m.Proof):
+                return  # bye instead of a proof
             session.verify(proof, key)
             await ws.send(session.send(m.Welcome(session_id=secrets.token_hex(8), identity=name,
                                                  server_time=now_utc())), text=True)
         log.info("technician %s connected from %s", name, peer)
+        await self.store.append_audit(event="tech.login", actor=f"tech:{name}", subject=name,
+                                      now=now_utc(), detail={"peer": peer,
+                                                             "key": fingerprint})
         lock = asyncio.Lock()
 
         async def reply(msg: m.AnyMessage) -> None:
@@ -330,7 +420,7 @@ class Server:
                 if isinstance(msg, m.Bye):
                     break
                 await limit.acquire()  # backpressure: a flood waits, memory stays bounded
-                task = asyncio.create_task(self._tech_request(name, msg, reply))
+                task = asyncio.create_task(self._tech_request(name, fingerprint, msg, reply))
                 tasks.add(task)
                 task.add_done_callback(done)
         finally:
@@ -338,12 +428,16 @@ class Server:
                 task.cancel()
             log.info("technician %s disconnected from %s", name, peer)
 
-    async def _tech_request(self, tech: str, msg: m.AnyMessage, reply: Any) -> None:
+    async def _tech_request(self, tech: str, key: str, msg: m.AnyMessage, reply: Any) -> None:
         rid = getattr(msg, "id", None)
         try:
-            await reply(await self._serve_tech(tech, msg))
+            await reply(await self._serve_tech(tech, key, msg))
         except NotFound as exc:
             await reply(m.Error(re=rid, code=m.ErrorCode.NOT_FOUND, message=str(exc)))
+        except FrameTooLarge:
+            await reply(m.Error(re=rid, code=m.ErrorCode.BAD_REQUEST,
+                                message="the answer is larger than one frame; narrow the "
+                                        "request (e.g. `hw-tech cases --state open`)"))
         except ConnectionClosed:
             pass
         except Exception:
@@ -351,7 +445,7 @@ class Server:
             await reply(m.Error(re=rid, code=m.ErrorCode.INTERNAL,
                                 message="internal server error; the operator log has details"))
 
-    async def _serve_tech(self, tech: str, msg: m.AnyMessage) -> m.AnyMessage:
+    async def _serve_tech(self, tech: str, key: str, msg: m.AnyMessage) -> m.AnyMessage:
         if isinstance(msg, m.ListAgents):
             agents = [m.AgentInfo(agent_id=a.agent_id, customer=a.customer, kind=a.kind,
                                   city=a.city, hostname=a.hostname, os=a.os,
@@ -360,7 +454,8 @@ class Server:
             return m.AgentList(re=msg.id, agents=agents)
         if isinstance(msg, m.ListCases):
             cases = await self.store.list_cases(state=msg.state)
-            return m.CaseList(re=msg.id, cases=[_case_info(c) for c in cases])
+            return m.CaseList(re=msg.id, cases=[_case_info(c, brief=True)
+                                                for c in cases[:LIST_LIMIT]])
         if isinstance(msg, m.GetCase):
             case = await self._case(msg.case)
             history = await self.store.case_history(case.number)
@@ -369,9 +464,9 @@ class Server:
                 re=msg.id, case=_case_info(case),
                 history=[m.CaseEvent(state=h.state, at=h.at, actor=h.actor, note=h.note)
                          for h in history],
-                results=[stored_result(r) for r in results])
-        if isinstance(msg, m.RunDiag):
-            return await self._run_diag(tech, msg)
+                results=[stored_result(r) for r in results[-RESULTS_LIMIT:]])
+        if isinstance(msg, m.RunDiag | m.AskConsent):
+            return await self._relay(tech, key, msg)
         raise AssertionError(f"unhandled {type(msg).__name__}")  # session table forbids it
 
     async def _case(self, number: str) -> Any:
@@ -389,8 +484,31 @@ class Server:
             self._case_agent[number] = agent_id
         return agent_id
 
-    async def _run_diag(self, tech: str, msg: m.RunDiag) -> m.AnyMessage:
+    async def _relay(self, tech: str, key: str, msg: m.RunDiag | m.AskConsent
+                     ) -> m.AnyMessage:
+        """Check the technician's signed command (fail fast), relay it, await the result.
+
+        The agent checks everything again against the org key it pinned; this check only
+        saves a round trip for commands that would be refused anyway.
+        """
+        action = m.Action.DIAG if isinstance(msg, m.RunDiag) else m.Action.CONSENT
         agent_id = await self._agent_of(msg.case)
+        now = now_utc()
+        try:
+            verified = verify_command(msg.command, org_pub=self.org_pub, now=now,
+                                      agent_id=agent_id, case=msg.case, action=action.value,
+                                      revoked=self.revoked)
+            if verified.command.tech != tech or verified.cert.fingerprint != key:
+                raise CommandRefused(RefusalReason.WRONG_TECHNICIAN,
+                                     "the command is not signed with the key the connected "
+                                     f"technician {tech} logged in with")
+        except CommandRefused as exc:
+            await self.store.append_audit(
+                event="command", actor=f"tech:{tech}", subject=msg.case, now=now,
+                detail={"action": action.value, "agent": agent_id, "verdict": "refused",
+                        "reason": exc.reason.value})
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
+                           message=f"{exc.reason.value}: {exc.message}")
         link = self.links.get(agent_id)
         if link is None:
             return m.Error(re=msg.id, code=m.ErrorCode.AGENT_OFFLINE,
@@ -399,33 +517,56 @@ class Server:
         request_id = "rq-" + secrets.token_hex(8)
         future: asyncio.Future[tuple[m.Result, datetime]] = \
             asyncio.get_running_loop().create_future()
-        self.pending[request_id] = ((agent_id, msg.case), future)
+        self.pending[request_id] = (link, msg.case, future)
+        await self.store.append_audit(
+            event="command", actor=f"tech:{tech}", subject=msg.case, now=now,
+            detail={"action": action.value, "agent": agent_id, "verdict": "relayed",
+                    "request": request_id, "args": verified.command.args})
         try:
-            args: dict[str, Any] = {"probes": list(msg.probes)} if msg.probes else {}
-            await link.send(m.Request(id=request_id, case=msg.case, action=m.Action.DIAG,
-                                      tech=tech, timeout=msg.timeout, args=args))
-            try:
-                result, stored_at = await asyncio.wait_for(asyncio.shield(future), msg.timeout)
-            except TimeoutError:
-                return m.Error(re=msg.id, code=m.ErrorCode.TIMEOUT,
-                               message=f"agent did not answer within {msg.timeout:g}s; the "
-                                       "result is stored when it arrives (`hw-tech case`)")
+            async with asyncio.timeout(msg.timeout):
+                await link.send(m.Request(id=request_id, case=msg.case, action=action,
+                                          tech=tech, timeout=msg.timeout,
+                                          command=msg.command))
+                result, stored_at = await asyncio.shield(future)
+        except TimeoutError:
+            return m.Error(re=msg.id, code=m.ErrorCode.TIMEOUT,
+                           message=f"the agent did not answer within {msg.timeout:g}s; a "
+                                   "result it sends later is stored (`hw-tech case`)")
         except (ConnectionClosed, AgentGone):
             return m.Error(re=msg.id, code=m.ErrorCode.AGENT_OFFLINE,
                            message=f"agent {agent_id} went offline during the request; a "
                                    "result it still sends is stored (`hw-tech case`)")
         finally:
             self.pending.pop(request_id, None)
+        if action is m.Action.CONSENT:
+            return await self._consent_answer(msg, link, result)
         if not result.ok and result.error_code is m.ErrorCode.REFUSED:
-            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=result.error)
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
+                           message=f"the agent refused: {result.error}")
         return m.DiagDone(re=msg.id, case=msg.case, result=m.StoredResult(
             msg_id=result.id, request_id=result.re, action=result.action, ok=result.ok,
             received_at=stored_at, reports=result.reports, error=result.error))
 
+    async def _consent_answer(self, msg: m.RunDiag | m.AskConsent, link: AgentLink,
+                              result: m.Result) -> m.AnyMessage:
+        if not result.ok or result.receipt is None:
+            return m.ConsentAnswer(re=msg.id, case=msg.case, granted=False,
+                                   message=result.error or "the customer did not grant it")
+        try:  # already verified and stored by _result; decode it for the technician
+            grant = verify_receipt(result.receipt,
+                                   Ed25519PublicKey.from_public_bytes(link.public_key))
+        except DecodeError as exc:
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
+                           message=f"the agent's consent receipt does not verify ({exc.reason})")
+        return m.ConsentAnswer(re=msg.id, case=msg.case, granted=True, grant=grant,
+                               message=f"granted {', '.join(sc.value for sc in grant.scopes)} "
+                                       f"until {grant.expires_at.isoformat(timespec='seconds')}")
 
-def _case_info(c: Any) -> m.CaseInfo:
+
+def _case_info(c: Any, *, brief: bool = False) -> m.CaseInfo:
+    description = c.description[:200] if brief else c.description
     return m.CaseInfo(number=c.number, agent_id=c.agent_id, customer=c.customer,
-                      description=c.description, state=c.state, opened_at=c.opened_at,
+                      description=description, state=c.state, opened_at=c.opened_at,
                       updated_at=c.updated_at)
 
 
@@ -434,13 +575,18 @@ async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) ->
     store = await Store.open(cfg.db_url)
     try:
         server = Server(cfg, store)
+        server.revoked = await store.revoked_technician_fingerprints()
         ws_server = await server.start()
+        refresher = asyncio.create_task(server.refresh_revocations())
         log.info("hw-server listening on wss://%s (pid %d)", cfg.listen.rsplit(":", 1)[0]
                  + f":{server.port}", os.getpid())
-        async with ws_server:
-            if stop is None:
-                await ws_server.serve_forever()
-            else:
-                await stop.wait()
+        try:
+            async with ws_server:
+                if stop is None:
+                    await ws_server.serve_forever()
+                else:
+                    await stop.wait()
+        finally:
+            refresher.cancel()
     finally:
         await store.close()

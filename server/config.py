@@ -35,7 +35,6 @@ class ServerConfig:
     db: str = ""
     handshake_timeout: float = 10.0
     token_ttl_hours: float = 24.0
-    diag_timeout: float = 60.0
 
     @property
     def db_url(self) -> str:
@@ -63,7 +62,7 @@ class ServerConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid TOML ({exc}); fix or re-create it") from None
         known = {"listen", "names", "public_urls", "db", "handshake_timeout",
-                 "token_ttl_hours", "diag_timeout"}
+                 "token_ttl_hours"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
@@ -76,8 +75,9 @@ class ServerConfig:
                     raise ConfigError(f"{path}: public URL {u!r} must start with wss://")
             if not (0 < float(cfg.handshake_timeout) <= 300):
                 raise ConfigError(f"{path}: handshake_timeout must be in (0, 300] seconds")
-        except TypeError as exc:
-            raise ConfigError(f"{path}: bad setting ({exc})") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{path}: a setting has the wrong type ({exc}); see "
+                              "docs/operations.md") from None
         for name in ("ca.crt", "server.crt", "server.key", "org.pub"):
             if not (home / name).is_file():
                 raise ConfigError(f"{home} lacks {name}; re-run `hw-server init --home {home}`")
@@ -95,7 +95,6 @@ class ServerConfig:
             f"db = {_q(self.db)}",
             f"handshake_timeout = {self.handshake_timeout}",
             f"token_ttl_hours = {self.token_ttl_hours}",
-            f"diag_timeout = {self.diag_timeout}",
         ]
         (self.home / CONFIG_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import CertificateRefused
+from proto.certs import CertificateError, verify_user_certificate
 
-SSH_CERT_TYPE_USER = 1  # OpenSSH PROTOCOL.certkeys: SSH_CERT_TYPE_USER
+from .errors import CertificateRefused
 
 
 def ca_fingerprint(cert_pem: bytes) -> bytes:
@@ -33,8 +34,11 @@ def ca_fingerprint(cert_pem: bytes) -> bytes:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    path.chmod(0o600)
+    """Write a private key readable by the owner only, from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    path.chmod(0o600)  # if the file existed with wider rights
 
 
 def _name(cn: str) -> x509.Name:
@@ -154,29 +158,19 @@ def verify_tech_certificate(cert_text: str, *, org_pub: bytes, name: str
                             ) -> tuple[Ed25519PublicKey, str]:
     """Check an OpenSSH user certificate against the org key; return its key and fingerprint.
 
+    Delegates to :func:`proto.certs.verify_user_certificate` (the agent runs the same
+    check) with the current time.
+
     Raises:
         CertificateRefused: not a certificate, not signed by the org key, wrong principal,
-            outside its validity period, or not Ed25519. The text says which.
+            outside its validity period, or not Ed25519. The text says which and what to do.
     """
     try:
-        cert = asyncssh.import_certificate(cert_text)
-    except (asyncssh.KeyImportError, ValueError):
-        raise CertificateRefused("the technician certificate is not a valid OpenSSH "
-                                 "certificate (or its signature is bad)") from None
-    if cert.is_x509 or name not in cert.principals:
-        raise CertificateRefused(f"the technician certificate is not an OpenSSH user "
-                                 f"certificate for {name!r}")
-    if ssh_public_raw(cert.signing_key) != org_pub:
-        raise CertificateRefused("the technician certificate was not signed by this "
-                                 "organisation's key; ask an operator for `hw-server tech add`")
-    try:
-        cert.validate(SSH_CERT_TYPE_USER, name)  # checks type and validity period (clock now)
-    except ValueError as exc:
-        raise CertificateRefused(f"the technician certificate is not valid for {name!r} now "
-                                 f"({exc}); ask an operator for a new one (`hw-server tech add`)"
-                                 ) from None
-    raw = ssh_public_raw(cert.key)
-    return Ed25519PublicKey.from_public_bytes(raw), cert.key.get_fingerprint("sha256")
+        info = verify_user_certificate(cert_text, org_pub=org_pub, principal=name,
+                                       now=datetime.now(UTC))
+    except CertificateError as exc:
+        raise CertificateRefused(exc.message) from None
+    return info.public_key, info.fingerprint
 
 
 def now_utc() -> datetime:

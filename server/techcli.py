@@ -15,7 +15,7 @@ import sys
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 
@@ -38,6 +38,21 @@ def _call(args: argparse.Namespace, make: Callable[[str], Any]) -> Any:
     async def go() -> Any:
         async with TechClient(profile) as client:
             return await client.call(make(client.new_id()))
+
+    return asyncio.run(go())
+
+
+def _act(args: argparse.Namespace, action: m.Action, cmd_args: dict[str, Any],
+         make: Callable[[str, m.SignedCommand], Any]) -> Any:
+    """Sign a command for the case's agent and send the request built by ``make``."""
+    profile = _profile(args)
+
+    async def go() -> Any:
+        async with TechClient(profile) as client:
+            agent_id = await client.agent_of(args.case)
+            signed = client.sign(agent_id=agent_id, case=args.case, action=action,
+                                 args=cmd_args)
+            return await client.call(make(client.new_id(), signed))
 
     return asyncio.run(go())
 
@@ -74,6 +89,13 @@ def timeout_seconds(text: str) -> float:
     return value
 
 
+def _out(text: str, file: TextIO | None = None) -> None:
+    """Print a line that may hold agent-supplied text, without its control characters
+    (a hostile agent must not drive the technician's terminal with escape sequences)."""
+    print("".join(ch for ch in text if ch == "\n" or unicodedata.category(ch)[0] != "C"),
+          file=file)
+
+
 def _width(text: str) -> int:
     """Terminal columns: CJK characters take two."""
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
@@ -85,8 +107,8 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
         return
     widths = [max(_width(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
-        print("  ".join(str(c) + " " * (w - _width(str(c)))
-                        for c, w in zip(r, widths, strict=True)).rstrip())
+        _out("  ".join(str(c) + " " * (w - _width(str(c)))
+                       for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _when(dt: Any) -> str:
@@ -120,10 +142,10 @@ def cmd_case(args: argparse.Namespace) -> int:
         _dump({"case": reply.case, "history": reply.history, "results": reply.results})
         return 0
     c = reply.case
-    print(f"{c.number}  {c.state}  {c.customer}  agent {c.agent_id}")
-    print(f"  {c.description}")
+    _out(f"{c.number}  {c.state}  {c.customer}  agent {c.agent_id}")
+    _out(f"  {c.description}")
     for h in reply.history:
-        print(f"  {_when(h.at)}  {h.state:<18} {h.actor}  {h.note}")
+        _out(f"  {_when(h.at)}  {h.state:<18} {h.actor}  {h.note}")
     for r in reply.results:
         _print_result(r)
     return 0
@@ -131,25 +153,61 @@ def cmd_case(args: argparse.Namespace) -> int:
 
 def _print_result(r: m.StoredResult) -> None:
     status = "ok" if r.ok else f"failed: {r.error}"
-    print(f"result {r.msg_id} ({r.action.value}, {_when(r.received_at)}): {status}")
+    _out(f"result {r.msg_id} ({r.action.value}, {_when(r.received_at)}): {status}")
     for rep in r.reports:
-        print(f"  [{rep.status.value:<13}] {rep.probe} {rep.version} "
+        _out(f"  [{rep.status.value:<13}] {rep.probe} {rep.version} "
               f"({rep.duration_ms:.0f} ms){'  ' + rep.error if rep.error else ''}")
         for f in rep.findings:
-            print(f"      {f.severity.value.upper():<8} {f.code}: {f.summary}")
+            _out(f"      {f.severity.value.upper():<8} {f.code}: {f.summary}")
     findings = [f for rep in r.reports for f in rep.findings]
-    if r.ok and not findings:
+    if r.ok and r.action is m.Action.DIAG and not findings:
         print("  no findings: nothing abnormal seen")
 
 
 def cmd_diag(args: argparse.Namespace) -> int:
-    reply = _call(args, lambda rid: m.RunDiag(id=rid, case=args.case, timeout=args.timeout,
-                                              probes=args.probes))
+    cmd_args: dict[str, Any] = {"probes": args.probes} if args.probes else {}
+    reply = _act(args, m.Action.DIAG, cmd_args,
+                 lambda rid, signed: m.RunDiag(id=rid, case=args.case, command=signed,
+                                               timeout=args.timeout, probes=args.probes))
     if args.json:
         _dump({"case": reply.case, "result": reply.result})
     else:
         _print_result(reply.result)
     return 0
+
+
+def cmd_consent_request(args: argparse.Namespace) -> int:
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    known = {s.value for s in m.Scope}
+    if not scopes or not set(scopes) <= known:
+        raise TechError(f"--scopes takes a comma-separated list of: {', '.join(sorted(known))}")
+    cmd_args = {"scopes": scopes, "minutes": args.minutes,
+                "fix_approval": not args.no_fix_approval}
+    reply = _act(args, m.Action.CONSENT, cmd_args,
+                 lambda rid, signed: m.AskConsent(id=rid, case=args.case, command=signed,
+                                                  timeout=args.timeout))
+    if args.json:
+        _dump({"case": reply.case, "granted": reply.granted, "message": reply.message,
+               "grant": reply.grant})
+    elif reply.granted:
+        _out(f"{reply.case}: {reply.message}")
+    if not reply.granted:
+        _out(f"hw-tech: error: not granted: {reply.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def minutes(text: str) -> float:
+    """argparse type: ``20m``, ``1h``, ``90s`` or plain minutes."""
+    units = {"s": 1 / 60, "m": 1.0, "h": 60.0}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        value = -1
+    if not 0 < value <= 7 * 24 * 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 20m or 1h")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=timeout_seconds, default=60.0, metavar="S",
                    help="how long to wait for the agent, 1-600 s (default 60)")
     s.set_defaults(func=cmd_diag)
+    s = sub.add_parser("consent-request", parents=[common], help="ask the case's customer "
+                       "for a grant; waits for their answer")
+    s.add_argument("case", metavar="CASE", type=case_number)
+    s.add_argument("--scopes", required=True, metavar="A,B",
+                   help="diagnostics, fix, shell, files, book-visit (comma-separated)")
+    s.add_argument("--for", dest="minutes", type=minutes, default=30.0, metavar="DURATION",
+                   help="how long, e.g. 20m or 1h (default 30m; the customer's policy may "
+                        "cap it)")
+    s.add_argument("--no-fix-approval", action="store_true",
+                   help="ask that fixes need no per-fix approval")
+    s.add_argument("--timeout", type=timeout_seconds, default=120.0, metavar="S",
+                   help="how long to wait for the customer's answer (default 120)")
+    s.set_defaults(func=cmd_consent_request)
     return p
 
 
@@ -191,8 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ServerError, OSError) as exc:
-        print(f"hw-tech: error: {exc}", file=sys.stderr)
+    except (ServerError, OSError, TimeoutError) as exc:
+        _out(f"hw-tech: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 1

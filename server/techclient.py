@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import ssl
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,15 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from proto import MAX_FRAME_SIZE
 from proto import messages as m
+from proto.command import Command, sign_command
 from proto.errors import ProtocolError
 from proto.session import ClientSession
 
 from .errors import ServerError
 
 SOFTWARE = "hw-tech/0.1"
+#: How long a signed command stays valid (the agent refuses it afterwards).
+COMMAND_LIFETIME = timedelta(minutes=5)
 
 
 class TechError(ServerError):
@@ -68,6 +73,7 @@ class TechClient:
         self.profile = profile
         self.ws: ClientConnection | None = None
         self.session = ClientSession(role=m.Role.TECH, identity=profile.name)
+        self._cached_key: Ed25519PrivateKey | None = None
 
     async def __aenter__(self) -> TechClient:
         errors = []
@@ -111,12 +117,18 @@ class TechClient:
     async def call(self, msg: Any) -> m.AnyMessage:
         """Send a request and return its reply. Raises TechError for an ``Error`` reply."""
         assert self.ws is not None
+        wait = float(getattr(msg, "timeout", 0.0)) + 30.0
         try:
-            await self.ws.send(self.session.send(msg), text=True)
-            while True:
-                reply = self.session.receive(await self.ws.recv(decode=False))
-                if getattr(reply, "re", None) == msg.id:
-                    break
+            async with asyncio.timeout(wait):
+                await self.ws.send(self.session.send(msg), text=True)
+                while True:
+                    reply = self.session.receive(await self.ws.recv(decode=False))
+                    if getattr(reply, "re", None) == msg.id:
+                        break
+        except TimeoutError:
+            raise TechError(f"no answer from the server within {wait:g}s; retry later") from None
+        except ProtocolError as exc:
+            raise TechError(f"protocol error from the server: {exc.reason}") from None
         except ConnectionClosed as exc:
             reason = exc.rcvd.reason if exc.rcvd is not None else "connection lost"
             raise TechError(f"the server closed the connection: {reason}") from None
@@ -127,3 +139,26 @@ class TechClient:
     @staticmethod
     def new_id() -> str:
         return "tq-" + secrets.token_hex(6)
+
+    async def agent_of(self, case: str) -> str:
+        """The agent a case belongs to (commands are signed for that agent)."""
+        reply = await self.call(m.GetCase(id=self.new_id(), case=case))
+        assert isinstance(reply, m.CaseDetail)
+        return reply.case.agent_id
+
+    def sign(self, *, agent_id: str, case: str, action: m.Action,
+             args: dict[str, Any] | None = None, lifetime: timedelta = COMMAND_LIFETIME
+             ) -> m.SignedCommand:
+        """Sign a command with this technician's key, bound to agent, case and a nonce."""
+        now = datetime.now(UTC)
+        command = Command(agent_id=agent_id, case=case, action=action.value,
+                          tech=self.profile.name, nonce=secrets.token_bytes(16), issued_at=now,
+                          expires_at=now + lifetime, args=args or {})
+        return sign_command(command, certificate=self.profile.certificate(),
+                            key=self._key)
+
+    @property
+    def _key(self) -> Ed25519PrivateKey:
+        if self._cached_key is None:
+            self._cached_key = self.profile.key()
+        return self._cached_key

@@ -1,8 +1,9 @@
 """``make demo``: a whole support case on this machine, with real processes on loopback.
 
-An operator sets up a server, a customer enrolls and asks for help, a technician lists the
-agents and cases and runs the diagnostics. Everything lives in a temporary directory and is
-shut down at the end. The same harness drives the end-to-end tests.
+An operator sets up a server, a customer enrolls and asks for help, a technician lists
+the agents and cases, is refused until the customer grants consent, then runs the
+diagnostics; both sides' hash-chained logs are verified at the end. Everything lives in
+a temporary directory and is shut down at the end. The same harness drives the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import Harness
+from tests.harness import Harness, wait_until
 
 
 def main() -> int:
@@ -50,9 +51,25 @@ def main() -> int:
             say("operator", "hw-server", "tech", "add", "--home", S, "alice", "--out", T)
             say("technician", "hw-tech", "--home", T, "agents")
             say("technician", "hw-tech", "--home", T, "cases")
+            print(f"\n[technician] $ hw-tech --home {T} diag {case}   # no consent yet")
+            refused = h.run("hw-tech", "--home", T, "diag", case, check=False)
+            print(refused.stderr.rstrip())
+            print(f"\n[technician] $ hw-tech --home {T} consent-request {case} "
+                  "--scopes diagnostics --for 20m &")
+            ask = h.spawn("ask", "hw-tech", "--home", T, "consent-request", case,
+                          "--scopes", "diagnostics", "--for", "20m")
+            wait_until(lambda: "asks for access" in h.run(
+                "hw-agent", "consent", "status", "--home", A).stdout, what="the request")
+            say("customer", "hw-agent", "consent", "status", "--home", A)
+            say("customer", "hw-agent", "consent", "grant", "--home", A, "--case", case,
+                "--tech", "alice", "--scopes", "diagnostics", "--for", "20m")
+            ask.popen.wait(60)
+            print("[technician] " + ask.text().strip())
             say("technician", "hw-tech", "--home", T, "diag", case)
             say("technician", "hw-tech", "--home", T, "case", case)
             say("customer", "hw-agent", "log", "--home", A)
+            say("customer", "hw-agent", "log", "--home", A, "--verify")
+            say("operator", "hw-server", "audit", "verify", "--home", S)
             print("\n--- shutting down ---")
             codes = agent.stop(), server.stop()
             print(f"agent exited {codes[0]}, server exited {codes[1]}")

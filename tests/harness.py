@@ -145,6 +145,13 @@ class Harness:
     def help(self, home: Path, text: str = "laptop gets hot and shuts down") -> str:
         return self.run("hw-agent", "--home", str(home), "help", text).stdout.strip()
 
+    def grant(self, home: Path, case: str, tech: str = "alice", scopes: str = "diagnostics",
+              duration: str = "1h") -> Any:
+        """The customer's `hw-agent consent grant`, through the running agent's socket."""
+        out = self.run("hw-agent", "consent", "grant", "--home", str(home), "--case", case,
+                       "--tech", tech, "--scopes", scopes, "--for", duration, "--json")
+        return json.loads(out.stdout)
+
     def add_tech(self, name: str = "alice") -> Path:
         home = self.root / ("T-" + name)
         self.run("hw-server", "tech", "add", "--home", str(self.server_home), name,

@@ -14,9 +14,17 @@ def test_delays_grow_exponentially_up_to_the_cap() -> None:
     assert [top.next() for _ in range(7)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
-def test_lowest_draw_is_the_minimum() -> None:
-    low = Backoff(minimum=0.5, cap=30.0, rand=lambda: 0.0)
-    assert {low.next() for _ in range(10)} == {0.5}
+def test_delay_is_drawn_below_the_bound() -> None:
+    half = Backoff(minimum=2.0, cap=30.0, rand=lambda: 0.5)
+    assert [half.next() for _ in range(3)] == [1.0, 2.0, 4.0]
+
+
+def test_first_reconnects_are_spread_not_in_lockstep() -> None:
+    """After a server restart every agent is at attempt 0: their first delays must differ."""
+    rng = random.Random(3)
+    first = [Backoff(minimum=1.0, cap=60.0, rand=rng.random).next() for _ in range(1000)]
+    assert min(first) < 0.1 and max(first) > 0.9
+    assert len({round(d, 3) for d in first}) > 500
 
 
 def test_reset_starts_over() -> None:
@@ -36,11 +44,11 @@ def test_many_agents_spread_out_instead_of_reconnecting_in_lockstep() -> None:
         for _ in range(5):
             b.next()
         delays.append(b.next())
-    assert min(delays) >= 1.0 and max(delays) <= 32.0
-    buckets = [0] * 31
+    assert min(delays) >= 0.0 and max(delays) <= 32.0
+    buckets = [0] * 32
     for d in delays:
-        buckets[min(int(d) - 1, 30)] += 1
-    assert max(buckets) < 3 * (len(delays) / 31), "delays must be spread over the window"
+        buckets[min(int(d), 31)] += 1
+    assert max(buckets) < 3 * (len(delays) / 32), "delays must be spread over the window"
 
 
 @pytest.mark.parametrize(("minimum", "cap"), [(0, 1), (-1, 1), (5, 1)])

@@ -44,6 +44,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         agent = h.start_agent(home)
         case = h.help(home).splitlines()[0]
         tech = h.add_tech("alice")
+        h.grant(home, case, "alice")
         yield Running(h, server, home, agent, tech, case)
     finally:
         h.stop_all()

@@ -159,6 +159,7 @@ def test_server_sigkill_loses_no_result(harness: Harness, tmp_path: Path) -> Non
     agent = h.start_agent(home, env={"HW_PLUGINS": "gateprobe", "HW_GATE_DIR": str(gate)})
     case = h.help(home).splitlines()[0]
     tech = h.add_tech("alice")
+    h.grant(home, case, "alice")
     diag = h.spawn("diag", "hw-tech", "--home", str(tech), "diag", case, "--probes", "gate",
                    "--json")
     from tests.harness import wait_until
@@ -210,6 +211,7 @@ def test_agent_lost_mid_request_is_reported_at_once(harness: Harness, tmp_path: 
     agent = h.start_agent(home, env={"HW_PLUGINS": "gateprobe", "HW_GATE_DIR": str(gate)})
     case = h.help(home).splitlines()[0]
     tech = h.add_tech("alice")
+    h.grant(home, case, "alice")
     diag = h.spawn("diag", "hw-tech", "--home", str(tech), "diag", case, "--probes", "gate",
                    "--timeout", "600")
     from tests.harness import wait_until

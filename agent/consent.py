@@ -1,0 +1,222 @@
+"""The customer's consent: grants the agent enforces itself (``docs/security.md#consent``).
+
+A grant names a case, a technician (name, and the key fingerprint from their certificate
+when known), scopes and an expiry. It lives in ``agent.db`` next to the local log; only the
+customer creates or revokes one (terminal prompt, control socket, or the local policy
+file). Nothing the server sends can widen a grant or the policy.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from proto.messages import ConsentGrant, Scope
+
+from .errors import AgentError
+
+DEFAULT_MINUTES = 30
+MAX_MINUTES = 8 * 60
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS grants (
+    receipt_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, case_number TEXT NOT NULL,
+    tech TEXT NOT NULL, tech_fingerprint TEXT NOT NULL, scopes TEXT NOT NULL,
+    fix_needs_approval INTEGER NOT NULL, granted_at TEXT NOT NULL, expires_at TEXT NOT NULL,
+    via TEXT NOT NULL, revoked_at TEXT);
+CREATE TABLE IF NOT EXISTS seen_nonces (nonce BLOB PRIMARY KEY, expires_at TEXT NOT NULL);
+"""
+
+
+class ConsentError(AgentError):
+    """A grant that cannot be made (unknown scope, over the policy's cap...)."""
+
+
+def parse_scopes(text: str | list[str]) -> list[Scope]:
+    items = text.split(",") if isinstance(text, str) else text
+    scopes: list[Scope] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        try:
+            scopes.append(Scope(item))
+        except ValueError:
+            known = ", ".join(s.value for s in Scope)
+            raise ConsentError(f"unknown scope {item!r}; scopes are: {known}") from None
+    if not scopes:
+        raise ConsentError("name at least one scope (e.g. diagnostics)")
+    return list(dict.fromkeys(scopes))
+
+
+def parse_duration(text: str) -> timedelta:
+    """``20m``, ``1h``, ``90s`` or plain minutes."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            seconds = float(text[:-1]) * units[text[-1]]
+        else:
+            seconds = float(text) * 60
+    except ValueError:
+        raise ConsentError(f"duration {text!r} is not like 20m, 1h or 90s") from None
+    if seconds <= 0:
+        raise ConsentError("a grant must last more than zero seconds")
+    return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Local policy for managed devices (``--policy FILE``); the server can never change it.
+
+    ``max_minutes`` caps every grant; ``preapproved`` scopes are granted without asking, to
+    the technicians in ``preapproved_techs`` (all org-certified technicians when empty).
+    """
+
+    max_minutes: int = MAX_MINUTES
+    preapproved: frozenset[Scope] = frozenset()
+    preapproved_techs: frozenset[str] = frozenset()
+    prompt_timeout_s: float = 120.0
+
+    @classmethod
+    def load(cls, path: Path | None) -> Policy:
+        if path is None:
+            return cls()
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConsentError(f"policy file {path}: {exc}") from None
+        known = {"max_minutes", "preapproved_scopes", "preapproved_techs", "prompt_timeout_s"}
+        if unknown := sorted(set(data) - known):
+            raise ConsentError(f"policy file {path}: unknown key(s) {', '.join(unknown)}; "
+                               f"known: {', '.join(sorted(known))}")
+        try:
+            max_minutes = int(data.get("max_minutes", MAX_MINUTES))
+            timeout = float(data.get("prompt_timeout_s", 120.0))
+            techs = frozenset(str(t) for t in data.get("preapproved_techs", []))
+        except (TypeError, ValueError):
+            raise ConsentError(f"policy file {path}: bad value types") from None
+        if not 0 < max_minutes <= 7 * 24 * 60 or not 0 < timeout <= 3600:
+            raise ConsentError(f"policy file {path}: max_minutes or prompt_timeout_s out of "
+                               "range")
+        raw = data.get("preapproved_scopes", [])
+        if not isinstance(raw, list):
+            raise ConsentError(f"policy file {path}: preapproved_scopes must be a list")
+        pre = frozenset(parse_scopes([str(x) for x in raw])) if raw else frozenset()
+        return cls(max_minutes=max_minutes, preapproved=pre, preapproved_techs=techs,
+                   prompt_timeout_s=timeout)
+
+    def cap(self, duration: timedelta) -> timedelta:
+        return min(duration, timedelta(minutes=self.max_minutes))
+
+    def preapproves(self, tech: str, scopes: list[Scope]) -> bool:
+        return bool(scopes) and set(scopes) <= self.preapproved and (
+            not self.preapproved_techs or tech in self.preapproved_techs)
+
+
+@dataclass(frozen=True)
+class Grant:
+    receipt_id: str
+    case: str
+    tech: str
+    tech_fingerprint: str
+    scopes: list[Scope]
+    fix_needs_approval: bool
+    granted_at: datetime
+    expires_at: datetime
+    via: str
+    revoked_at: datetime | None = None
+    agent_id: str = field(default="", compare=False)
+
+    def active(self, now: datetime) -> bool:
+        return self.revoked_at is None and now < self.expires_at
+
+    def as_wire(self) -> ConsentGrant:
+        return ConsentGrant(
+            receipt_id=self.receipt_id, agent_id=self.agent_id, case=self.case, tech=self.tech,
+            scopes=self.scopes, granted_at=self.granted_at, expires_at=self.expires_at,
+            via=self.via, tech_fingerprint=self.tech_fingerprint,
+            fix_needs_approval=self.fix_needs_approval, revoked_at=self.revoked_at)
+
+
+def _ts(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    dt = datetime.fromisoformat(text)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+class ConsentStore:
+    """Grants in ``agent.db`` (own table, own connection)."""
+
+    def __init__(self, path: Path, *, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _row(self, r: tuple[str, ...]) -> Grant:
+        granted, expires = _ts(r[7]), _ts(r[8])
+        assert granted is not None and expires is not None
+        return Grant(receipt_id=r[0], case=r[2], tech=r[3], tech_fingerprint=r[4],
+                     scopes=[Scope(s) for s in r[5].split(",") if s],
+                     fix_needs_approval=bool(r[6]), granted_at=granted, expires_at=expires,
+                     via=r[9], revoked_at=_ts(r[10]), agent_id=r[1])
+
+    def grant(self, *, case: str, tech: str, scopes: list[Scope], duration: timedelta,
+              now: datetime, via: str, policy: Policy, tech_fingerprint: str = "",
+              fix_needs_approval: bool = True) -> Grant:
+        """Record a grant, its duration capped by the policy."""
+        g = Grant(receipt_id="cg-" + secrets.token_hex(8), case=case, tech=tech,
+                  tech_fingerprint=tech_fingerprint, scopes=list(scopes),
+                  fix_needs_approval=fix_needs_approval, granted_at=now,
+                  expires_at=now + policy.cap(duration), via=via, agent_id=self.agent_id)
+        self._db.execute(
+            "INSERT INTO grants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            (g.receipt_id, self.agent_id, case, tech, tech_fingerprint,
+             ",".join(s.value for s in scopes), int(fix_needs_approval),
+             g.granted_at.isoformat(), g.expires_at.isoformat(), via))
+        return g
+
+    def all(self) -> list[Grant]:
+        rows = self._db.execute("SELECT * FROM grants ORDER BY granted_at")
+        return [self._row(r) for r in rows]
+
+    def active(self, *, case: str, tech: str, fingerprint: str, scope: Scope, now: datetime
+               ) -> Grant | None:
+        """The grant that lets ``tech`` (this key) act in ``scope`` on ``case`` now, if any."""
+        for g in self.all():
+            if (g.case == case and g.tech == tech and g.active(now) and scope in g.scopes
+                    and (not g.tech_fingerprint or g.tech_fingerprint == fingerprint)):
+                return g
+        return None
+
+    def remember_nonce(self, nonce: bytes, expires_at: datetime, now: datetime) -> None:
+        """Persist a used command nonce until its command expires (replay across restarts)."""
+        self._db.execute("DELETE FROM seen_nonces WHERE expires_at <= ?", (now.isoformat(),))
+        self._db.execute("INSERT OR IGNORE INTO seen_nonces VALUES (?, ?)",
+                         (nonce, expires_at.astimezone(UTC).isoformat()))
+
+    def seen_nonces(self, now: datetime) -> list[tuple[bytes, datetime]]:
+        rows = self._db.execute("SELECT nonce, expires_at FROM seen_nonces WHERE expires_at > ?",
+                                (now.astimezone(UTC).isoformat(),))
+        out = []
+        for nonce, expires in rows:
+            when = _ts(expires)
+            assert when is not None
+            out.append((bytes(nonce), when))
+        return out
+
+    def revoke(self, *, case: str | None, now: datetime) -> list[Grant]:
+        """Revoke the active grants (of one case, or all); returns them as revoked."""
+        revoked = [g for g in self.all() if g.active(now) and (case is None or g.case == case)]
+        for g in revoked:
+            self._db.execute("UPDATE grants SET revoked_at = ? WHERE receipt_id = ?",
+                             (now.isoformat(), g.receipt_id))
+        return [Grant(**{**g.__dict__, "revoked_at": now}) for g in revoked]
