@@ -311,23 +311,20 @@ class Server:
         now = now_utc()
         refused = msg.error_code is m.ErrorCode.REFUSED
         try:
-            new = await self.store.store_result(
+            await self.store.store_result(
                 msg_id=msg.id, request_id=msg.re, case=msg.case, agent_id=link.agent_id,
                 action=msg.action.value, ok=msg.ok, payload=_encoder.encode(msg.reports),
                 error=msg.error, now=now,
                 case_state=None if refused or msg.action is not m.Action.DIAG
-                else "diagnosed" if msg.ok else "diagnosis-failed")
+                else "diagnosed" if msg.ok else "diagnosis-failed",
+                audit_detail={"action": msg.action.value, "request": msg.re,
+                              "result": msg.id, "ok": msg.ok, "error": msg.error[:300]})
         except NotFound as exc:
             # A result for a case that is not this agent's: refuse it for good.
             await link.send(m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc)))
             return
         # Any other store error propagates: the connection closes without an ack, and the
         # agent resends the result from its outbox after reconnecting.
-        if new:
-            await self.store.append_audit(
-                event="result", actor=f"agent:{link.agent_id}", subject=msg.case, now=now,
-                detail={"action": msg.action.value, "request": msg.re, "result": msg.id,
-                        "ok": msg.ok, "error": msg.error[:300]})
         if msg.receipt is not None:
             await self._receipt(link, msg.receipt, None)
         waiting = self.pending.get(msg.re)

@@ -1336,12 +1336,14 @@ class Store:
         error: str,
         now: datetime,
         case_state: str | None = None,
+        audit_detail: Mapping[str, Any] | None = None,
     ) -> bool:
         """Store an agent's result exactly once; ``False`` if ``msg_id`` was already stored.
 
         With ``case_state``, a newly stored result also moves the case to that state (and
         appends it to the history, noting the result) in the same transaction, unless the
-        case is in that state already.
+        case is in that state already. With ``audit_detail``, a newly stored result is also
+        appended to the audit log (event ``result``) in that transaction.
 
         Raises:
             NotFound: the case does not exist or is not ``agent_id``'s (the same error for
@@ -1376,6 +1378,10 @@ class Store:
                 )
                 .on_conflict_do_nothing(index_elements=["msg_id"])
             )
+            if inserted.rowcount == 1 and audit_detail is not None:
+                await self._append_audit(
+                    conn, event="result", actor=f"agent:{agent_id}", subject=case,
+                    detail_json=_audit.canonical_detail(audit_detail), now=now)
             if inserted.rowcount == 1 and case_state is not None and found.state != case_state:
                 await conn.execute(sa.update(cases).where(cases.c.id == found.id)
                                    .values(state=case_state, updated_at=now))

@@ -820,6 +820,19 @@ async def test_store_result_moves_the_case_state_once(store: Store) -> None:
     assert current is not None and current.state == "diagnosed"
 
 
+async def test_store_result_audits_in_the_same_transaction_once(store: Store) -> None:
+    await enroll(store, "a")
+    case, _ = await store.open_case(agent_id="a", description="x", request_id="r", now=T0)
+    for _ in range(2):  # the resend is not audited again
+        await store.store_result(
+            msg_id="m-1", request_id="q", case=case.number, agent_id="a", action="diag",
+            ok=True, payload=b"[]", error="", now=T0, audit_detail={"result": "m-1"})
+    entries = [e for e in await store.list_audit() if e.event == "result"]
+    assert [(e.actor, e.subject, e.detail) for e in entries] == [
+        ("agent:a", case.number, {"result": "m-1"})]
+    assert (await store.verify_audit()).ok
+
+
 async def test_results_are_listed_oldest_first(store: Store) -> None:
     await enroll(store, "a")
     case, _ = await store.open_case(agent_id="a", description="x", request_id="r", now=T0)
