@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS grants (
     fix_needs_approval INTEGER NOT NULL, granted_at TEXT NOT NULL, expires_at TEXT NOT NULL,
     via TEXT NOT NULL, revoked_at TEXT);
 CREATE TABLE IF NOT EXISTS seen_nonces (nonce BLOB PRIMARY KEY, expires_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS seen_nonces_expiry ON seen_nonces (expires_at);
 """
 
 
@@ -156,7 +157,11 @@ class ConsentStore:
         self.agent_id = agent_id
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # As for the local log: a commit survives the agent being killed.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._nonce_writes = 0
 
     def close(self) -> None:
         self._db.close()
@@ -199,7 +204,10 @@ class ConsentStore:
 
     def remember_nonce(self, nonce: bytes, expires_at: datetime, now: datetime) -> None:
         """Persist a used command nonce until its command expires (replay across restarts)."""
-        self._db.execute("DELETE FROM seen_nonces WHERE expires_at <= ?", (now.isoformat(),))
+        self._nonce_writes += 1
+        if self._nonce_writes % 256 == 0:
+            self._db.execute("DELETE FROM seen_nonces WHERE expires_at <= ?",
+                             (now.astimezone(UTC).isoformat(),))
         self._db.execute("INSERT OR IGNORE INTO seen_nonces VALUES (?, ?)",
                          (nonce, expires_at.astimezone(UTC).isoformat()))
 
