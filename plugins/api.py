@@ -1,4 +1,4 @@
-"""What a probe plugin builds on: probe descriptors, the run context, the exceptions.
+"""What a plugin builds on: probe and fixer descriptors, their contexts, the exceptions.
 
 A plugin module implements the hooks of :mod:`plugins.hookspecs`. Its ``hw_probes``
 returns :class:`Probe` descriptors; the agent's runner (``agent/runner.py``) calls each
@@ -6,12 +6,21 @@ probe's ``run`` on a worker thread with a :class:`ProbeContext` and a timeout, t
 the readings to every plugin's ``hw_evaluate``, which turns them into findings
 (:func:`finding` builds one). See ``docs/findings.md`` for the built-in finding codes.
 
+Its ``hw_fixers`` returns :class:`Fixer` descriptors. A fix goes: ``plan`` (a dry run that
+changes nothing: a :class:`FixPlan` saying exactly what would change), the customer's
+decision, ``apply`` (a :class:`FixOutcome`), ``verify`` (did the problem go away), and, for
+a reversible fixer, ``rollback``. ``agent/fixrunner.py`` runs each step on a worker thread
+with the fixer's timeout.
+
 Exceptions raised here::
 
     PluginError      a plugin cannot be loaded or is malformed (our or the plugin author's
                      mistake); the message says what to fix
     NotAvailable     raised *by a probe*: this platform does not expose the data. Not an
-                     error: the report's status becomes ``not_available``
+                     error: the report's status becomes ``not_available``. A fixer's
+                     ``plan`` raises it when the fix does not exist here (no systemd)
+    FixRefused       raised *by a fixer's plan*: this fix must not be attempted with these
+                     arguments (PID 1, a path outside the allowlist); the message says why
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -29,6 +39,11 @@ from proto.messages import Category, Finding, Severity
 __all__ = [
     "CODE_PATTERN",
     "PROBE_NAME_PATTERN",
+    "FixContext",
+    "FixOutcome",
+    "FixPlan",
+    "FixRefused",
+    "Fixer",
     "NotAvailable",
     "PluginError",
     "Probe",
@@ -73,6 +88,14 @@ class ProbeContext:
     server_time: datetime | None = None
     agent_version: str = ""
     args: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class FixRefused(Exception):
+    """Raised by a fixer's ``plan``: this fix must not be attempted, for the reason given.
+
+    For what the caller asked (PID 1, a path outside the allowlist, a malformed argument),
+    not for missing privileges: those go in :attr:`FixPlan.needs_privileges`.
+    """
 
 
 ProbeFunction = Callable[[ProbeContext], dict[str, Any]]
@@ -174,3 +197,160 @@ def number(readings: Mapping[str, Any], key: str) -> float | None:
         return None
     result = float(value)
     return result if math.isfinite(result) else None
+
+
+# -- fixers ------------------------------------------------------------------------------
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class FixContext:
+    """What a fixer may know about the request it runs for.
+
+    Attributes:
+        args: the technician's arguments (read-only, untrusted: validate every one);
+            fixers ignore keys they do not know.
+        workdir: a directory owned by the agent (``fixes/`` in its home) for quarantined
+            files and undo state; it may not exist yet (create it when needed).
+    """
+
+    args: Mapping[str, Any]
+    workdir: Path
+
+
+@dataclass(frozen=True)
+class FixPlan:
+    """A fixer's dry run: exactly what ``apply`` would change. Making it changes nothing.
+
+    Attributes:
+        fixer: the fixer's name.
+        summary, summary_zh: one sentence for the customer, in English and Chinese.
+        changes: one human line per change ("move /tmp/x (12 MB, 9 days old) to
+            quarantine"); may end with "... and N more".
+        reversible: whether ``rollback`` can undo the change.
+        needs_privileges: non-empty when the agent lacks a privilege the fix needs (says
+            which and why); then ``apply`` must not be attempted.
+        data: what ``apply`` needs (JSON-safe). It may travel to the server and back, so
+            ``apply`` re-checks it and never trusts it with a command or a path blindly.
+    """
+
+    fixer: str
+    summary: str
+    summary_zh: str
+    changes: list[str]
+    reversible: bool
+    needs_privileges: str = ""
+    data: Mapping[str, Any] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class FixOutcome:
+    """What ``apply`` (or ``rollback``) did.
+
+    Attributes:
+        ok: the change was made (for ``rollback``: undone).
+        summary: one sentence saying what happened.
+        details: JSON-safe facts (bytes freed, files skipped, exit codes).
+        undo: what ``rollback`` needs (JSON-safe); ``None`` when there is nothing to undo.
+    """
+
+    ok: bool
+    summary: str
+    details: Mapping[str, Any] = field(default_factory=_empty)
+    undo: Mapping[str, Any] | None = None
+
+
+PlanFunction = Callable[[FixContext], FixPlan]
+"""Dry run: context in, plan out. Changes nothing. Runs on a worker thread."""
+ApplyFunction = Callable[[FixContext, FixPlan], FixOutcome]
+"""Makes the planned change. Runs on a worker thread."""
+VerifyFunction = Callable[[FixContext, FixPlan, FixOutcome], str]
+"""``""`` when the problem is gone, else one sentence saying what remains."""
+RollbackFunction = Callable[[FixContext, FixOutcome], FixOutcome]
+"""Undoes an applied change from :attr:`FixOutcome.undo`."""
+
+
+@dataclass(frozen=True)
+class Fixer:
+    """A fixer descriptor, contributed by a plugin's ``hw_fixers`` hook.
+
+    Attributes:
+        name: a dotted lower-case code like ``disk.cleanup`` (the finding-code rule);
+            unique among all plugins. Findings name it in ``fixers``.
+        version: version of the fixer's behaviour and of its plan's ``data``.
+        summary: one line for ``hw-tech plugins``.
+        addresses: the finding codes this fixer can make go away.
+        plan: the dry run (raises :class:`FixRefused` or :class:`NotAvailable`).
+        apply: makes the change; only called with a plan of this fixer whose
+            ``needs_privileges`` is empty.
+        verify: ``""`` when the problem is gone, else a sentence saying what remains.
+        rollback: undoes an applied change; ``None`` when not reversible.
+        platforms: ``sys.platform`` values it runs on; ``None`` means every platform.
+        timeout: seconds each step (plan, apply, verify, rollback) may take.
+
+    Raises:
+        PluginError: a field is malformed (the message names it).
+    """
+
+    name: str
+    version: str
+    summary: str
+    addresses: frozenset[str]
+    plan: PlanFunction
+    apply: ApplyFunction
+    verify: VerifyFunction
+    rollback: RollbackFunction | None = None
+    platforms: frozenset[str] | None = None
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.name, str)
+            or len(self.name) > _MAX_CODE_LENGTH
+            or not CODE_PATTERN.fullmatch(self.name)
+        ):
+            raise PluginError(
+                f"fixer name {self.name!r} is invalid: use dotted lower-case words like "
+                "'disk.cleanup' (at most 64 characters)"
+            )
+        if not isinstance(self.version, str) or not 0 < len(self.version) <= _MAX_VERSION_LENGTH:
+            raise PluginError(
+                f"fixer {self.name!r}: version must be a non-empty string of at most "
+                f"{_MAX_VERSION_LENGTH} characters"
+            )
+        if not isinstance(self.summary, str):
+            raise PluginError(f"fixer {self.name!r}: summary must be a string")
+        if not isinstance(self.addresses, frozenset) or not all(
+            isinstance(code, str)
+            and len(code) <= _MAX_CODE_LENGTH
+            and CODE_PATTERN.fullmatch(code)
+            for code in self.addresses
+        ):
+            raise PluginError(
+                f"fixer {self.name!r}: addresses must be a frozenset of finding codes"
+            )
+        for step in ("plan", "apply", "verify"):
+            if not callable(getattr(self, step)):
+                raise PluginError(f"fixer {self.name!r}: {step} must be callable")
+        if self.rollback is not None and not callable(self.rollback):
+            raise PluginError(f"fixer {self.name!r}: rollback must be callable or None")
+        if self.platforms is not None and not isinstance(self.platforms, frozenset):
+            raise PluginError(f"fixer {self.name!r}: platforms must be a frozenset or None")
+        if (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, int | float)
+            or not 0 < self.timeout <= 600
+        ):
+            raise PluginError(f"fixer {self.name!r}: timeout must be in (0, 600] seconds")
+
+    @property
+    def reversible(self) -> bool:
+        """Whether the fixer has a ``rollback``."""
+        return self.rollback is not None
+
+    def runs_on(self, platform: str) -> bool:
+        """Whether this fixer applies to ``platform`` (a ``sys.platform`` value)."""
+        return self.platforms is None or platform in self.platforms

@@ -2,9 +2,9 @@
 
 Every hook is called with keyword arguments only. A plugin implements any subset, with
 ``@hookimpl`` from :mod:`plugins`, taking any subset of a hook's arguments. The agent's
-runner (``agent/runner.py``) calls each implementation separately, so one failing plugin
-is reported (finding ``plugin.failed``) while the others go on; hook wrappers are
-therefore not supported for these hooks.
+runners (``agent/runner.py``, ``agent/fixrunner.py`` for fixers) call each implementation
+separately, so one failing plugin is reported (finding ``plugin.failed``) while the others
+go on; hook wrappers are therefore not supported for these hooks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from plugins import hookspec
-from plugins.api import Probe
+from plugins.api import Fixer, Probe
 from proto.messages import Finding
 
 
@@ -36,5 +36,17 @@ def hw_evaluate(probe: str, readings: Mapping[str, Any]) -> list[Finding]:
     collected, so a plugin may conclude from another plugin's readings; return ``[]``
     for probes you do not know. ``readings`` are the sanitised, JSON-safe values that go
     on the wire (read-only). Must be pure and quick: readings in, findings out, no I/O.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def hw_fixers() -> list[Fixer]:
+    """Return the fixers this plugin contributes (may be empty).
+
+    Not firstresult: the lists of every plugin are collected. Fixer names must be unique
+    across all plugins; a duplicate is ignored (the first plugin registered keeps the
+    name). Must be cheap and side-effect free: it runs for every fix request and for
+    ``hw-tech plugins``; the work happens in each fixer's ``plan`` and ``apply``.
     """
     raise NotImplementedError

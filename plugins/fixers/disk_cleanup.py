@@ -1,0 +1,512 @@
+"""Built-in fixer ``disk.cleanup``: old temp and cache files into a quarantine.
+
+Arguments (``FixContext.args``)::
+
+    days    files not modified nor read for this many days (default 7, at least 1)
+    paths   optional list of absolute paths *inside* the clean-up locations to narrow
+            the clean-up to; a path outside them is refused
+
+The clean-up locations (:func:`allowed_roots`) are the OS temp dir and the user's cache
+dir (``~/.cache`` or ``$XDG_CACHE_HOME`` on Linux, ``~/Library/Caches`` on macOS,
+``%LOCALAPPDATA%\\Temp`` on Windows). Only regular files are touched: symbolic links are
+neither followed nor moved, and on POSIX a non-root agent takes only its own files.
+
+``apply`` moves the planned files that are unchanged since the plan into
+``<workdir>/quarantine/<fix-id>/files/<location index>/<relative path>`` and writes
+``manifest.json`` beside; files it cannot move are skipped and reported. ``rollback``
+moves them back (never over a file that exists again). :func:`purge_quarantine` deletes
+quarantines older than a given age: only then is the space freed when the quarantine is
+on the same file system as the files (the outcome says how much is freed now and how
+much on purge).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from plugins import hookimpl
+from plugins.api import FixContext, Fixer, FixOutcome, FixPlan, FixRefused
+from plugins.fixers import human_size
+
+__all__ = [
+    "FINDING_CODES",
+    "NAME",
+    "allowed_roots",
+    "default_locations",
+    "hw_fixers",
+    "purge_quarantine",
+]
+
+NAME = "disk.cleanup"
+VERSION = "1"
+#: This module emits no findings (it fixes ``disk.almost_full``).
+FINDING_CODES: tuple[str, ...] = ()
+ADDRESSES = frozenset({"disk.almost_full"})
+DEFAULT_DAYS = 7
+MAX_DAYS = 3650
+#: At most this many files per clean-up (the plan says when there were more).
+MAX_FILES = 10_000
+#: At most this many paths in ``args.paths``.
+MAX_PATHS = 32
+#: At most this many lines of ``changes`` name a file (the rest are summed up).
+MAX_CHANGE_LINES = 50
+#: At most this many skipped files are named in an outcome.
+MAX_SKIPPED_LISTED = 50
+QUARANTINE_DIR = "quarantine"
+MANIFEST = "manifest.json"
+FIX_ID_PATTERN = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+_DAY = 86400.0
+
+
+def default_locations() -> list[Path]:
+    """Where old files may be cleaned, before resolving links: temp dir, user cache dir."""
+    locations = [Path(tempfile.gettempdir())]
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):  # no home directory for this user
+        home = None
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA", "")
+        if local:
+            locations.append(Path(local) / "Temp")
+    elif sys.platform == "darwin":
+        if home is not None:
+            locations.append(home / "Library" / "Caches")
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        if xdg and os.path.isabs(xdg):
+            locations.append(Path(xdg))
+        elif home is not None:
+            locations.append(home / ".cache")
+    return locations
+
+
+def allowed_roots() -> list[Path]:
+    """The allowlist: each existing :func:`default_locations` dir with links resolved.
+
+    A location that resolves to a file-system root or to the home directory itself is
+    dropped (a mis-set ``TMPDIR`` must not make the whole disk "temporary"), and so is
+    one inside another.
+    """
+    try:
+        home: Path | None = Path(os.path.realpath(Path.home()))
+    except (RuntimeError, KeyError):
+        home = None
+    roots: list[Path] = []
+    for location in default_locations():
+        real = Path(os.path.realpath(location))
+        if not real.is_dir() or real == Path(real.anchor) or real == home:
+            continue
+        roots.append(real)
+    return [
+        root for root in dict.fromkeys(roots)
+        if not any(other != root and root.is_relative_to(other) for other in roots)
+    ]
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+
+def _days(args: Mapping[str, Any]) -> float:
+    days = args.get("days", DEFAULT_DAYS)
+    if isinstance(days, bool) or not isinstance(days, int | float) or not 1 <= days <= MAX_DAYS:
+        raise FixRefused(f"days must be a number from 1 to {MAX_DAYS}, not {days!r}")
+    return float(days)
+
+
+def _targets(ctx: FixContext, roots: list[Path]) -> list[tuple[int, Path]]:
+    """``(root index, directory or file)`` to clean: the roots, or ``args.paths`` in them."""
+    paths = ctx.args.get("paths")
+    if paths is None:
+        return list(enumerate(roots))
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list | tuple) or not 0 < len(paths) <= MAX_PATHS:
+        raise FixRefused(f"paths must be a list of 1 to {MAX_PATHS} absolute paths")
+    where = ", ".join(str(root) for root in roots) or "none on this machine"
+    targets: list[tuple[int, Path]] = []
+    for raw in paths:
+        if not isinstance(raw, str) or not raw or "\0" in raw or not os.path.isabs(raw):
+            raise FixRefused(f"paths: {raw!r} is not an absolute path")
+        real = Path(os.path.realpath(raw))  # a link inside pointing outside is outside
+        index = next((i for i, root in enumerate(roots) if real.is_relative_to(root)), None)
+        if index is None:
+            raise FixRefused(
+                f"{raw} is outside the clean-up locations ({where}): only old files there "
+                "can be cleaned"
+            )
+        if not os.path.lexists(real):
+            raise FixRefused(f"{raw} does not exist")
+        targets.append((index, real))
+    return targets
+
+
+def _is_candidate(st: os.stat_result, cutoff: float, uid: int | None) -> bool:
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if uid is not None and st.st_uid != uid:
+        return False
+    return max(st.st_mtime, st.st_atime) < cutoff
+
+
+def _walk(target: Path, excluded: Path, skipped: dict[str, int]) -> Iterator[Path]:
+    """Every non-directory entry under ``target``, never following links."""
+    try:
+        st = os.lstat(target)
+    except OSError:
+        skipped["unreadable"] += 1
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        yield target
+        return
+
+    def unreadable(_: OSError) -> None:
+        skipped["unreadable"] += 1
+
+    for dirpath, dirnames, filenames in os.walk(target, followlinks=False, onerror=unreadable):
+        here = Path(dirpath)
+        kept = []
+        for name in dirnames:
+            path = here / name
+            if path.is_symlink():
+                skipped["symlinks"] += 1  # os.walk lists it but would not descend
+            elif not path.is_relative_to(excluded):
+                kept.append(name)
+        dirnames[:] = kept
+        for name in filenames:
+            yield here / name
+
+
+def _uid() -> int | None:
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is None:
+        return None
+    uid: int = geteuid()
+    return None if uid == 0 else uid
+
+
+def plan(ctx: FixContext) -> FixPlan:
+    """List the old files in the clean-up locations; change nothing."""
+    days = _days(ctx.args)
+    roots = allowed_roots()
+    targets = _targets(ctx, roots)
+    excluded = Path(os.path.realpath(ctx.workdir))
+    now = time.time()
+    cutoff = now - days * _DAY
+    uid = _uid()
+    skipped = {"symlinks": 0, "not_owned": 0, "unreadable": 0}
+    files: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    truncated = False
+    for index, target in targets:
+        for path in _walk(target, excluded, skipped):
+            if len(files) >= MAX_FILES:
+                truncated = True
+                break
+            if str(path) in seen or path.is_relative_to(excluded):
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                skipped["unreadable"] += 1
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                skipped["symlinks"] += 1
+                continue
+            if uid is not None and stat.S_ISREG(st.st_mode) and st.st_uid != uid:
+                if max(st.st_mtime, st.st_atime) < cutoff:
+                    skipped["not_owned"] += 1
+                continue
+            if _is_candidate(st, cutoff, uid):
+                seen.add(str(path))
+                files.append({
+                    "path": str(path), "root": index, "size": st.st_size,
+                    "mtime": st.st_mtime, "age_days": int((now - st.st_mtime) // _DAY),
+                })
+    total = sum(int(f["size"]) for f in files)
+    changes = [
+        f"move {f['path']} ({human_size(f['size'])}, {f['age_days']} days old) to quarantine"
+        for f in sorted(files, key=lambda f: -int(f["size"]))[:MAX_CHANGE_LINES]
+    ]
+    if len(files) > MAX_CHANGE_LINES:
+        rest = sorted(files, key=lambda f: -int(f["size"]))[MAX_CHANGE_LINES:]
+        size = human_size(sum(int(f["size"]) for f in rest))
+        changes.append(f"... and {len(rest)} more files ({size}) to quarantine")
+    where = ", ".join(str(target) for _, target in targets) or "(no clean-up location exists)"
+    if files:
+        summary = (
+            f"Move {len(files)} files ({human_size(total)}) not used for {days:g} days from "
+            f"{where} to a quarantine, from where they can be restored until it is purged."
+        )
+        summary_zh = (
+            f"将 {where} 中 {days:g} 天未使用的 {len(files)} 个文件（{human_size(total)}）"
+            "移入隔离区；在隔离区清除之前可以恢复。"
+        )
+    else:
+        summary = f"No file in {where} is older than {days:g} days: nothing to clean."
+        summary_zh = f"{where} 中没有超过 {days:g} 天的文件：无需清理。"
+    if truncated:
+        summary += f" (Only the first {MAX_FILES} files are taken; run it again for more.)"
+        summary_zh += f"（仅处理前 {MAX_FILES} 个文件，可再次运行以清理更多。）"
+    return FixPlan(
+        fixer=NAME,
+        summary=summary,
+        summary_zh=summary_zh,
+        changes=changes,
+        reversible=True,
+        data={
+            "fix_id": time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+            + "-" + secrets.token_hex(4),
+            "days": days,
+            "roots": [str(root) for root in roots],
+            "files": files,
+            "total_bytes": total,
+            "truncated": truncated,
+            "skipped": skipped,
+        },
+    )
+
+
+# -- apply ---------------------------------------------------------------------------------
+
+
+def _fix_id(value: object) -> str:
+    if not isinstance(value, str) or not FIX_ID_PATTERN.fullmatch(value):
+        raise FixRefused(f"invalid fix id {value!r}")
+    return value
+
+
+def _write_manifest(qdir: Path, manifest: Mapping[str, Any]) -> None:
+    temporary = qdir / (MANIFEST + ".tmp")
+    temporary.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    os.replace(temporary, qdir / MANIFEST)
+
+
+def _movable(entry: object, targets: list[tuple[int, Path]], roots: list[Path],
+             excluded: Path) -> tuple[Path, int, os.stat_result] | str:
+    """``(source, root index, stat)`` if the planned entry may be moved, else why not."""
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str):
+        return "malformed plan entry"
+    source = Path(entry["path"])
+    if not source.is_absolute() or os.path.realpath(source.parent) != str(source.parent):
+        return "not a plain path (a link on the way)"
+    if source.is_relative_to(excluded):
+        return "inside the agent's own directory"
+    index = next((i for i, root in enumerate(roots) if source.is_relative_to(root)), None)
+    if index is None or not any(source.is_relative_to(t) for _, t in targets):
+        return "outside the clean-up locations"
+    try:
+        st = os.lstat(source)
+    except FileNotFoundError:
+        return "gone since the plan"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return "no longer a regular file"
+    if st.st_size != entry.get("size") or st.st_mtime != entry.get("mtime"):
+        return "changed since the plan"
+    return source, index, st
+
+
+def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
+    """Move the planned files (those unchanged since the plan) into the quarantine."""
+    fix_id = _fix_id(fix_plan.data.get("fix_id"))
+    files = fix_plan.data.get("files")
+    if not isinstance(files, list):
+        raise FixRefused("the plan lists no files")
+    roots = allowed_roots()
+    targets = _targets(ctx, roots)
+    excluded = Path(os.path.realpath(ctx.workdir))
+    qdir = ctx.workdir / QUARANTINE_DIR / fix_id
+    if not files:
+        return FixOutcome(True, "Nothing to clean.", {"files_moved": 0, "bytes_moved": 0,
+                                                       "bytes_freed": 0})
+    qdir.mkdir(parents=True, exist_ok=False, mode=0o700)
+    qdev = os.stat(qdir).st_dev
+    entries: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    moved = freed = 0
+    manifest: dict[str, Any] = {"fix_id": fix_id, "created": time.time(),
+                                "roots": [str(r) for r in roots], "entries": entries}
+    try:
+        for entry in files:
+            checked = _movable(entry, targets, roots, excluded)
+            if isinstance(checked, str):
+                path = entry.get("path") if isinstance(entry, Mapping) else None
+                skipped.append({"path": str(path), "reason": checked})
+                continue
+            source, index, st = checked
+            stored = Path("files") / str(index) / source.relative_to(roots[index])
+            destination = qdir / stored
+            try:
+                destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                shutil.move(source, destination)
+            except OSError as exc:
+                skipped.append({"path": str(source), "reason": exc.strerror or str(exc)})
+                continue
+            entries.append({"source": str(source), "stored": stored.as_posix(),
+                            "size": st.st_size, "mtime": st.st_mtime})
+            moved += st.st_size
+            if st.st_dev != qdev:
+                freed += st.st_size
+    finally:
+        _write_manifest(qdir, manifest)
+    details: dict[str, Any] = {
+        "fix_id": fix_id,
+        "quarantine": str(qdir),
+        "files_moved": len(entries),
+        "bytes_moved": moved,
+        "bytes_freed": freed,
+        "bytes_freed_on_purge": moved - freed,
+        "files_skipped": len(skipped),
+        "skipped": skipped[:MAX_SKIPPED_LISTED],
+    }
+    if not entries:
+        return FixOutcome(False, f"None of the {len(files)} planned files could be moved.",
+                          details, undo=None)
+    summary = (
+        f"Moved {len(entries)} files ({human_size(moved)}) to the quarantine {qdir}; "
+        f"{human_size(freed)} freed now"
+    )
+    summary += (
+        f", {human_size(moved - freed)} more when the quarantine is purged."
+        if moved - freed else "."
+    )
+    if skipped:
+        summary += f" {len(skipped)} files were skipped."
+    return FixOutcome(True, summary, details, undo={"fix_id": fix_id})
+
+
+def verify(ctx: FixContext, fix_plan: FixPlan, outcome: FixOutcome) -> str:
+    """``""`` when none of the planned files is still in place, unchanged."""
+    files = fix_plan.data.get("files")
+    remaining = 0
+    size = 0
+    for entry in files if isinstance(files, list) else []:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str):
+            continue
+        try:
+            st = os.lstat(entry["path"])
+        except OSError:
+            continue
+        if st.st_size == entry.get("size") and st.st_mtime == entry.get("mtime"):
+            remaining += 1
+            size += st.st_size
+    if remaining:
+        return (f"{remaining} of the planned files ({human_size(size)}) are still in place: "
+                "they could not be moved.")
+    return ""
+
+
+# -- rollback and purge --------------------------------------------------------------------
+
+
+def rollback(ctx: FixContext, outcome: FixOutcome) -> FixOutcome:
+    """Move the quarantined files back, never over a file that exists again."""
+    fix_id = _fix_id((outcome.undo or {}).get("fix_id"))
+    qdir = ctx.workdir / QUARANTINE_DIR / fix_id
+    try:
+        manifest = json.loads((qdir / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return FixOutcome(False, f"The quarantine {fix_id} no longer exists (purged?).")
+    entries = manifest.get("entries") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list):
+        return FixOutcome(False, f"The manifest of quarantine {fix_id} is unreadable.")
+    roots = allowed_roots()
+    restored = 0
+    left: list[Any] = []
+    problems: list[dict[str, str]] = []
+    for entry in entries:
+        reason = ""
+        source = Path(str(entry.get("source", ""))) if isinstance(entry, dict) else Path()
+        stored = str(entry.get("stored", "")) if isinstance(entry, dict) else ""
+        stored_path = qdir / stored
+        if not source.is_absolute() or not any(source.is_relative_to(r) for r in roots):
+            reason = "not inside a clean-up location"
+        elif (not stored or Path(stored).is_absolute() or ".." in Path(stored).parts
+              or stored_path.is_symlink() or not stored_path.is_file()):
+            reason = "missing from the quarantine"
+        elif os.path.lexists(source):
+            reason = "a file exists there again"
+        else:
+            try:
+                source.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(stored_path, source)
+                restored += 1
+                continue
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+        left.append(entry)
+        problems.append({"path": str(source), "reason": reason})
+    if left:
+        manifest["entries"] = left
+        _write_manifest(qdir, manifest)
+    else:
+        shutil.rmtree(qdir, ignore_errors=True)
+    details = {"files_restored": restored, "files_not_restored": len(left),
+               "problems": problems[:MAX_SKIPPED_LISTED]}
+    if left:
+        return FixOutcome(False, f"Restored {restored} files; {len(left)} could not be "
+                          "restored and stay in the quarantine.", details,
+                          undo={"fix_id": fix_id})
+    return FixOutcome(True, f"Restored {restored} files to where they were.", details)
+
+
+def purge_quarantine(workdir: Path, older_than: timedelta, *, now: float | None = None
+                     ) -> list[str]:
+    """Delete the quarantines of ``workdir`` created more than ``older_than`` ago.
+
+    Returns the fix ids purged. A quarantine whose manifest is unreadable is dated by its
+    directory's modification time. Links are never followed.
+    """
+    base = workdir / QUARANTINE_DIR
+    cutoff = (time.time() if now is None else now) - older_than.total_seconds()
+    purged: list[str] = []
+    try:
+        children = sorted(base.iterdir())
+    except FileNotFoundError:
+        return purged
+    for qdir in children:
+        if qdir.is_symlink() or not qdir.is_dir() or not FIX_ID_PATTERN.fullmatch(qdir.name):
+            continue
+        try:
+            created = json.loads((qdir / MANIFEST).read_text(encoding="utf-8"))["created"]
+            if isinstance(created, bool) or not isinstance(created, int | float):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError):
+            created = qdir.stat().st_mtime
+        if created < cutoff:
+            shutil.rmtree(qdir, ignore_errors=True)
+            purged.append(qdir.name)
+    return purged
+
+
+FIXER = Fixer(
+    name=NAME,
+    version=VERSION,
+    summary="Move temp and cache files older than N days to a quarantine (undoable)",
+    addresses=ADDRESSES,
+    plan=plan,
+    apply=apply,
+    verify=verify,
+    rollback=rollback,
+    timeout=300.0,
+)
+
+
+@hookimpl
+def hw_fixers() -> list[Fixer]:
+    """The ``disk.cleanup`` fixer."""
+    return [FIXER]

@@ -1,0 +1,237 @@
+"""disk.cleanup in a sandbox: the allowlist is two temp dirs of the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from plugins.api import FixContext, FixPlan, FixRefused
+from plugins.fixers import disk_cleanup
+
+DAY = 86400.0
+
+
+class Sandbox:
+    def __init__(self, base: Path) -> None:
+        self.base = Path(os.path.realpath(base))
+        self.temp = self.base / "temp"
+        self.cache = self.base / "cache"
+        self.outside = self.base / "outside"
+        self.workdir = self.base / "home" / "fixes"
+        for d in (self.temp, self.cache, self.outside):
+            d.mkdir()
+
+    def file(self, path: Path, days_old: float, size: int = 100) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+        stamp = time.time() - days_old * DAY
+        os.utime(path, (stamp, stamp))
+        return path
+
+    def ctx(self, **args: object) -> FixContext:
+        return FixContext(args=args, workdir=self.workdir)
+
+
+@pytest.fixture
+def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    sandbox = Sandbox(tmp_path)
+    monkeypatch.setattr(disk_cleanup, "default_locations", lambda: [sandbox.temp, sandbox.cache])
+    return sandbox
+
+
+def planned(fix_plan: FixPlan) -> set[str]:
+    return {f["path"] for f in fix_plan.data["files"]}
+
+
+def test_default_locations_are_temp_and_cache() -> None:
+    locations = [str(p) for p in disk_cleanup.default_locations()]
+    import tempfile
+
+    assert locations[0] == tempfile.gettempdir()
+    if sys.platform.startswith("linux"):
+        assert len(locations) == 2
+        assert locations[1].endswith(".cache") or locations[1] == os.environ["XDG_CACHE_HOME"]
+
+
+def test_allowed_roots_drop_filesystem_root_and_home(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    monkeypatch.setattr(disk_cleanup, "default_locations",
+                        lambda: [Path("/"), Path.home(), tmp_path, tmp_path / "nested"])
+    (tmp_path / "nested").mkdir()
+    assert disk_cleanup.allowed_roots() == [Path(os.path.realpath(tmp_path))]
+
+
+def test_plan_lists_old_files_only_and_changes_nothing(box: Sandbox) -> None:
+    old = {box.file(box.temp / "a.log", 9), box.file(box.cache / "app" / "deep" / "b.bin", 30)}
+    new = box.file(box.temp / "fresh.log", 1)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    assert planned(fix_plan) == {str(p) for p in old}
+    assert fix_plan.reversible and fix_plan.needs_privileges == ""
+    assert fix_plan.data["total_bytes"] == 200
+    assert any(line.startswith(f"move {box.temp / 'a.log'} (") and "9 days old" in line
+               for line in fix_plan.changes)
+    assert all(p.exists() for p in old) and new.exists()
+    assert not box.workdir.exists()
+    json.dumps(dict(fix_plan.data))  # JSON-safe
+
+
+def test_days_argument(box: Sandbox) -> None:
+    box.file(box.temp / "a.log", 9)
+    assert planned(disk_cleanup.plan(box.ctx(days=10))) == set()
+    assert len(planned(disk_cleanup.plan(box.ctx(days=8)))) == 1
+    for bad in (0, -1, "7", True, 10**6):
+        with pytest.raises(FixRefused, match="days"):
+            disk_cleanup.plan(box.ctx(days=bad))
+
+
+def test_paths_narrow_inside_the_allowlist(box: Sandbox) -> None:
+    inside = box.file(box.cache / "app" / "x.bin", 30)
+    box.file(box.cache / "other" / "y.bin", 30)
+    fix_plan = disk_cleanup.plan(box.ctx(paths=[str(box.cache / "app")]))
+    assert planned(fix_plan) == {str(inside)}
+
+
+def test_paths_outside_the_allowlist_are_refused(box: Sandbox) -> None:
+    box.file(box.outside / "precious.doc", 400)
+    with pytest.raises(FixRefused, match="outside the clean-up locations"):
+        disk_cleanup.plan(box.ctx(paths=[str(box.outside)]))
+    with pytest.raises(FixRefused, match="outside the clean-up locations"):
+        disk_cleanup.plan(box.ctx(paths=[str(box.temp / ".." / "outside")]))
+    (box.temp / "link").symlink_to(box.outside)
+    with pytest.raises(FixRefused, match="outside the clean-up locations"):
+        disk_cleanup.plan(box.ctx(paths=[str(box.temp / "link")]))
+    with pytest.raises(FixRefused, match="not an absolute path"):
+        disk_cleanup.plan(box.ctx(paths=["temp"]))
+    with pytest.raises(FixRefused, match="does not exist"):
+        disk_cleanup.plan(box.ctx(paths=[str(box.temp / "nope")]))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks need privileges on Windows")
+def test_symlinks_are_not_followed_nor_moved(box: Sandbox) -> None:
+    precious = box.file(box.outside / "precious.doc", 400)
+    box.file(box.outside / "dir" / "inner.doc", 400)
+    (box.temp / "to_file").symlink_to(precious)
+    (box.temp / "to_dir").symlink_to(box.outside / "dir", target_is_directory=True)
+    os.utime(box.temp / "to_file", (time.time() - 50 * DAY,) * 2, follow_symlinks=False)
+    old = box.file(box.temp / "old.tmp", 20)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    assert planned(fix_plan) == {str(old)}
+    assert fix_plan.data["skipped"]["symlinks"] == 2
+    outcome = disk_cleanup.apply(box.ctx(), fix_plan)
+    assert outcome.ok
+    assert (box.temp / "to_file").is_symlink() and (box.temp / "to_dir").is_symlink()
+    assert precious.exists() and (box.outside / "dir" / "inner.doc").exists()
+
+
+def test_apply_quarantines_verify_and_rollback_restore_identical(box: Sandbox) -> None:
+    files = [box.file(box.temp / "a.log", 9, 1000), box.file(box.cache / "x" / "y.bin", 30, 5000)]
+    content = {p: (p.read_bytes(), p.stat().st_mtime) for p in files}
+    for path, (_, mtime) in content.items():  # reading may have set the access time
+        os.utime(path, (mtime, mtime))
+    fresh = box.file(box.temp / "fresh.log", 0)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    outcome = disk_cleanup.apply(box.ctx(), fix_plan)
+    assert outcome.ok, outcome.summary
+    assert not any(p.exists() for p in files) and fresh.exists()
+    details = outcome.details
+    assert details["files_moved"] == 2 and details["bytes_moved"] == 6000
+    assert details["bytes_freed"] + details["bytes_freed_on_purge"] == 6000
+    qdir = box.workdir / "quarantine" / fix_plan.data["fix_id"]
+    assert (qdir / "files" / "0" / "a.log").read_bytes() == content[files[0]][0]
+    assert (qdir / "files" / "1" / "x" / "y.bin").read_bytes() == content[files[1]][0]
+    manifest = json.loads((qdir / "manifest.json").read_text())
+    assert {e["source"] for e in manifest["entries"]} == {str(p) for p in files}
+    assert disk_cleanup.verify(box.ctx(), fix_plan, outcome) == ""
+    assert outcome.undo == {"fix_id": fix_plan.data["fix_id"]}
+
+    undone = disk_cleanup.rollback(box.ctx(), outcome)
+    assert undone.ok, undone.summary
+    for path, (data, mtime) in content.items():
+        assert path.read_bytes() == data
+        assert path.stat().st_mtime == mtime
+    assert not qdir.exists()
+
+
+def test_rollback_never_overwrites_a_new_file(box: Sandbox) -> None:
+    path = box.file(box.temp / "a.log", 9)
+    outcome = disk_cleanup.apply(box.ctx(), disk_cleanup.plan(box.ctx()))
+    path.write_text("new content")
+    undone = disk_cleanup.rollback(box.ctx(), outcome)
+    assert not undone.ok and undone.details["files_not_restored"] == 1
+    assert path.read_text() == "new content"
+    assert undone.undo == outcome.undo  # still in the quarantine, can be retried
+
+
+def test_changed_file_is_skipped_and_verify_says_what_remains(box: Sandbox) -> None:
+    kept = box.file(box.temp / "busy.log", 9)
+    box.file(box.temp / "idle.log", 9)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    os.utime(kept, (time.time(),) * 2)
+    outcome = disk_cleanup.apply(box.ctx(), fix_plan)
+    assert outcome.ok and outcome.details["files_moved"] == 1
+    assert outcome.details["skipped"] == [{"path": str(kept), "reason": "changed since the plan"}]
+    assert kept.exists()
+    assert disk_cleanup.verify(box.ctx(), fix_plan, outcome) == ""  # busy.log changed: not ours
+    os.utime(kept, (time.time() - 9 * DAY,) * 2)
+    assert planned(disk_cleanup.plan(box.ctx())) == {str(kept)}
+
+
+def test_tampered_plan_cannot_move_files_outside(box: Sandbox) -> None:
+    precious = box.file(box.outside / "precious.doc", 400)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    st = precious.stat()
+    forged = FixPlan(**{**fix_plan.__dict__, "data": {**fix_plan.data, "files": [
+        {"path": str(precious), "size": st.st_size, "mtime": st.st_mtime, "root": 0}]}})
+    outcome = disk_cleanup.apply(box.ctx(), forged)
+    assert not outcome.ok
+    assert outcome.details["skipped"][0]["reason"] == "outside the clean-up locations"
+    assert precious.exists()
+    bad_id = FixPlan(**{**fix_plan.__dict__, "data": {**fix_plan.data, "fix_id": "../../x"}})
+    with pytest.raises(FixRefused, match="fix id"):
+        disk_cleanup.apply(box.ctx(), bad_id)
+
+
+def test_agent_workdir_inside_an_allowed_location_is_left_alone(box: Sandbox) -> None:
+    box.workdir = box.temp / "agent" / "fixes"
+    mine = box.file(box.workdir / "quarantine" / "old" / "manifest.json", 30)
+    other = box.file(box.temp / "other.tmp", 30)
+    assert planned(disk_cleanup.plan(box.ctx())) == {str(other)}
+    assert mine.exists()
+
+
+def test_verify_reports_files_still_in_place(box: Sandbox) -> None:
+    path = box.file(box.temp / "a.log", 9)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    outcome = disk_cleanup.apply(box.ctx(), fix_plan)
+    disk_cleanup.rollback(box.ctx(), outcome)
+    assert path.exists()
+    assert "1 of the planned files" in disk_cleanup.verify(box.ctx(), fix_plan, outcome)
+
+
+def test_purge_quarantine_deletes_only_old_ones(box: Sandbox) -> None:
+    box.file(box.temp / "a.log", 9)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    outcome = disk_cleanup.apply(box.ctx(), fix_plan)
+    qdir = box.workdir / "quarantine" / fix_plan.data["fix_id"]
+    assert disk_cleanup.purge_quarantine(box.workdir, timedelta(days=1)) == []
+    assert qdir.exists()
+    later = time.time() + 2 * DAY
+    purged = disk_cleanup.purge_quarantine(box.workdir, timedelta(days=1), now=later)
+    assert purged == [fix_plan.data["fix_id"]]
+    assert not qdir.exists()
+    assert not disk_cleanup.rollback(box.ctx(), outcome).ok
+    assert disk_cleanup.purge_quarantine(box.base / "nowhere", timedelta(0)) == []
+
+
+def test_nothing_to_clean(box: Sandbox) -> None:
+    box.file(box.temp / "fresh", 0)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    assert fix_plan.changes == [] and "nothing to clean" in fix_plan.summary
+    outcome = disk_cleanup.apply(box.ctx(), fix_plan)
+    assert outcome.ok and outcome.undo is None
