@@ -50,6 +50,16 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.cpu",
     "plugins.memory",
     "plugins.disk",
+    "plugins.network",
+    "plugins.power",
+    "plugins.thermal",
+    "plugins.processes",
+    "plugins.services",
+    "plugins.smart",
+    "plugins.fixers.disk_cleanup",
+    "plugins.fixers.process_terminate",
+    "plugins.fixers.service_restart",
+    "plugins.fixers.dns_flush",
 )
 #: Entry-point group that installed distributions use to contribute plugins.
 ENTRY_POINT_GROUP = "helloword.plugins"

@@ -39,7 +39,7 @@ HOOKS = sorted(name for name, _ in hookspec_functions())
 
 
 def test_hookspecs_found() -> None:
-    assert HOOKS == ["hw_evaluate", "hw_probes"]
+    assert HOOKS == ["hw_evaluate", "hw_fixers", "hw_probes"]
 
 
 @pytest.mark.parametrize("name", HOOKS)
@@ -76,7 +76,9 @@ def test_hook_hw_probes() -> None:
     groups = pm.hook.hw_probes()
     probes = [p for group in groups for p in group]
     assert all(isinstance(p, Probe) for p in probes)
-    assert sorted(p.name for p in probes) == ["cpu", "disk", "memory", "system"]
+    assert sorted(p.name for p in probes) == ["cpu", "disk", "memory", "network", "power",
+                                             "processes", "services", "smart", "system",
+                                             "thermal"]
     assert all(p.summary and p.version for p in probes)
 
 
@@ -88,11 +90,21 @@ def test_hook_hw_evaluate(recorded: Recorded) -> None:
     findings = [f for group in groups for f in group]
     assert all(isinstance(f, Finding) for f in findings)
     assert [f.code for f in findings] == ["disk.almost_full"]
-    # every plugin is asked about every probe: the others answer with nothing
-    assert len(groups) == len(DEFAULT_PLUGINS)
-    assert pm.hook.hw_evaluate(probe="no_such_probe", readings={}) == [[]] * len(
-        DEFAULT_PLUGINS
-    )
+    # every probe plugin is asked about every probe: the others answer with nothing
+    evaluators = [n for n in DEFAULT_PLUGINS if not n.startswith("plugins.fixers.")]
+    assert len(groups) == len(evaluators)
+    assert pm.hook.hw_evaluate(probe="no_such_probe", readings={}) == [[]] * len(evaluators)
+
+
+def test_hook_hw_fixers() -> None:
+    from plugins.api import Fixer
+
+    pm = get_plugin_manager(autoload=False)
+    fixers = [f for group in pm.hook.hw_fixers() for f in group]
+    assert all(isinstance(f, Fixer) for f in fixers)
+    assert sorted(f.name for f in fixers) == ["disk.cleanup", "dns.flush", "process.terminate",
+                                             "service.restart"]
+    assert all(f.summary and f.version and f.addresses for f in fixers)
 
 
 def documented_codes() -> dict[str, str]:

@@ -47,7 +47,8 @@ def test_builtins_registered_in_order() -> None:
     pm = get_plugin_manager(autoload=False)
     names = [name for name, _ in pm.list_name_plugin()]
     assert names == list(DEFAULT_PLUGINS)
-    assert probe_names(pm) == {"system", "cpu", "memory", "disk"}
+    assert probe_names(pm) == {"system", "cpu", "memory", "disk", "network", "power",
+                               "thermal", "processes", "services", "smart"}
 
 
 def test_hw_plugins_env_registers_modules(
