@@ -135,12 +135,26 @@ def cmd_consent_status(args: argparse.Namespace) -> int:
         return 0
     print("connected to the support server" if reply["connected"] else
           "not connected to the support server")
+    for a in reply.get("approvals", []):
+        undo = "can be undone" if a["reversible"] else "cannot be undone"
+        print(f"fix waiting for your approval on case {a['case']}: {a['summary']} ({undo})")
+        for change in a["changes"][:20]:
+            print(f"    - {change}")
+        print(f"  approve: hw-agent consent approve --case {a['case']}   decline: hw-agent "
+              f"consent decline --case {a['case']}")
     for p in reply["pending"]:
         print(f"waiting for your answer: {p['tech']} asks for access to case {p['case']}")
     if not reply["grants"]:
         print("no grants")
     for g in reply["grants"]:
         _print_grant(g)
+    return 0
+
+
+def cmd_consent_decide(args: argparse.Namespace) -> int:
+    reply = _control(args, {"op": args.decision, "case": args.case})
+    verb = "approved" if reply["approved"] else "declined"
+    print(f"{verb} fix {reply['fix']} on case {args.case}")
     return 0
 
 
@@ -221,7 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = csub.add_parser("deny", parents=[common], help="decline pending requests now")
     s.add_argument("--case", help="only this case")
     s.set_defaults(func=cmd_consent_deny)
-    s = csub.add_parser("status", parents=[common], help="grants and pending requests")
+    for decision, text in (("approve", "apply the fix waiting on a case"),
+                           ("decline", "refuse the fix waiting on a case")):
+        s = csub.add_parser(decision, parents=[common], help=text)
+        s.add_argument("--case", required=True, help="case number")
+        s.set_defaults(func=cmd_consent_decide, decision=decision)
+    s = csub.add_parser("status", parents=[common], help="grants, pending requests and fixes "
+                        "waiting for your approval")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_consent_status)
     s = csub.add_parser("revoke", parents=[common], help="revoke grants at once; running "

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 from websockets.exceptions import ConnectionClosed
 
-from plugins.api import ProbeContext
+from plugins.api import FixContext, ProbeContext
 from proto import codec
 from proto import messages as m
 from proto.command import CommandRefused, ReplayCache, VerifiedCommand, verify_command
@@ -37,9 +37,10 @@ from .consent import (
 )
 from .control import serve_control
 from .errors import Refused, Unreachable
+from .fixrunner import FixError, apply_fix, plan_fix
 from .home import AgentHome
 from .localstore import LocalCase, LocalStore
-from .runner import run_probes
+from .runner import run_probes, sanitize_readings
 
 log = logging.getLogger("hw.agent")
 
@@ -80,6 +81,7 @@ class Agent:
         self._revoking: set[str] = set()
         self._pending: dict[tuple[str, str], tuple[str, asyncio.Future[Grant | None]]] = {}
         self._prompt = asyncio.Lock()
+        self._approvals: dict[str, tuple[m.FixPlanInfo, asyncio.Future[bool]]] = {}
         self._server_offset: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -222,6 +224,8 @@ class Agent:
                 f"no_consent: the customer has not granted {cmd.tech} the {scope.value} scope "
                 f"on case {req.case} (or the grant expired or was revoked); ask with "
                 f"`hw-tech consent-request {req.case} --scopes {scope.value}`"))
+        if req.action is m.Action.FIX:
+            return await self._fix(req, cmd.tech, cmd.args, grant)
         self.store.log("diag", f"{cmd.tech} ran diagnostics on {req.case} (grant "
                        f"{grant.receipt_id})", now=now)
         probes = cmd.args.get("probes")
@@ -276,6 +280,83 @@ class Agent:
         return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
                         action=req.action, ok=True,
                         receipt=sign_receipt(grant.as_wire(), self.key))
+
+    async def _fix(self, req: m.Request, tech: str, args: dict[str, Any], grant: Grant
+                   ) -> m.Result:
+        """Plan, ask the customer (unless the grant says no approval), apply, verify."""
+        def result(report: m.FixReport, ok: bool) -> m.Result:
+            return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
+                            action=req.action, ok=ok, fix=report)
+
+        fixer = str(args.get("fixer", ""))
+        fargs = args.get("args") or {}
+        ctx = FixContext(args=fargs if isinstance(fargs, dict) else {},
+                         workdir=self.home.path / "fixes")
+        try:
+            plan = await plan_fix(self.pm, fixer, ctx)
+        except FixError as exc:
+            self.store.log("fix", f"{tech} asked for fix {fixer!r} on {req.case}: not "
+                           f"possible: {exc}", now=now_utc())
+            return result(m.FixReport(decision=m.FixDecision.NOT_POSSIBLE,
+                                      outcome=str(exc)[:4000]), False)
+        info = m.FixPlanInfo(fixer=fixer, summary=plan.summary[:4000],
+                             reversible=plan.reversible,
+                             changes=[c[:4000] for c in plan.changes[:500]],
+                             summary_zh=plan.summary_zh[:4000],
+                             needs_privileges=plan.needs_privileges[:4000])
+        if plan.needs_privileges:
+            self.store.log("fix", f"{tech}: fix {fixer} on {req.case} not possible: "
+                           f"{plan.needs_privileges}", now=now_utc())
+            return result(m.FixReport(decision=m.FixDecision.NOT_POSSIBLE, plan=info,
+                                      outcome=plan.needs_privileges[:4000]), False)
+        if args.get("dry_run"):
+            self.store.log("fix-plan", f"{tech} looked at fix {fixer} on {req.case}: "
+                           f"{plan.summary}", now=now_utc())
+            return result(m.FixReport(decision=m.FixDecision.DRY_RUN, plan=info), True)
+        decision = m.FixDecision.NOT_REQUIRED
+        if grant.fix_needs_approval:
+            if not await self._approve(req, tech, info):
+                self.store.log("declined", f"fix {fixer} on {req.case} proposed by {tech}: "
+                               f"{plan.summary}", now=now_utc())
+                return result(m.FixReport(decision=m.FixDecision.DECLINED, plan=info), False)
+            decision = m.FixDecision.APPROVED
+        self.store.log("fix", f"{tech} applies fix {fixer} on {req.case} ({decision.value}): "
+                       f"{plan.summary}", now=now_utc())
+        outcome, note = await apply_fix(self.pm, fixer, ctx, plan)
+        verified = outcome.ok and not note
+        self.store.log("fix-done", f"fix {fixer} on {req.case}: {outcome.summary}"
+                       + ("; verified" if verified else f"; not verified: {note}"),
+                       now=now_utc())
+        return result(m.FixReport(
+            decision=decision, plan=info, applied=True, ok=outcome.ok,
+            outcome=outcome.summary[:4000], verified=verified, verify_note=note[:4000],
+            details=sanitize_readings(dict(outcome.details))), outcome.ok)
+
+    async def _approve(self, req: m.Request, tech: str, plan: m.FixPlanInfo) -> bool:
+        """The customer approves or declines a fix plan: terminal, or the control socket."""
+        what = (f"technician {tech} proposes on case {req.case}: {plan.summary}"
+                f" ({'can be undone' if plan.reversible else 'cannot be undone'})")
+        self.store.log("fix-asked", what, now=now_utc())
+        if self.interactive:
+            loop = asyncio.get_running_loop()
+            async with self._prompt:
+                print(f"\nHelloWord support: {what}", flush=True)
+                for change in plan.changes[:50]:
+                    print(f"    - {change}", flush=True)
+                answer = await loop.run_in_executor(None, input, "  apply this fix? [y/N] ")
+            return answer.strip().lower() in ("y", "yes", "是")
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._approvals[req.case] = (plan, future)
+        wait = max(1.0, min(self.policy.prompt_timeout_s, req.timeout - 2.0))
+        log.info("fix plan waiting %.0fs for `hw-agent consent approve --case %s`: %s", wait,
+                 req.case, what)
+        try:
+            return await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            return False
+        finally:
+            if self._approvals.get(req.case, (None, None))[1] is future:
+                del self._approvals[req.case]
 
     async def _wait_for_grant(self, req: m.Request, tech: str, fingerprint: str, what: str
                               ) -> Grant | None:
@@ -367,9 +448,19 @@ class Agent:
                 if not fut.done():
                     fut.set_result(None)
             return {"ok": True, "denied": len(denied)}
+        if op in ("approve", "decline"):
+            case = str(request.get("case", ""))
+            waiting = self._approvals.pop(case, None)
+            if waiting is None or waiting[1].done():
+                raise ConsentError(f"no fix is waiting for your approval on case {case!r}")
+            waiting[1].set_result(op == "approve")
+            return {"ok": True, "fix": waiting[0].fixer, "approved": op == "approve"}
         if op == "status":
             return {"ok": True, "grants": [_grant_json(g, now) for g in self.consents.all()],
                     "pending": [{"case": c, "tech": t} for c, t in self._pending],
+                    "approvals": [{"case": c, "fixer": p.fixer, "summary": p.summary,
+                                   "reversible": p.reversible, "changes": p.changes}
+                                  for c, (p, _f) in self._approvals.items()],
                     "connected": self.link is not None}
         if op == "revoke":
             case = request.get("case") or None

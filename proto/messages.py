@@ -83,6 +83,7 @@ class Action(StrEnum):
 
     DIAG = "diag"
     CONSENT = "consent"
+    FIX = "fix"
 
 
 class Scope(StrEnum):
@@ -96,7 +97,18 @@ class Scope(StrEnum):
 
 
 #: The scope an action needs in an active grant; ``None``: no grant needed (asking for one).
-ACTION_SCOPE: dict[Action, Scope | None] = {Action.DIAG: Scope.DIAGNOSTICS, Action.CONSENT: None}
+ACTION_SCOPE: dict[Action, Scope | None] = {
+    Action.DIAG: Scope.DIAGNOSTICS, Action.CONSENT: None, Action.FIX: Scope.FIX}
+
+
+class FixDecision(StrEnum):
+    """What became of a fix request (``docs/protocol.md#fixes``)."""
+
+    DRY_RUN = "dry-run"            # only the plan was asked for
+    APPROVED = "approved"          # the customer approved the plan; it was applied
+    NOT_REQUIRED = "not-required"  # the grant said fixes need no approval; it was applied
+    DECLINED = "declined"          # the customer declined (or did not answer in time)
+    NOT_POSSIBLE = "not-possible"  # unknown fixer, wrong platform, missing privileges
 
 
 # -- payload values ---------------------------------------------------------------------
@@ -129,6 +141,30 @@ class ProbeReport(Struct, frozen=True, forbid_unknown_fields=True):
     findings: Annotated[list[Finding], Meta(max_length=256)] = []
     duration_ms: Annotated[float, Meta(ge=0)] = 0.0
     error: Text = ""
+
+
+class FixPlanInfo(Struct, frozen=True, forbid_unknown_fields=True):
+    """A fixer's dry run: exactly what would change, and whether it can be undone."""
+
+    fixer: Code
+    summary: Text
+    reversible: bool
+    changes: Annotated[list[Text], Meta(max_length=500)] = []
+    summary_zh: Text = ""
+    needs_privileges: Text = ""
+
+
+class FixReport(Struct, frozen=True, forbid_unknown_fields=True):
+    """Plan, the customer's decision, and (when applied) the outcome and its verification."""
+
+    decision: FixDecision
+    plan: FixPlanInfo | None = None
+    applied: bool = False
+    ok: bool = False
+    outcome: Text = ""
+    verified: bool = False
+    verify_note: Text = ""
+    details: Readings = {}
 
 
 class AgentInfo(Struct, frozen=True, forbid_unknown_fields=True):
@@ -167,6 +203,7 @@ class StoredResult(Struct, frozen=True, forbid_unknown_fields=True):
     received_at: Timestamp
     reports: Annotated[list[ProbeReport], Meta(max_length=128)] = []
     error: Text = ""
+    fix: FixReport | None = None
 
 
 class SignedCommand(Struct, frozen=True, forbid_unknown_fields=True):
@@ -311,6 +348,7 @@ class Result(Struct, frozen=True, forbid_unknown_fields=True, tag="result", tag_
     error_code: ErrorCode | None = None
     error: Text = ""
     receipt: SignedReceipt | None = None
+    fix: FixReport | None = None
 
 
 class ConsentUpdate(Struct, frozen=True, forbid_unknown_fields=True, tag="consent_update",
@@ -367,6 +405,16 @@ class RunDiag(Struct, frozen=True, forbid_unknown_fields=True, tag="run_diag",
     probes: Annotated[list[Name], Meta(max_length=64)] = []
 
 
+class RunFix(Struct, frozen=True, forbid_unknown_fields=True, tag="run_fix", tag_field="type"):
+    """Plan or apply a fixer on the case's agent; the fixer, its arguments and ``dry_run``
+    are in ``command``'s signed args."""
+
+    id: Id
+    case: CaseNumber
+    command: SignedCommand
+    timeout: Timeout = 300.0
+
+
 class AskConsent(Struct, frozen=True, forbid_unknown_fields=True, tag="ask_consent",
                  tag_field="type"):
     """Ask the case's customer for a grant; ``command`` (action ``consent``) carries the
@@ -408,6 +456,15 @@ class DiagDone(Struct, frozen=True, forbid_unknown_fields=True, tag="diag_done",
 # -- both directions ---------------------------------------------------------------------
 
 
+class FixDone(Struct, frozen=True, forbid_unknown_fields=True, tag="fix_done",
+              tag_field="type"):
+    """Server -> tech: the stored result of :class:`RunFix`; ``result.fix`` has the report."""
+
+    re: Id
+    case: CaseNumber
+    result: StoredResult
+
+
 class ConsentAnswer(Struct, frozen=True, forbid_unknown_fields=True, tag="consent_answer",
                     tag_field="type"):
     """Server -> tech: the customer's answer to :class:`AskConsent`."""
@@ -436,8 +493,8 @@ class Bye(Struct, frozen=True, forbid_unknown_fields=True, tag="bye", tag_field=
 AnyMessage = (
     Hello | Enroll | Challenge | Proof | Welcome | Enrolled
     | OpenCase | CaseOpened | Request | Result | ConsentUpdate | Revocations | Ack
-    | ListAgents | ListCases | GetCase | RunDiag | AskConsent
-    | AgentList | CaseList | CaseDetail | DiagDone | ConsentAnswer
+    | ListAgents | ListCases | GetCase | RunDiag | RunFix | AskConsent
+    | AgentList | CaseList | CaseDetail | DiagDone | FixDone | ConsentAnswer
     | Error | Bye
 )
 """Union of every message; :func:`proto.codec.decode` returns one of these."""
@@ -445,8 +502,8 @@ AnyMessage = (
 ALL_MESSAGES: tuple[type[Struct], ...] = (
     Hello, Enroll, Challenge, Proof, Welcome, Enrolled,
     OpenCase, CaseOpened, Request, Result, ConsentUpdate, Revocations, Ack,
-    ListAgents, ListCases, GetCase, RunDiag, AskConsent,
-    AgentList, CaseList, CaseDetail, DiagDone, ConsentAnswer,
+    ListAgents, ListCases, GetCase, RunDiag, RunFix, AskConsent,
+    AgentList, CaseList, CaseDetail, DiagDone, FixDone, ConsentAnswer,
     Error, Bye,
 )
 

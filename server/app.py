@@ -52,6 +52,7 @@ log = logging.getLogger("hw.server")
 
 SOFTWARE = "hw-server/0.1"
 _reports = msgspec.json.Decoder(list[m.ProbeReport])
+_fix_report = msgspec.json.Decoder(m.FixReport)
 _encoder = msgspec.json.Encoder()
 
 
@@ -83,10 +84,35 @@ def server_ssl_context(cfg: ServerConfig) -> ssl.SSLContext:
 
 
 def stored_result(rec: ResultRecord) -> m.StoredResult:
-    return m.StoredResult(msg_id=rec.msg_id, request_id=rec.request_id,
-                          action=m.Action(rec.action), ok=rec.ok, received_at=rec.received_at,
-                          reports=_reports.decode(rec.payload) if rec.payload else [],
-                          error=rec.error)
+    """A stored row back as the wire struct (fix results keep their report as payload)."""
+    action = m.Action(rec.action)
+    fix = _fix_report.decode(rec.payload) if action is m.Action.FIX and rec.payload else None
+    reports = _reports.decode(rec.payload) if action is not m.Action.FIX and rec.payload else []
+    return m.StoredResult(msg_id=rec.msg_id, request_id=rec.request_id, action=action,
+                          ok=rec.ok, received_at=rec.received_at, reports=reports,
+                          error=rec.error, fix=fix)
+
+
+def result_payload(msg: m.Result) -> bytes:
+    """What is stored of a result: the fix report for fixes, the probe reports otherwise."""
+    if msg.action is m.Action.FIX:
+        return _encoder.encode(msg.fix) if msg.fix is not None else b""
+    return _encoder.encode(msg.reports)
+
+
+def case_state_after(msg: m.Result) -> str | None:
+    """The case state a newly stored result leads to (``None``: unchanged).
+
+    A diagnosis moves the case to ``diagnosed`` (or ``diagnosis-failed``); a fix that was
+    applied and verified resolves it. Refusals and declined fixes change nothing.
+    """
+    if msg.error_code is m.ErrorCode.REFUSED:
+        return None
+    if msg.action is m.Action.DIAG:
+        return "diagnosed" if msg.ok else "diagnosis-failed"
+    if msg.action is m.Action.FIX and msg.fix is not None and msg.fix.verified:
+        return "resolved"
+    return None
 
 
 class AgentGone(Exception):
@@ -309,14 +335,11 @@ class Server:
     async def _result(self, link: AgentLink, msg: m.Result) -> None:
         """Store first (exactly once), then answer the waiting technician, then ack."""
         now = now_utc()
-        refused = msg.error_code is m.ErrorCode.REFUSED
         try:
             await self.store.store_result(
                 msg_id=msg.id, request_id=msg.re, case=msg.case, agent_id=link.agent_id,
-                action=msg.action.value, ok=msg.ok, payload=_encoder.encode(msg.reports),
-                error=msg.error, now=now,
-                case_state=None if refused or msg.action is not m.Action.DIAG
-                else "diagnosed" if msg.ok else "diagnosis-failed",
+                action=msg.action.value, ok=msg.ok, payload=result_payload(msg),
+                error=msg.error, now=now, case_state=case_state_after(msg),
                 audit_detail={"action": msg.action.value, "request": msg.re,
                               "result": msg.id, "ok": msg.ok, "error": msg.error[:300]})
         except NotFound as exc:
@@ -462,7 +485,7 @@ class Server:
                 history=[m.CaseEvent(state=h.state, at=h.at, actor=h.actor, note=h.note)
                          for h in history],
                 results=[stored_result(r) for r in results[-RESULTS_LIMIT:]])
-        if isinstance(msg, m.RunDiag | m.AskConsent):
+        if isinstance(msg, m.RunDiag | m.RunFix | m.AskConsent):
             return await self._relay(tech, key, msg)
         raise AssertionError(f"unhandled {type(msg).__name__}")  # session table forbids it
 
@@ -481,14 +504,15 @@ class Server:
             self._case_agent[number] = agent_id
         return agent_id
 
-    async def _relay(self, tech: str, key: str, msg: m.RunDiag | m.AskConsent
+    async def _relay(self, tech: str, key: str, msg: m.RunDiag | m.RunFix | m.AskConsent
                      ) -> m.AnyMessage:
         """Check the technician's signed command (fail fast), relay it, await the result.
 
         The agent checks everything again against the org key it pinned; this check only
         saves a round trip for commands that would be refused anyway.
         """
-        action = m.Action.DIAG if isinstance(msg, m.RunDiag) else m.Action.CONSENT
+        action = (m.Action.DIAG if isinstance(msg, m.RunDiag) else
+                  m.Action.FIX if isinstance(msg, m.RunFix) else m.Action.CONSENT)
         agent_id = await self._agent_of(msg.case)
         now = now_utc()
         try:
@@ -540,11 +564,14 @@ class Server:
         if not result.ok and result.error_code is m.ErrorCode.REFUSED:
             return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
                            message=f"the agent refused: {result.error}")
-        return m.DiagDone(re=msg.id, case=msg.case, result=m.StoredResult(
+        stored = m.StoredResult(
             msg_id=result.id, request_id=result.re, action=result.action, ok=result.ok,
-            received_at=stored_at, reports=result.reports, error=result.error))
+            received_at=stored_at, reports=result.reports, error=result.error, fix=result.fix)
+        if action is m.Action.FIX:
+            return m.FixDone(re=msg.id, case=msg.case, result=stored)
+        return m.DiagDone(re=msg.id, case=msg.case, result=stored)
 
-    async def _consent_answer(self, msg: m.RunDiag | m.AskConsent, link: AgentLink,
+    async def _consent_answer(self, msg: m.RunDiag | m.RunFix | m.AskConsent, link: AgentLink,
                               result: m.Result) -> m.AnyMessage:
         if not result.ok or result.receipt is None:
             return m.ConsentAnswer(re=msg.id, case=msg.case, granted=False,

@@ -152,6 +152,10 @@ def cmd_case(args: argparse.Namespace) -> int:
 
 
 def _print_result(r: m.StoredResult) -> None:
+    if r.action is m.Action.FIX:
+        _out(f"result {r.msg_id} (fix, {_when(r.received_at)}):")
+        _print_fix(r)
+        return
     status = "ok" if r.ok else f"failed: {r.error}"
     _out(f"result {r.msg_id} ({r.action.value}, {_when(r.received_at)}): {status}")
     for rep in r.reports:
@@ -174,6 +178,51 @@ def cmd_diag(args: argparse.Namespace) -> int:
     else:
         _print_result(reply.result)
     return 0
+
+
+def fix_arg(text: str) -> tuple[str, Any]:
+    """argparse type: ``KEY=VALUE``; integers stay integers."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, int(value) if value.lstrip("-").isdigit() else value
+
+
+def _print_fix(r: m.StoredResult) -> None:
+    fix = r.fix
+    if fix is None:
+        _out(f"result {r.msg_id}: {r.error or 'no fix report'}")
+        return
+    plan = fix.plan
+    if plan is not None:
+        undo = "reversible" if plan.reversible else "NOT reversible"
+        _out(f"plan ({plan.fixer}, {undo}): {plan.summary}")
+        for change in plan.changes[:50]:
+            _out(f"  - {change}")
+        if len(plan.changes) > 50:
+            _out(f"  ... and {len(plan.changes) - 50} more")
+    _out(f"decision: {fix.decision.value}")
+    if fix.applied:
+        check = "verified" if fix.verified else f"NOT verified: {fix.verify_note}"
+        _out(f"outcome: {'ok' if fix.ok else 'failed'}: {fix.outcome} ({check})")
+    elif fix.outcome:
+        _out(f"not applied: {fix.outcome}")
+
+
+def cmd_fix(args: argparse.Namespace) -> int:
+    cmd_args: dict[str, Any] = {"fixer": args.fixer, "args": dict(args.arg or []),
+                                "dry_run": args.dry_run}
+    reply = _act(args, m.Action.FIX, cmd_args,
+                 lambda rid, signed: m.RunFix(id=rid, case=args.case, command=signed,
+                                              timeout=args.timeout))
+    if args.json:
+        _dump({"case": reply.case, "result": reply.result})
+    else:
+        _print_fix(reply.result)
+    fix = reply.result.fix
+    done = fix is not None and (fix.decision is m.FixDecision.DRY_RUN or
+                                (fix.applied and fix.ok))
+    return 0 if done else 1
 
 
 def cmd_consent_request(args: argparse.Namespace) -> int:
@@ -240,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=timeout_seconds, default=60.0, metavar="S",
                    help="how long to wait for the agent, 1-600 s (default 60)")
     s.set_defaults(func=cmd_diag)
+    s = sub.add_parser("fix", parents=[common], help="show a fixer's plan (--dry-run) or "
+                       "apply it once the customer approves; prints plan, decision, outcome")
+    s.add_argument("case", metavar="CASE", type=case_number)
+    s.add_argument("fixer", metavar="FIXER", help="fixer code, e.g. disk.cleanup")
+    s.add_argument("--arg", action="append", type=fix_arg, metavar="KEY=VALUE",
+                   help="fixer argument (repeatable), e.g. --arg days=14")
+    s.add_argument("--dry-run", action="store_true", help="only show what would change")
+    s.add_argument("--timeout", type=timeout_seconds, default=300.0, metavar="S",
+                   help="how long to wait for the customer and the fix (default 300)")
+    s.set_defaults(func=cmd_fix)
     s = sub.add_parser("consent-request", parents=[common], help="ask the case's customer "
                        "for a grant; waits for their answer")
     s.add_argument("case", metavar="CASE", type=case_number)

@@ -89,6 +89,13 @@ EXAMPLES: list[Any] = [
     m.GetCase(id="gc-1", case=CASE),
     m.RunDiag(id="rd-1", case=CASE, command=SIGNED, timeout=120.0),
     m.AskConsent(id="ac-1", case=CASE, command=SIGNED),
+    m.RunFix(id="rf-1", case=CASE, command=SIGNED, timeout=60.0),
+    m.FixDone(re="rf-1", case=CASE, result=m.StoredResult(
+        msg_id="res-9", request_id="req-9", action=m.Action.FIX, ok=True, received_at=T0,
+        fix=m.FixReport(decision=m.FixDecision.APPROVED, applied=True, ok=True, verified=True,
+                        outcome="freed 12 MB", plan=m.FixPlanInfo(
+                            fixer="disk.cleanup", summary="move 3 files to quarantine",
+                            reversible=True, changes=["move /tmp/a (1 MB)"])))),
     m.ConsentAnswer(re="ac-1", case=CASE, granted=True, message="granted", grant=GRANT),
     m.ConsentAnswer(re="ac-2", case=CASE, granted=False, message="declined"),
     m.ConsentUpdate(id="cg-1", receipt=m.SignedReceipt(payload=b"{}", signature=b"\x02" * 64)),
