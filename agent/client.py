@@ -37,10 +37,10 @@ from .consent import (
 )
 from .control import serve_control
 from .errors import Refused, Unreachable
-from .fixrunner import FixError, apply_fix, plan_fix
+from .fixrunner import FixError, apply_fix, list_fixers, plan_fix
 from .home import AgentHome
 from .localstore import LocalCase, LocalStore
-from .runner import run_probes, sanitize_readings
+from .runner import list_probes, run_probes, sanitize_readings
 
 log = logging.getLogger("hw.agent")
 
@@ -226,6 +226,14 @@ class Agent:
                 f"`hw-tech consent-request {req.case} --scopes {scope.value}`"))
         if req.action is m.Action.FIX:
             return await self._fix(req, cmd.tech, cmd.args, grant)
+        if req.action is m.Action.PLUGINS:
+            plugins = [m.PluginInfo(kind="probe", name=n, version=v, summary=s[:4000])
+                       for n, v, s in list_probes(self.pm)]
+            plugins += [m.PluginInfo(kind="fixer", name=n, version=v, summary=s[:4000],
+                                     addresses=list(a)[:64])
+                        for n, v, s, a in list_fixers(self.pm)]
+            return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
+                            action=req.action, ok=True, plugins=plugins)
         self.store.log("diag", f"{cmd.tech} ran diagnostics on {req.case} (grant "
                        f"{grant.receipt_id})", now=now)
         probes = cmd.args.get("probes")

@@ -160,7 +160,8 @@ def evaluate(readings: Mapping[str, Any]) -> list[Finding]:
             finding(
                 BATTERY_LOW,
                 Severity.WARNING,
-                Category.HARDWARE,
+                # Not a fault to send a technician for: the customer plugs the charger in.
+                Category.CONFIGURATION,
                 f"The battery is at {percent:.0f}% and the charger is not plugged in: "
                 "plug it in before the computer shuts down.",
                 f"电池电量仅剩 {percent:.0f}%，且未连接充电器：请在电脑关机前接上电源。",

@@ -84,6 +84,7 @@ class Action(StrEnum):
     DIAG = "diag"
     CONSENT = "consent"
     FIX = "fix"
+    PLUGINS = "plugins"
 
 
 class Scope(StrEnum):
@@ -91,6 +92,7 @@ class Scope(StrEnum):
 
     DIAGNOSTICS = "diagnostics"
     FIX = "fix"
+    PLUGINS = "plugins"
     SHELL = "shell"
     FILES = "files"
     BOOK_VISIT = "book-visit"
@@ -98,7 +100,8 @@ class Scope(StrEnum):
 
 #: The scope an action needs in an active grant; ``None``: no grant needed (asking for one).
 ACTION_SCOPE: dict[Action, Scope | None] = {
-    Action.DIAG: Scope.DIAGNOSTICS, Action.CONSENT: None, Action.FIX: Scope.FIX}
+    Action.DIAG: Scope.DIAGNOSTICS, Action.CONSENT: None, Action.FIX: Scope.FIX,
+    Action.PLUGINS: Scope.DIAGNOSTICS}
 
 
 class FixDecision(StrEnum):
@@ -165,6 +168,16 @@ class FixReport(Struct, frozen=True, forbid_unknown_fields=True):
     verified: bool = False
     verify_note: Text = ""
     details: Readings = {}
+
+
+class PluginInfo(Struct, frozen=True, forbid_unknown_fields=True):
+    """A probe or fixer installed on an agent."""
+
+    kind: Literal["probe", "fixer"]
+    name: Name
+    version: Name
+    summary: Text = ""
+    addresses: Annotated[list[Code], Meta(max_length=64)] = []
 
 
 class AgentInfo(Struct, frozen=True, forbid_unknown_fields=True):
@@ -349,6 +362,7 @@ class Result(Struct, frozen=True, forbid_unknown_fields=True, tag="result", tag_
     error: Text = ""
     receipt: SignedReceipt | None = None
     fix: FixReport | None = None
+    plugins: Annotated[list[PluginInfo], Meta(max_length=1000)] = []
 
 
 class ConsentUpdate(Struct, frozen=True, forbid_unknown_fields=True, tag="consent_update",
@@ -415,6 +429,16 @@ class RunFix(Struct, frozen=True, forbid_unknown_fields=True, tag="run_fix", tag
     timeout: Timeout = 300.0
 
 
+class ListPlugins(Struct, frozen=True, forbid_unknown_fields=True, tag="list_plugins",
+                  tag_field="type"):
+    """The probes and fixers on the case's agent (``command`` has action ``plugins``)."""
+
+    id: Id
+    case: CaseNumber
+    command: SignedCommand
+    timeout: Timeout = 30.0
+
+
 class AskConsent(Struct, frozen=True, forbid_unknown_fields=True, tag="ask_consent",
                  tag_field="type"):
     """Ask the case's customer for a grant; ``command`` (action ``consent``) carries the
@@ -465,6 +489,15 @@ class FixDone(Struct, frozen=True, forbid_unknown_fields=True, tag="fix_done",
     result: StoredResult
 
 
+class PluginList(Struct, frozen=True, forbid_unknown_fields=True, tag="plugin_list",
+                 tag_field="type"):
+    """Server -> tech: reply to :class:`ListPlugins`."""
+
+    re: Id
+    case: CaseNumber
+    plugins: list[PluginInfo]
+
+
 class ConsentAnswer(Struct, frozen=True, forbid_unknown_fields=True, tag="consent_answer",
                     tag_field="type"):
     """Server -> tech: the customer's answer to :class:`AskConsent`."""
@@ -493,8 +526,8 @@ class Bye(Struct, frozen=True, forbid_unknown_fields=True, tag="bye", tag_field=
 AnyMessage = (
     Hello | Enroll | Challenge | Proof | Welcome | Enrolled
     | OpenCase | CaseOpened | Request | Result | ConsentUpdate | Revocations | Ack
-    | ListAgents | ListCases | GetCase | RunDiag | RunFix | AskConsent
-    | AgentList | CaseList | CaseDetail | DiagDone | FixDone | ConsentAnswer
+    | ListAgents | ListCases | GetCase | RunDiag | RunFix | ListPlugins | AskConsent
+    | AgentList | CaseList | CaseDetail | DiagDone | FixDone | PluginList | ConsentAnswer
     | Error | Bye
 )
 """Union of every message; :func:`proto.codec.decode` returns one of these."""
@@ -502,8 +535,8 @@ AnyMessage = (
 ALL_MESSAGES: tuple[type[Struct], ...] = (
     Hello, Enroll, Challenge, Proof, Welcome, Enrolled,
     OpenCase, CaseOpened, Request, Result, ConsentUpdate, Revocations, Ack,
-    ListAgents, ListCases, GetCase, RunDiag, RunFix, AskConsent,
-    AgentList, CaseList, CaseDetail, DiagDone, FixDone, ConsentAnswer,
+    ListAgents, ListCases, GetCase, RunDiag, RunFix, ListPlugins, AskConsent,
+    AgentList, CaseList, CaseDetail, DiagDone, FixDone, PluginList, ConsentAnswer,
     Error, Bye,
 )
 

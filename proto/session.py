@@ -46,10 +46,11 @@ AGENT_SENDS: frozenset[type] = frozenset({m.OpenCase, m.Result, m.ConsentUpdate,
 SERVER_TO_AGENT: frozenset[type] = frozenset(
     {m.CaseOpened, m.Request, m.Revocations, m.Ack, m.Error, m.Bye})
 TECH_SENDS: frozenset[type] = frozenset(
-    {m.ListAgents, m.ListCases, m.GetCase, m.RunDiag, m.RunFix, m.AskConsent, m.Bye})
+    {m.ListAgents, m.ListCases, m.GetCase, m.RunDiag, m.RunFix, m.ListPlugins, m.AskConsent,
+     m.Bye})
 SERVER_TO_TECH: frozenset[type] = frozenset(
-    {m.AgentList, m.CaseList, m.CaseDetail, m.DiagDone, m.FixDone, m.ConsentAnswer, m.Error,
-     m.Bye}
+    {m.AgentList, m.CaseList, m.CaseDetail, m.DiagDone, m.FixDone, m.PluginList,
+     m.ConsentAnswer, m.Error, m.Bye}
 )
 
 PROOF_CONTEXT = b"helloword-auth-v1"

@@ -103,16 +103,27 @@ def result_payload(msg: m.Result) -> bytes:
 def case_state_after(msg: m.Result) -> str | None:
     """The case state a newly stored result leads to (``None``: unchanged).
 
-    A diagnosis moves the case to ``diagnosed`` (or ``diagnosis-failed``); a fix that was
-    applied and verified resolves it. Refusals and declined fixes change nothing.
+    A diagnosis moves the case to ``diagnosed`` (or ``diagnosis-failed``), or to
+    ``needs-onsite`` when it found a hardware fault no fixer can address remotely; a fix
+    that was applied and verified resolves the case, one that was applied and did not
+    verify needs an on-site visit. Refusals and declined fixes change nothing.
     """
     if msg.error_code is m.ErrorCode.REFUSED:
         return None
     if msg.action is m.Action.DIAG:
-        return "diagnosed" if msg.ok else "diagnosis-failed"
-    if msg.action is m.Action.FIX and msg.fix is not None and msg.fix.verified:
-        return "resolved"
+        if not msg.ok:
+            return "diagnosis-failed"
+        hardware = [f for r in msg.reports for f in r.findings
+                    if f.category is m.Category.HARDWARE and not f.remote_fixable
+                    and f.severity is not m.Severity.INFO]
+        return "needs-onsite" if hardware else "diagnosed"
+    if msg.action is m.Action.FIX and msg.fix is not None and msg.fix.applied:
+        return "resolved" if msg.fix.verified else "needs-onsite"
     return None
+
+
+#: Technician requests the server relays to an agent as signed commands.
+Relayed = m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent
 
 
 class AgentGone(Exception):
@@ -485,7 +496,7 @@ class Server:
                 history=[m.CaseEvent(state=h.state, at=h.at, actor=h.actor, note=h.note)
                          for h in history],
                 results=[stored_result(r) for r in results[-RESULTS_LIMIT:]])
-        if isinstance(msg, m.RunDiag | m.RunFix | m.AskConsent):
+        if isinstance(msg, m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent):
             return await self._relay(tech, key, msg)
         raise AssertionError(f"unhandled {type(msg).__name__}")  # session table forbids it
 
@@ -504,7 +515,7 @@ class Server:
             self._case_agent[number] = agent_id
         return agent_id
 
-    async def _relay(self, tech: str, key: str, msg: m.RunDiag | m.RunFix | m.AskConsent
+    async def _relay(self, tech: str, key: str, msg: Relayed
                      ) -> m.AnyMessage:
         """Check the technician's signed command (fail fast), relay it, await the result.
 
@@ -512,7 +523,8 @@ class Server:
         saves a round trip for commands that would be refused anyway.
         """
         action = (m.Action.DIAG if isinstance(msg, m.RunDiag) else
-                  m.Action.FIX if isinstance(msg, m.RunFix) else m.Action.CONSENT)
+                  m.Action.FIX if isinstance(msg, m.RunFix) else
+                  m.Action.PLUGINS if isinstance(msg, m.ListPlugins) else m.Action.CONSENT)
         agent_id = await self._agent_of(msg.case)
         now = now_utc()
         try:
@@ -569,9 +581,11 @@ class Server:
             received_at=stored_at, reports=result.reports, error=result.error, fix=result.fix)
         if action is m.Action.FIX:
             return m.FixDone(re=msg.id, case=msg.case, result=stored)
+        if action is m.Action.PLUGINS:
+            return m.PluginList(re=msg.id, case=msg.case, plugins=result.plugins)
         return m.DiagDone(re=msg.id, case=msg.case, result=stored)
 
-    async def _consent_answer(self, msg: m.RunDiag | m.RunFix | m.AskConsent, link: AgentLink,
+    async def _consent_answer(self, msg: Relayed, link: AgentLink,
                               result: m.Result) -> m.AnyMessage:
         if not result.ok or result.receipt is None:
             return m.ConsentAnswer(re=msg.id, case=msg.case, granted=False,

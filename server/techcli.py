@@ -225,6 +225,17 @@ def cmd_fix(args: argparse.Namespace) -> int:
     return 0 if done else 1
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    reply = _act(args, m.Action.PLUGINS, {},
+                 lambda rid, signed: m.ListPlugins(id=rid, case=args.case, command=signed))
+    if args.json:
+        _dump(reply.plugins)
+    else:
+        _table([[p.kind, p.name, p.version, ", ".join(p.addresses), p.summary[:60]]
+                for p in reply.plugins], ["KIND", "NAME", "VERSION", "FIXES", "SUMMARY"])
+    return 0
+
+
 def cmd_consent_request(args: argparse.Namespace) -> int:
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     known = {s.value for s in m.Scope}
@@ -289,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=timeout_seconds, default=60.0, metavar="S",
                    help="how long to wait for the agent, 1-600 s (default 60)")
     s.set_defaults(func=cmd_diag)
+    s = sub.add_parser("plugins", parents=[common], help="probes and fixers on the case's "
+                       "agent, with versions (needs the diagnostics scope)")
+    s.add_argument("case", metavar="CASE", type=case_number)
+    s.set_defaults(func=cmd_plugins)
     s = sub.add_parser("fix", parents=[common], help="show a fixer's plan (--dry-run) or "
                        "apply it once the customer approves; prints plan, decision, outcome")
     s.add_argument("case", metavar="CASE", type=case_number)

@@ -101,3 +101,16 @@ def test_grant_without_per_fix_approval_applies_directly(
     fix = out["result"]["fix"]
     assert fix["decision"] == "not-required" and fix["verified"] is True
     assert not list((sandbox / "old-cache").glob("junk*"))
+
+
+def test_plugins_lists_probes_and_fixers_with_versions(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    home, case, alice, _ = _setup(h, tmp_path)
+    p = h.run("hw-tech", "--home", str(alice), "plugins", case, check=False)
+    assert p.returncode == 1 and "no_consent" in p.stderr
+    h.grant(home, case, "alice")
+    plugins = h.tech_json(alice, "plugins", case)
+    kinds = {(x["kind"], x["name"]) for x in plugins}
+    assert {("probe", "disk"), ("probe", "thermal"), ("fixer", "disk.cleanup")} <= kinds
+    cleanup = next(x for x in plugins if x["name"] == "disk.cleanup")
+    assert cleanup["version"] and "disk.almost_full" in cleanup["addresses"]

@@ -72,7 +72,7 @@ def test_low_on_battery_without_wear_data() -> None:
     assert "wear" not in readings  # macOS: no design capacity exposed, no wear verdict
     (f,) = power.evaluate(readings)
     assert (f.code, f.severity, f.category) == (
-        "power.battery_low", Severity.WARNING, Category.HARDWARE
+        "power.battery_low", Severity.WARNING, Category.CONFIGURATION
     )
     assert f.evidence == {
         "percent": 7.0, "plugged": False, "secsleft": 900,

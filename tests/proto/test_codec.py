@@ -90,6 +90,11 @@ EXAMPLES: list[Any] = [
     m.RunDiag(id="rd-1", case=CASE, command=SIGNED, timeout=120.0),
     m.AskConsent(id="ac-1", case=CASE, command=SIGNED),
     m.RunFix(id="rf-1", case=CASE, command=SIGNED, timeout=60.0),
+    m.ListPlugins(id="lp-1", case=CASE, command=SIGNED),
+    m.PluginList(re="lp-1", case=CASE, plugins=[
+        m.PluginInfo(kind="probe", name="disk", version="1", summary="disk use"),
+        m.PluginInfo(kind="fixer", name="disk.cleanup", version="1",
+                     addresses=["disk.almost_full"])]),
     m.FixDone(re="rf-1", case=CASE, result=m.StoredResult(
         msg_id="res-9", request_id="req-9", action=m.Action.FIX, ok=True, received_at=T0,
         fix=m.FixReport(decision=m.FixDecision.APPROVED, applied=True, ok=True, verified=True,

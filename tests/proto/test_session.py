@@ -501,6 +501,8 @@ EXAMPLES_BY_TYPE: dict[type, m.AnyMessage] = {type(x): x for x in [
     m.DiagDone(re="4", case=CASE, result=STORED),
     m.AskConsent(id="5", case=CASE, command=SIGNED),
     m.RunFix(id="6", case=CASE, command=SIGNED),
+    m.ListPlugins(id="7", case=CASE, command=SIGNED),
+    m.PluginList(re="7", case=CASE, plugins=[]),
     m.FixDone(re="6", case=CASE, result=STORED),
     m.ConsentAnswer(re="5", case=CASE, granted=False, message="declined"),
     m.ConsentUpdate(id="cg-1", receipt=m.SignedReceipt(payload=b"{}", signature=b"\x00" * 64)),
