@@ -35,6 +35,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import math
+import os
 import queue
 import sys
 import threading
@@ -50,7 +51,9 @@ from typing import Any, ParamSpec, TypeVar
 import msgspec
 import pluggy
 
-from plugins.api import NotAvailable, Probe, ProbeContext
+from plugins.api import NotAvailable, PluginError, Probe, ProbeContext
+from plugins.simulate import ENV as SIMULATE_ENV
+from plugins.simulate import SIMULATED_KEY, parse_simulation, simulated_readings
 from proto.messages import Category, Finding, ProbeReport, ProbeStatus, Severity
 
 __all__ = [
@@ -215,6 +218,7 @@ async def run_probes(
         failed plugins. Never raises for a plugin's fault.
     """
     pool = PROBE_EXECUTOR if executor is None else executor
+    simulation, simulation_failed = _simulation()
     entries, broken = _collect(pm)
     if names is None:
         selected = entries
@@ -228,7 +232,11 @@ async def run_probes(
         missing = sorted(wanted - known)[:MAX_UNKNOWN_NAMES]
         broken = []
     reports = await asyncio.gather(
-        *(_run_one(pm, entry, context, default_timeout, pool) for entry in selected)
+        *(
+            _run_one(pm, entry, context, default_timeout, pool,
+                     simulation.get(entry.probe.name))
+            for entry in selected
+        )
     )
     unknown = [
         ProbeReport(
@@ -239,7 +247,7 @@ async def run_probes(
         )
         for name in missing
     ]
-    return [*reports, *unknown, *broken]
+    return [*reports, *unknown, *broken, *simulation_failed]
 
 
 def list_probes(pm: pluggy.PluginManager) -> list[tuple[str, str, str]]:
@@ -342,6 +350,7 @@ async def _run_one(
     context: ProbeContext,
     default_timeout: float | None,
     executor: concurrent.futures.Executor,
+    simulate: list[str] | None = None,
 ) -> ProbeReport:
     probe, plugin = entry.probe, _cut(entry.plugin, 100)
     start = time.perf_counter()
@@ -373,6 +382,8 @@ async def _run_one(
         )
 
     if not probe.runs_on(sys.platform):
+        if simulate:  # HW_SIMULATE: demo the fault on a machine without the hardware
+            return await _simulated(pm, probe.name, None, simulate, executor, report)
         return report(ProbeStatus.NOT_AVAILABLE, error=f"not run on {sys.platform}")
     timeout = probe.timeout if default_timeout is None else min(probe.timeout, default_timeout)
     what_en = f"The diagnostic probe '{probe.name}' (plugin {plugin})"
@@ -380,6 +391,8 @@ async def _run_one(
     try:
         raw = await _off_loop(executor, f"run:{probe.name}", timeout, _guarded, probe.run, context)
     except NotAvailable as exc:
+        if simulate:  # HW_SIMULATE: demo the fault on a machine without the hardware
+            return await _simulated(pm, probe.name, None, simulate, executor, report)
         return report(ProbeStatus.NOT_AVAILABLE, error=_message(exc) or "not available here")
     except _Timeout:
         error = f"did not finish within {timeout:g} s"
@@ -406,8 +419,54 @@ async def _run_one(
         error = f"unreadable readings: {_describe(exc)}"
         return failed(ProbeStatus.FAILED, error, "run",
                       f"{what_en} failed: {error}", f"{what_zh}运行失败：{error}")
+    if simulate:
+        return await _simulated(pm, probe.name, readings, simulate, executor, report)
     findings = await _evaluate(pm, probe.name, readings, executor)
     return report(ProbeStatus.OK, readings=readings, findings=findings)
+
+
+# -- fault simulation ($HW_SIMULATE, plugins/simulate.py) ---------------------------------
+
+
+def _simulation() -> tuple[dict[str, list[str]], list[ProbeReport]]:
+    """``$HW_SIMULATE`` as ``{probe: [codes]}``; a bad value: no simulation, and a failed
+    report ``simulate`` saying why (the agent goes on)."""
+    value = os.environ.get(SIMULATE_ENV, "")
+    if not value.strip():
+        return {}, []
+    try:
+        return parse_simulation(value), []
+    except PluginError as exc:
+        error = _cut(str(exc), 1000)
+    return {}, [ProbeReport(
+        probe="simulate",
+        version="-",
+        status=ProbeStatus.FAILED,
+        error=_cut(error, MAX_ERROR_CHARS),
+        findings=[_plugin_failed(
+            plugin="simulate", probe="", stage="collect", error=error,
+            summary=f"Fault simulation is off: {error}",
+            summary_zh=f"故障模拟未启用：{error}",
+        )],
+    )]
+
+
+async def _simulated(
+    pm: pluggy.PluginManager,
+    probe: str,
+    real: dict[str, Any] | None,
+    codes: list[str],
+    executor: concurrent.futures.Executor,
+    report: Callable[..., ProbeReport],
+) -> ProbeReport:
+    """Evaluate simulated readings; every finding drawn from them is marked simulated."""
+    readings = sanitize_readings(simulated_readings(probe, real, codes))
+    findings = await _evaluate(pm, probe, readings, executor)
+    marked = [
+        msgspec.structs.replace(f, evidence={**f.evidence, SIMULATED_KEY: True})
+        for f in findings
+    ]
+    return report(ProbeStatus.OK, readings=readings, findings=marked)
 
 
 def _guarded(fn: Callable[[ProbeContext], Any], context: ProbeContext) -> Any:

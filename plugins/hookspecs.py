@@ -23,7 +23,7 @@ def hw_probes() -> list[Probe]:
 
     Not firstresult: the lists of every plugin are collected. Probe names must be unique
     across all plugins; a duplicate is reported as a failure of the later plugin. Must be
-    cheap and side-effect free: it runs on every request and for ``--list``.
+    cheap and side-effect free: it runs on every request and for ``hw-tech plugins``.
     """
     raise NotImplementedError
 

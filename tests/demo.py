@@ -55,17 +55,19 @@ def main() -> int:
             refused = h.run("hw-tech", "--home", T, "diag", case, check=False)
             print(refused.stderr.rstrip())
             print(f"\n[technician] $ hw-tech --home {T} consent-request {case} "
-                  "--scopes diagnostics --for 20m &")
+                  "--scopes diagnostics,fix --for 20m &")
             ask = h.spawn("ask", "hw-tech", "--home", T, "consent-request", case,
-                          "--scopes", "diagnostics", "--for", "20m")
+                          "--scopes", "diagnostics,fix", "--for", "20m")
             wait_until(lambda: "asks for access" in h.run(
                 "hw-agent", "consent", "status", "--home", A).stdout, what="the request")
             say("customer", "hw-agent", "consent", "status", "--home", A)
             say("customer", "hw-agent", "consent", "grant", "--home", A, "--case", case,
-                "--tech", "alice", "--scopes", "diagnostics", "--for", "20m")
+                "--tech", "alice", "--scopes", "diagnostics,fix", "--for", "20m")
             ask.popen.wait(60)
             print("[technician] " + ask.text().strip())
             say("technician", "hw-tech", "--home", T, "diag", case)
+            say("technician", "hw-tech", "--home", T, "plugins", case)
+            say("technician", "hw-tech", "--home", T, "fix", case, "disk.cleanup", "--dry-run")
             say("technician", "hw-tech", "--home", T, "case", case)
             say("customer", "hw-agent", "log", "--home", A)
             say("customer", "hw-agent", "log", "--home", A, "--verify")
