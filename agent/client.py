@@ -297,6 +297,12 @@ class Agent:
                             action=req.action, ok=ok, fix=report)
 
         fixer = str(args.get("fixer", ""))
+        known = list_fixers(self.pm)
+        if fixer not in {name for name, *_rest in known}:
+            # A finding code names the fixer that addresses it, when exactly one does.
+            fixing = [name for name, _v, _s, codes in known if fixer in codes]
+            if len(fixing) == 1:
+                fixer = fixing[0]
         fargs = args.get("args") or {}
         ctx = FixContext(args=fargs if isinstance(fargs, dict) else {},
                          workdir=self.home.path / "fixes")

@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fix", parents=[common], help="show a fixer's plan (--dry-run) or "
                        "apply it once the customer approves; prints plan, decision, outcome")
     s.add_argument("case", metavar="CASE", type=case_number)
-    s.add_argument("fixer", metavar="FIXER", help="fixer code, e.g. disk.cleanup")
+    s.add_argument("fixer", metavar="CODE", help="fixer code (e.g. disk.cleanup), or the "
+                   "finding code it fixes (e.g. disk.almost_full)")
     s.add_argument("--arg", action="append", type=fix_arg, metavar="KEY=VALUE",
                    help="fixer argument (repeatable), e.g. --arg days=14")
     s.add_argument("--dry-run", action="store_true", help="only show what would change")

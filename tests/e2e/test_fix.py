@@ -97,9 +97,10 @@ def test_grant_without_per_fix_approval_applies_directly(
     home, case, alice, sandbox = _setup(h, tmp_path)
     h.run("hw-agent", "consent", "grant", "--home", str(home), "--case", case, "--tech",
           "alice", "--scopes", "fix", "--no-fix-approval")
-    out = h.tech_json(alice, "fix", case, "disk.cleanup", "--arg", "days=7")
+    out = h.tech_json(alice, "fix", case, "disk.almost_full", "--arg", "days=7")
     fix = out["result"]["fix"]
     assert fix["decision"] == "not-required" and fix["verified"] is True
+    assert fix["plan"]["fixer"] == "disk.cleanup", "a finding code names its fixer"
     assert not list((sandbox / "old-cache").glob("junk*"))
 
 
