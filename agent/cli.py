@@ -162,8 +162,10 @@ def cmd_consent_revoke(args: argparse.Namespace) -> int:
     reply = _control(args, {"op": "revoke", "case": args.case})
     for g in reply["revoked"]:
         _print_grant(g)
+    finished = reply.get("finished", 0)
     print(f"revoked {len(reply['revoked'])} grant(s); cancelled {reply['cancelled']} running "
-          "action(s)")
+          "action(s)" + (f"; {finished} fix(es) already being applied were allowed to finish"
+                         if finished else ""))
     return 0
 
 

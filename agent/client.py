@@ -82,6 +82,8 @@ class Agent:
         self._pending: dict[tuple[str, str], tuple[str, asyncio.Future[Grant | None]]] = {}
         self._prompt = asyncio.Lock()
         self._approvals: dict[str, tuple[m.FixPlanInfo, asyncio.Future[bool]]] = {}
+        self._applying: set[asyncio.Task[Any]] = set()  # fixes past approval: never cut off
+        self._fix_lock = asyncio.Lock()  # one fix at a time on this machine
         self._server_offset: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -225,7 +227,7 @@ class Agent:
                 f"on case {req.case} (or the grant expired or was revoked); ask with "
                 f"`hw-tech consent-request {req.case} --scopes {scope.value}`"))
         if req.action is m.Action.FIX:
-            return await self._fix(req, cmd.tech, cmd.args, grant)
+            return await self._fix(req, cmd.tech, fingerprint, cmd.args, grant)
         if req.action is m.Action.PLUGINS:
             plugins = [m.PluginInfo(kind="probe", name=n, version=v, summary=s[:4000])
                        for n, v, s in list_probes(self.pm)]
@@ -258,26 +260,32 @@ class Agent:
         cmd, fingerprint = verified.command, verified.cert.fingerprint
         try:
             scopes = parse_scopes(list(cmd.args.get("scopes") or []))
-            duration = timedelta(minutes=float(cmd.args.get("minutes", DEFAULT_MINUTES)))
-            fix_approval = bool(cmd.args.get("fix_approval", True))
-            if duration <= timedelta(0):
-                raise ConsentError("the requested duration is not positive")
-        except (ConsentError, TypeError, ValueError) as exc:
+            minutes = float(cmd.args.get("minutes", DEFAULT_MINUTES))
+            if not 0 < minutes <= 7 * 24 * 60:
+                raise ConsentError("the requested duration is not between 0 and 7 days")
+            duration = timedelta(minutes=minutes)
+            # Whether each fix needs the customer's approval is the customer's choice
+            # (`consent grant --no-fix-approval`, or the policy file), never the technician's:
+            # a request to skip approval is shown, and approval stays on.
+            skip_asked = cmd.args.get("fix_approval") is False
+        except (ConsentError, TypeError, ValueError, OverflowError) as exc:
             return self._refuse(req, f"malformed: {exc}")
         duration = self.policy.cap(duration)
         names = ", ".join(s.value for s in scopes)
         what = (f"technician {cmd.tech} ({fingerprint}) asks for {names} on case {req.case} "
-                f"for {int(duration.total_seconds() // 60)} min")
+                f"for {int(duration.total_seconds() // 60)} min"
+                + (" (and asks that fixes need no approval: each fix will still ask you)"
+                   if skip_asked and m.Scope.FIX in scopes else ""))
         self.store.log("asked", what, now=now_utc())
         grant: Grant | None
         if self.policy.preapproves(cmd.tech, scopes):
             grant = self.consents.grant(
                 case=req.case, tech=cmd.tech, scopes=scopes, duration=duration, now=now_utc(),
                 via="policy", policy=self.policy, tech_fingerprint=fingerprint,
-                fix_needs_approval=fix_approval)
+                fix_needs_approval=self.policy.fix_approval)
         elif self.interactive:
             grant = await self._prompt_terminal(what, req.case, cmd.tech, fingerprint, scopes,
-                                                duration, fix_approval)
+                                                duration, True)
         else:
             grant = await self._wait_for_grant(req, cmd.tech, fingerprint, what)
         if grant is None:
@@ -289,8 +297,8 @@ class Agent:
                         action=req.action, ok=True,
                         receipt=sign_receipt(grant.as_wire(), self.key))
 
-    async def _fix(self, req: m.Request, tech: str, args: dict[str, Any], grant: Grant
-                   ) -> m.Result:
+    async def _fix(self, req: m.Request, tech: str, fingerprint: str, args: dict[str, Any],
+                   grant: Grant) -> m.Result:
         """Plan, ask the customer (unless the grant says no approval), apply, verify."""
         def result(report: m.FixReport, ok: bool) -> m.Result:
             return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
@@ -305,7 +313,7 @@ class Agent:
                 fixer = fixing[0]
         fargs = args.get("args") or {}
         ctx = FixContext(args=fargs if isinstance(fargs, dict) else {},
-                         workdir=self.home.path / "fixes")
+                         workdir=self.home.path / "fixes", protected=(self.home.path,))
         try:
             plan = await plan_fix(self.pm, fixer, ctx)
         except FixError as exc:
@@ -329,14 +337,32 @@ class Agent:
             return result(m.FixReport(decision=m.FixDecision.DRY_RUN, plan=info), True)
         decision = m.FixDecision.NOT_REQUIRED
         if grant.fix_needs_approval:
+            if req.case in self._approvals:
+                return result(m.FixReport(
+                    decision=m.FixDecision.NOT_POSSIBLE, plan=info,
+                    outcome="another fix on this case is waiting for the customer's decision; "
+                            "ask again once they have answered"), False)
             if not await self._approve(req, tech, info):
                 self.store.log("declined", f"fix {fixer} on {req.case} proposed by {tech}: "
                                f"{plan.summary}", now=now_utc())
                 return result(m.FixReport(decision=m.FixDecision.DECLINED, plan=info), False)
             decision = m.FixDecision.APPROVED
+            # The grant may have been revoked or have expired while the customer decided.
+            if self.consents.active(case=req.case, tech=tech, fingerprint=fingerprint,
+                                    scope=m.Scope.FIX, now=now_utc()) is None:
+                return result(m.FixReport(
+                    decision=m.FixDecision.NOT_POSSIBLE, plan=info,
+                    outcome="the grant for fixes ended before the fix could start"), False)
         self.store.log("fix", f"{tech} applies fix {fixer} on {req.case} ({decision.value}): "
                        f"{plan.summary}", now=now_utc())
-        outcome, note = await apply_fix(self.pm, fixer, ctx, plan)
+        task = asyncio.current_task()
+        assert task is not None
+        self._applying.add(task)  # from here on a revocation lets the fix finish
+        try:
+            async with self._fix_lock:
+                outcome, note = await apply_fix(self.pm, fixer, ctx, plan)
+        finally:
+            self._applying.discard(task)
         verified = outcome.ok and not note
         self.store.log("fix-done", f"fix {fixer} on {req.case}: {outcome.summary}"
                        + ("; verified" if verified else f"; not verified: {note}"),
@@ -483,8 +509,12 @@ class Agent:
             self._revoking |= cases
             try:
                 running = [t for t, c in self._tasks.items() if c in cases]
+                # A fix already being applied finishes (stopping it half-way could leave the
+                # machine worse) and reports what it really did; everything else stops now.
+                finishing = [t for t in running if t in self._applying]
                 for task in running:
-                    task.cancel()
+                    if task not in finishing:
+                        task.cancel()
                 if running:
                     await asyncio.wait(running)
             finally:
@@ -493,7 +523,7 @@ class Agent:
                 self.store.log("revoked", self._describe(g), now=now)
                 await self._send_receipt(g, revoked=True)
             return {"ok": True, "revoked": [_grant_json(g, now) for g in revoked],
-                    "cancelled": len(running)}
+                    "cancelled": len(running) - len(finishing), "finished": len(finishing)}
         raise ConsentError(f"unknown control operation {op!r}")
 
 

@@ -81,6 +81,7 @@ class Policy:
     preapproved: frozenset[Scope] = frozenset()
     preapproved_techs: frozenset[str] = frozenset()
     prompt_timeout_s: float = 120.0
+    fix_approval: bool = True
 
     @classmethod
     def load(cls, path: Path | None) -> Policy:
@@ -90,7 +91,8 @@ class Policy:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConsentError(f"policy file {path}: {exc}") from None
-        known = {"max_minutes", "preapproved_scopes", "preapproved_techs", "prompt_timeout_s"}
+        known = {"max_minutes", "preapproved_scopes", "preapproved_techs", "prompt_timeout_s",
+                 "fix_approval"}
         if unknown := sorted(set(data) - known):
             raise ConsentError(f"policy file {path}: unknown key(s) {', '.join(unknown)}; "
                                f"known: {', '.join(sorted(known))}")
@@ -107,8 +109,11 @@ class Policy:
         if not isinstance(raw, list):
             raise ConsentError(f"policy file {path}: preapproved_scopes must be a list")
         pre = frozenset(parse_scopes([str(x) for x in raw])) if raw else frozenset()
+        fix_approval = data.get("fix_approval", True)
+        if not isinstance(fix_approval, bool):
+            raise ConsentError(f"policy file {path}: fix_approval must be true or false")
         return cls(max_minutes=max_minutes, preapproved=pre, preapproved_techs=techs,
-                   prompt_timeout_s=timeout)
+                   prompt_timeout_s=timeout, fix_approval=fix_approval)
 
     def cap(self, duration: timedelta) -> timedelta:
         return min(duration, timedelta(minutes=self.max_minutes))
@@ -196,11 +201,12 @@ class ConsentStore:
     def active(self, *, case: str, tech: str, fingerprint: str, scope: Scope, now: datetime
                ) -> Grant | None:
         """The grant that lets ``tech`` (this key) act in ``scope`` on ``case`` now, if any."""
-        for g in self.all():
-            if (g.case == case and g.tech == tech and g.active(now) and scope in g.scopes
-                    and (not g.tech_fingerprint or g.tech_fingerprint == fingerprint)):
-                return g
-        return None
+        matching = [g for g in self.all()
+                    if g.case == case and g.tech == tech and g.active(now) and scope in g.scopes
+                    and (not g.tech_fingerprint or g.tech_fingerprint == fingerprint)]
+        # Several grants may match: if any asks for per-fix approval, approval it is.
+        matching.sort(key=lambda g: not g.fix_needs_approval)
+        return matching[0] if matching else None
 
     def remember_nonce(self, nonce: bytes, expires_at: datetime, now: datetime) -> None:
         """Persist a used command nonce until its command expires (replay across restarts)."""

@@ -215,10 +215,13 @@ class FixContext:
             fixers ignore keys they do not know.
         workdir: a directory owned by the agent (``fixes/`` in its home) for quarantined
             files and undo state; it may not exist yet (create it when needed).
+        protected: directories no fixer may touch (the agent's whole home: its key, its
+            pinned CA, its logs), in addition to ``workdir``.
     """
 
     args: Mapping[str, Any]
     workdir: Path
+    protected: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)

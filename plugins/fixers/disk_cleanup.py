@@ -22,6 +22,7 @@ much on purge).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -161,7 +162,8 @@ def _is_candidate(st: os.stat_result, cutoff: float, uid: int | None) -> bool:
     return max(st.st_mtime, st.st_atime) < cutoff
 
 
-def _walk(target: Path, excluded: Path, skipped: dict[str, int]) -> Iterator[Path]:
+def _walk(target: Path, excluded: tuple[Path, ...], skipped: dict[str, int]
+          ) -> Iterator[Path]:
     """Every non-directory entry under ``target``, never following links."""
     try:
         st = os.lstat(target)
@@ -182,11 +184,60 @@ def _walk(target: Path, excluded: Path, skipped: dict[str, int]) -> Iterator[Pat
             path = here / name
             if path.is_symlink():
                 skipped["symlinks"] += 1  # os.walk lists it but would not descend
-            elif not path.is_relative_to(excluded):
+            elif not _inside(path, excluded):
                 kept.append(name)
         dirnames[:] = kept
         for name in filenames:
             yield here / name
+
+
+def _excluded(ctx: FixContext) -> tuple[Path, ...]:
+    """The agent's own directories, resolved: never planned, never moved."""
+    return tuple(Path(os.path.realpath(p)) for p in (ctx.workdir, *ctx.protected))
+
+
+def _inside(path: Path, excluded: tuple[Path, ...]) -> bool:
+    return any(path.is_relative_to(e) for e in excluded)
+
+
+def _move_nofollow(root: Path, source: Path, destination: Path) -> None:
+    """Move ``source`` (a file under ``root``) without following a symlink below ``root``.
+
+    Each directory on the way is opened with ``O_NOFOLLOW`` and the file is renamed
+    relative to its directory's descriptor, so a local user who swaps a directory for a
+    symlink between the plan and the move cannot redirect the move (to ``/etc``, say)
+    when the agent runs as root. Where the platform lacks these calls (Windows) it falls
+    back to an ordinary move.
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    directory = getattr(os, "O_DIRECTORY", 0)
+    if not nofollow or not directory or os.rename not in os.supports_dir_fd:
+        shutil.move(source, destination)
+        return
+    parts = source.relative_to(root).parts
+    fd = os.open(root, os.O_RDONLY | directory)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | directory | nofollow, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "no longer a regular file")
+        try:
+            os.rename(parts[-1], destination, src_dir_fd=fd)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # Another file system: copy through a descriptor opened without following
+            # links, then remove the original relative to its directory.
+            src_fd = os.open(parts[-1], os.O_RDONLY | nofollow, dir_fd=fd)
+            with os.fdopen(src_fd, "rb") as src, open(destination, "xb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.utime(destination, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.unlink(parts[-1], dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _uid() -> int | None:
@@ -202,7 +253,7 @@ def plan(ctx: FixContext) -> FixPlan:
     days = _days(ctx.args)
     roots = allowed_roots()
     targets = _targets(ctx, roots)
-    excluded = Path(os.path.realpath(ctx.workdir))
+    excluded = _excluded(ctx)
     now = time.time()
     cutoff = now - days * _DAY
     uid = _uid()
@@ -215,7 +266,7 @@ def plan(ctx: FixContext) -> FixPlan:
             if len(files) >= MAX_FILES:
                 truncated = True
                 break
-            if str(path) in seen or path.is_relative_to(excluded):
+            if str(path) in seen or _inside(path, excluded):
                 continue
             try:
                 st = os.lstat(path)
@@ -295,14 +346,14 @@ def _write_manifest(qdir: Path, manifest: Mapping[str, Any]) -> None:
 
 
 def _movable(entry: object, targets: list[tuple[int, Path]], roots: list[Path],
-             excluded: Path) -> tuple[Path, int, os.stat_result] | str:
+             excluded: tuple[Path, ...]) -> tuple[Path, int, os.stat_result] | str:
     """``(source, root index, stat)`` if the planned entry may be moved, else why not."""
     if not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str):
         return "malformed plan entry"
     source = Path(entry["path"])
     if not source.is_absolute() or os.path.realpath(source.parent) != str(source.parent):
         return "not a plain path (a link on the way)"
-    if source.is_relative_to(excluded):
+    if _inside(source, excluded):
         return "inside the agent's own directory"
     index = next((i for i, root in enumerate(roots) if source.is_relative_to(root)), None)
     if index is None or not any(source.is_relative_to(t) for _, t in targets):
@@ -328,7 +379,7 @@ def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
         raise FixRefused("the plan lists no files")
     roots = allowed_roots()
     targets = _targets(ctx, roots)
-    excluded = Path(os.path.realpath(ctx.workdir))
+    excluded = _excluded(ctx)
     qdir = ctx.workdir / QUARANTINE_DIR / fix_id
     if not files:
         return FixOutcome(True, "Nothing to clean.", {"files_moved": 0, "bytes_moved": 0,
@@ -352,7 +403,7 @@ def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
             destination = qdir / stored
             try:
                 destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                shutil.move(source, destination)
+                _move_nofollow(roots[index], source, destination)
             except OSError as exc:
                 skipped.append({"path": str(source), "reason": exc.strerror or str(exc)})
                 continue

@@ -115,3 +115,37 @@ def test_plugins_lists_probes_and_fixers_with_versions(harness: Harness, tmp_pat
     assert {("probe", "disk"), ("probe", "thermal"), ("fixer", "disk.cleanup")} <= kinds
     cleanup = next(x for x in plugins if x["name"] == "disk.cleanup")
     assert cleanup["version"] and "disk.almost_full" in cleanup["addresses"]
+
+
+def test_one_fix_waits_for_the_customer_at_a_time(harness: Harness, tmp_path: Path) -> None:
+    """The customer approves the plan they saw: a second fix cannot slip in behind it."""
+    h = harness
+    home, case, alice, _sandbox = _setup(h, tmp_path)
+    h.grant(home, case, "alice", scopes="fix")
+    first = _fix(h, alice, case)
+    wait_until(lambda: "waiting for your approval" in h.run(
+        "hw-agent", "consent", "status", "--home", str(home)).stdout, what="the plan")
+    second = h.run("hw-tech", "--home", str(alice), "fix", case, "dns.flush", "--json",
+                   check=False)
+    assert second.returncode == 1
+    assert json.loads(second.stdout)["result"]["fix"]["decision"] == "not-possible"
+    h.run("hw-agent", "consent", "approve", "--home", str(home), "--case", case)
+    assert first.popen.wait(60) == 0
+    assert json.loads(first.text())["result"]["fix"]["plan"]["fixer"] == "disk.cleanup"
+
+
+def test_the_technician_cannot_switch_fix_approval_off(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    policy = tmp_path / "policy.toml"
+    policy.write_text('preapproved_scopes = ["fix"]\n')
+    h.init_server()
+    h.start_server()
+    home = h.enroll("A")
+    h.spawn("A-agent", "hw-agent", "run", "--home", str(home), "--policy", str(policy),
+            "--retry-min", "0.1").wait_log("connected to wss://")
+    case = h.help(home).splitlines()[0]
+    alice = h.add_tech("alice")
+    answer = h.tech_json(alice, "consent-request", case, "--scopes", "fix",
+                         "--no-fix-approval")
+    assert answer["granted"] is True
+    assert answer["grant"]["fix_needs_approval"] is True, "only the customer decides that"

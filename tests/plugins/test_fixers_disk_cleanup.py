@@ -235,3 +235,30 @@ def test_nothing_to_clean(box: Sandbox) -> None:
     assert fix_plan.changes == [] and "nothing to clean" in fix_plan.summary
     outcome = disk_cleanup.apply(box.ctx(), fix_plan)
     assert outcome.ok and outcome.undo is None
+
+
+def test_the_agents_whole_home_is_protected(box: Sandbox) -> None:
+    home = box.temp / "agent-home"
+    key = box.file(home / "agent.key", 30)
+    other = box.file(box.temp / "other.tmp", 30)
+    ctx = FixContext(args={}, workdir=home / "fixes", protected=(home,))
+    assert planned(disk_cleanup.plan(ctx)) == {str(other)}
+    assert key.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="no O_NOFOLLOW on this platform")
+def test_a_directory_swapped_for_a_symlink_is_not_followed_by_the_move(box: Sandbox) -> None:
+    """The race a local user could run against a root agent: plan, then swap a directory
+    on the path for a symlink to somewhere precious; the move must refuse."""
+    precious = box.file(box.outside / "shadow", 400)
+    (box.temp / "d").mkdir()
+    (box.temp / "d").rmdir()
+    (box.temp / "d").symlink_to(box.outside, target_is_directory=True)
+    destination = box.base / "q" / "shadow"
+    destination.parent.mkdir()
+    with pytest.raises(OSError):
+        disk_cleanup._move_nofollow(box.temp, box.temp / "d" / "shadow", destination)
+    assert precious.exists() and not destination.exists()
+    plain = box.file(box.temp / "e" / "f.tmp", 30)
+    disk_cleanup._move_nofollow(box.temp, plain, box.base / "q" / "f.tmp")
+    assert not plain.exists() and (box.base / "q" / "f.tmp").exists()
