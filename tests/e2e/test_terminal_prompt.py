@@ -1,0 +1,101 @@
+"""The customer answers in the agent's own terminal (a real pseudo-terminal here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import BIN, Harness
+
+pytestmark = pytest.mark.e2e
+
+
+class Terminal:
+    """``hw-agent run`` attached to a pseudo-terminal, as a customer would start it."""
+
+    def __init__(self, h: Harness, home: Path) -> None:
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            [str(BIN / "hw-agent"), "run", "--home", str(home), "--retry-min", "0.1"],
+            stdin=slave, stdout=slave, stderr=slave, env=h.env, close_fds=True)
+        os.close(slave)
+        self.seen = ""
+
+    def expect(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{text!r} never appeared; terminal shows:\n{self.seen}")
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    self.seen += os.read(self.master, 4096).decode(errors="replace")
+                except OSError:  # the process ended
+                    raise AssertionError(f"agent ended; terminal shows:\n{self.seen}") from None
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self.master)
+
+
+def test_customer_grants_and_approves_in_the_terminal(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    h.init_server()
+    h.start_server()
+    home = h.enroll("A")
+    term = Terminal(h, home)
+    try:
+        term.expect("connected to wss://")
+        case = h.help(home).splitlines()[0]
+        alice = h.add_tech("alice")
+        ask = h.spawn("ask", "hw-tech", "--home", str(alice), "consent-request", case,
+                      "--scopes", "diagnostics,shell", "--json")
+        term.expect("allow diagnostics? [y/N]")
+        term.type("y")
+        term.expect("allow shell? [y/N]")
+        term.type("n")
+        assert ask.popen.wait(60) == 0
+        answer = json.loads(ask.text())
+        assert answer["granted"] is True and answer["grant"]["scopes"] == ["diagnostics"]
+        assert answer["grant"]["via"] == "terminal"
+        p = h.run("hw-tech", "--home", str(alice), "diag", case, "--probes", "system",
+                  check=False)
+        assert p.returncode == 0, p.stderr
+    finally:
+        term.close()
+
+
+def test_customer_declines_in_the_terminal(harness: Harness) -> None:
+    h = harness
+    h.init_server()
+    h.start_server()
+    home = h.enroll("A")
+    term = Terminal(h, home)
+    try:
+        term.expect("connected to wss://")
+        case = h.help(home).splitlines()[0]
+        alice = h.add_tech("alice")
+        ask = h.spawn("ask", "hw-tech", "--home", str(alice), "consent-request", case,
+                      "--scopes", "diagnostics")
+        term.expect("allow diagnostics? [y/N]")
+        term.type("")
+        assert ask.popen.wait(60) == 1
+        assert "declined" in ask.text()
+    finally:
+        term.close()
