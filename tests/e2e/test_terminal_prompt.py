@@ -21,11 +21,12 @@ pytestmark = pytest.mark.e2e
 class Terminal:
     """``hw-agent run`` attached to a pseudo-terminal, as a customer would start it."""
 
-    def __init__(self, h: Harness, home: Path) -> None:
+    def __init__(self, h: Harness, home: Path, env: dict[str, str] | None = None) -> None:
         self.master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             [str(BIN / "hw-agent"), "run", "--home", str(home), "--retry-min", "0.1"],
-            stdin=slave, stdout=slave, stderr=slave, env=h.env, close_fds=True)
+            stdin=slave, stdout=slave, stderr=slave, env={**h.env, **(env or {})},
+            close_fds=True)
         os.close(slave)
         self.seen = ""
 
@@ -97,5 +98,39 @@ def test_customer_declines_in_the_terminal(harness: Harness) -> None:
         term.type("")
         assert ask.popen.wait(60) == 1
         assert "declined" in ask.text()
+    finally:
+        term.close()
+
+
+def test_customer_approves_a_fix_plan_in_the_terminal(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    sandbox = tmp_path / "tmp"
+    sandbox.mkdir()
+    junk = sandbox / "junk.bin"
+    junk.write_bytes(b"x" * 1000)
+    old = time.time() - 30 * 86400
+    os.utime(junk, (old, old))
+    h.init_server()
+    h.start_server()
+    home = h.enroll("A")
+    term = Terminal(h, home, env={"TMPDIR": str(sandbox), "HOME": str(tmp_path / "home")})
+    try:
+        term.expect("connected to wss://")
+        case = h.help(home).splitlines()[0]
+        alice = h.add_tech("alice")
+        ask = h.spawn("ask", "hw-tech", "--home", str(alice), "consent-request", case,
+                      "--scopes", "fix")
+        term.expect("allow fix? [y/N]")
+        term.type("y")
+        assert ask.popen.wait(60) == 0
+        fix = h.spawn("fix", "hw-tech", "--home", str(alice), "fix", case, "disk.cleanup",
+                      "--json")
+        term.expect("apply this fix? [y/N]")
+        assert "junk.bin" in term.seen and junk.exists()
+        term.type("y")
+        assert fix.popen.wait(60) == 0
+        report = json.loads(fix.text())["result"]["fix"]
+        assert (report["decision"], report["verified"]) == ("approved", True)
+        assert not junk.exists()
     finally:
         term.close()
