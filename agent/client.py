@@ -44,8 +44,6 @@ from .runner import list_probes, run_probes, sanitize_readings
 
 log = logging.getLogger("hw.agent")
 
-#: How long a case opened with `hw-agent help` stays on this computer's list of own cases.
-HELP_WINDOW = timedelta(hours=24)
 
 
 def now_utc() -> datetime:
@@ -569,8 +567,7 @@ async def open_case(home: AgentHome, description: str) -> LocalCase:
     finally:
         await link.ws.close()
     now = now_utc()
-    case = LocalCase(number=reply.case, opened_at=reply.opened_at, diag_until=now + HELP_WINDOW,
-                     description=description)
+    case = LocalCase(number=reply.case, opened_at=reply.opened_at, description=description)
     store = LocalStore(home.db_path)
     try:
         store.add_case(case)

@@ -1,8 +1,8 @@
 """The agent's own durable state in ``agent.db`` (stdlib sqlite3, synchronous, tiny writes).
 
 - ``outbox``: results not yet acknowledged by the server, resent after every reconnect;
-- ``cases``: cases this computer's customer opened with ``hw-agent help``, and until when
-  that request counts as consent to diagnostics;
+- ``cases``: cases this computer's customer opened with ``hw-agent help`` (opening a case
+  is not consent: grants live in :mod:`agent.consent`);
 - ``log``: what was done on this machine, for ``hw-agent log``; append-only and hash-chained
   like the server's audit log, so ``hw-agent log --verify`` (:meth:`LocalStore.verify_log`)
   detects an edited, deleted or reordered entry.
@@ -36,8 +36,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     msg_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, frame BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS cases (
-    number TEXT PRIMARY KEY, opened_at TEXT NOT NULL, diag_until TEXT NOT NULL,
-    description TEXT NOT NULL);
+    number TEXT PRIMARY KEY, opened_at TEXT NOT NULL, description TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, event TEXT NOT NULL,
     detail TEXT NOT NULL);
@@ -54,7 +53,6 @@ GENESIS = bytes(HASH_SIZE)
 class LocalCase:
     number: str
     opened_at: datetime
-    diag_until: datetime
     description: str
 
 
@@ -165,17 +163,17 @@ class LocalStore:
 
     # cases
     def add_case(self, case: LocalCase) -> None:
-        self._db.execute("INSERT OR REPLACE INTO cases VALUES (?, ?, ?, ?)",
-                         (case.number, case.opened_at.isoformat(), case.diag_until.isoformat(),
+        self._db.execute("INSERT OR REPLACE INTO cases VALUES (?, ?, ?)",
+                         (case.number, case.opened_at.isoformat(),
                           case.description))
 
     def get_case(self, number: str) -> LocalCase | None:
         row = self._db.execute("SELECT * FROM cases WHERE number = ?", (number,)).fetchone()
-        return None if row is None else LocalCase(row[0], _ts(row[1]), _ts(row[2]), row[3])
+        return None if row is None else LocalCase(row[0], _ts(row[1]), row[2])
 
     def cases(self) -> list[LocalCase]:
         rows = self._db.execute("SELECT * FROM cases ORDER BY opened_at")
-        return [LocalCase(r[0], _ts(r[1]), _ts(r[2]), r[3]) for r in rows]
+        return [LocalCase(r[0], _ts(r[1]), r[2]) for r in rows]
 
     # log
     def log(self, event: str, detail: str, *, now: datetime) -> None:

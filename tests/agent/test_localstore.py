@@ -32,7 +32,7 @@ def test_outbox_survives_reopen_until_acked(tmp_path: Path) -> None:
 
 def test_cases_and_log_round_trip(tmp_path: Path) -> None:
     s = LocalStore(tmp_path / "agent.db")
-    case = LocalCase("HW-20261126-0001", NOW, NOW + timedelta(hours=24), "hot laptop")
+    case = LocalCase("HW-20261126-0001", NOW, "hot laptop")
     s.add_case(case)
     assert s.get_case("HW-20261126-0001") == case
     assert s.get_case("HW-20261126-0002") is None
