@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from proto.token import EnrollToken, encode_token
 from . import pki
 from .config import ServerConfig, parse_listen
 from .errors import ServerError
-from .store import AuditCheck, AuditEntry, Store, StoreError
+from .store import AuditCheck, AuditEntry, ContractRecord, Store, StoreError
 
 KINDS = ("individual", "small-business", "enterprise")
 
@@ -218,6 +218,75 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _contract_json(c: ContractRecord) -> dict[str, Any]:
+    return {"contract_id": c.contract_id, "customer": c.customer,
+            "valid_from": c.valid_from.isoformat(), "valid_to": c.valid_to.isoformat(),
+            "rate": c.rate, "free_visits": {"quota": c.free_visits, "used": c.visits_used,
+                                            "remaining": c.remaining}}
+
+
+def cmd_contract_add(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.load(_home(args))
+    now = pki.now_utc()
+
+    async def add() -> ContractRecord:
+        store = await Store.open(cfg.db_url)
+        try:
+            c = await store.add_contract(customer=args.customer, free_visits=args.free_visits,
+                                         valid_from=args.valid_from, valid_to=args.valid_to,
+                                         rate=args.rate, now=now)
+            await store.append_audit(event="contract.added", actor="operator",
+                                     subject=c.contract_id, now=now, detail=_contract_json(c))
+            return c
+        finally:
+            await store.close()
+
+    c = _run(add())
+    if args.json:
+        print(json.dumps(_contract_json(c), ensure_ascii=False, indent=2))
+    else:
+        print(f"contract {c.contract_id} for {c.customer}: {c.free_visits} free on-site "
+              f"visits from {c.valid_from} to {c.valid_to}, then "
+              + (f"{c.rate} CNY per visit" if c.rate is not None else "the standard price"))
+    return 0
+
+
+def cmd_contract_show(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.load(_home(args))
+
+    async def show() -> list[ContractRecord]:
+        store = await Store.open(cfg.db_url)
+        try:
+            if args.contract:
+                one = await store.get_contract(args.contract)
+                if one is None:
+                    raise ServerError(f"no contract {args.contract}; list them with "
+                                      "`hw-server contract show`")
+                return [one]
+            return await store.list_contracts(customer=args.customer)
+        finally:
+            await store.close()
+
+    found = _run(show())
+    if args.json:
+        print(json.dumps([_contract_json(c) for c in found], ensure_ascii=False, indent=2))
+        return 0
+    if not found:
+        print("no contracts")
+    for c in found:
+        rate = f"{c.rate} CNY" if c.rate is not None else "standard price"
+        print(f"{c.contract_id}  {c.customer}  {c.valid_from}..{c.valid_to}  free visits "
+              f"{c.visits_used}/{c.free_visits} used, {c.remaining} left; then {rate}")
+    return 0
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-01-31") from None
+
+
 def cmd_audit_show(args: argparse.Namespace) -> int:
     cfg = ServerConfig.load(_home(args))
     if args.limit < 1:
@@ -288,6 +357,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ttl", type=float, metavar="HOURS",
                    help="validity in hours (default from config: 24)")
     s.set_defaults(func=cmd_enroll_token)
+
+    c = sub.add_parser("contract", parents=[common], help="enterprise service contracts "
+                       "(free on-site visits per period)")
+    csub = c.add_subparsers(dest="contract_command", required=True, metavar="ACTION")
+    s = csub.add_parser("add", parents=[common], help="record a service contract")
+    s.add_argument("--customer", required=True, help="customer name")
+    s.add_argument("--free-visits", type=int, required=True, metavar="N",
+                   help="free on-site visits in the period")
+    s.add_argument("--from", dest="valid_from", type=_date, required=True, metavar="DATE")
+    s.add_argument("--to", dest="valid_to", type=_date, required=True, metavar="DATE")
+    s.add_argument("--rate", type=int, metavar="CNY",
+                   help="price per visit once the free visits are used (default: standard)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_contract_add)
+    s = csub.add_parser("show", parents=[common], help="contracts and their free-visit ledger")
+    s.add_argument("contract", nargs="?", metavar="ID", help="one contract (default: all)")
+    s.add_argument("--customer", help="only this customer's contracts")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_contract_show)
 
     t = sub.add_parser("tech", parents=[common], help="manage technicians")
     tsub = t.add_subparsers(dest="tech_command", required=True, metavar="ACTION")

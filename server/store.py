@@ -35,7 +35,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
 
@@ -174,6 +174,24 @@ class ResultRecord:
     payload: bytes
     error: str
     received_at: datetime
+
+
+@dataclass(frozen=True)
+class ContractRecord:
+    """An enterprise service contract: free on-site visits per period, then ``rate``."""
+
+    contract_id: str
+    customer: str
+    free_visits: int
+    valid_from: date
+    valid_to: date
+    rate: int | None
+    created_at: datetime
+    visits_used: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.free_visits - self.visits_used)
 
 
 @dataclass(frozen=True)
@@ -409,7 +427,26 @@ revoked_tech_keys = sa.Table(
 )
 
 
+contracts = sa.Table(
+    "contracts",
+    METADATA,
+    sa.Column("contract_id", sa.String(40), primary_key=True),
+    sa.Column("customer", sa.String(200), nullable=False),
+    sa.Column("free_visits", sa.Integer, nullable=False),
+    sa.Column("valid_from", sa.Date, nullable=False),
+    sa.Column("valid_to", sa.Date, nullable=False),
+    sa.Column("rate", sa.Integer, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+def _contract(row: Any) -> ContractRecord:
+    """Visits used are counted from on-site tickets once they exist; none yet."""
+    return ContractRecord(row.contract_id, row.customer, int(row.free_visits), row.valid_from,
+                          row.valid_to, row.rate, row.created_at)
 
 
 def _as_utc(value: datetime, what: str = "datetime") -> datetime:
@@ -1145,6 +1182,45 @@ class Store:
                 )
         if found is None:
             raise NotFound(f"technician {name!r} does not exist")
+
+    async def add_contract(self, *, customer: str, free_visits: int, valid_from: date,
+                           valid_to: date, rate: int | None, now: datetime) -> ContractRecord:
+        """Record a service contract; ids are ``CT-0001``, ``CT-0002``, ...
+
+        Raises:
+            StoreError: an empty customer, negative visits or rate, or a period that ends
+                before it starts.
+        """
+        if not customer.strip():
+            raise StoreError("a contract needs a customer name")
+        if free_visits < 0 or (rate is not None and rate < 0):
+            raise StoreError("free visits and the rate cannot be negative")
+        if valid_to < valid_from:
+            raise StoreError(f"the contract ends ({valid_to}) before it starts ({valid_from})")
+        now = _as_utc(now, "now")
+        async with self._tx(write=True) as conn:
+            count = (await conn.execute(sa.select(sa.func.count()).select_from(contracts))
+                     ).scalar_one()
+            contract_id = f"CT-{int(count) + 1:04d}"
+            await conn.execute(sa.insert(contracts).values(
+                contract_id=contract_id, customer=customer.strip(), free_visits=free_visits,
+                valid_from=valid_from, valid_to=valid_to, rate=rate, created_at=now))
+        return ContractRecord(contract_id, customer.strip(), free_visits, valid_from,
+                              valid_to, rate, now)
+
+    async def get_contract(self, contract_id: str) -> ContractRecord | None:
+        async with self._tx(write=False) as conn:
+            row = (await conn.execute(sa.select(contracts).where(
+                contracts.c.contract_id == contract_id))).one_or_none()
+        return None if row is None else _contract(row)
+
+    async def list_contracts(self, *, customer: str | None = None) -> list[ContractRecord]:
+        query = sa.select(contracts).order_by(contracts.c.contract_id)
+        if customer is not None:
+            query = query.where(contracts.c.customer == customer)
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [_contract(r) for r in rows]
 
     async def revoked_technician_fingerprints(self) -> list[str]:
         """Fingerprints of every technician key revoked or replaced, sorted; it only grows.

@@ -52,8 +52,9 @@ STORE_TABLES = {
     "audit",
     "consent_receipts",
     "revoked_tech_keys",
+    "contracts",
 }
-HEAD = "0002"
+HEAD = "0003"
 
 PG_URL = os.environ.get("HW_TEST_POSTGRES_URL", "")
 BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
@@ -915,7 +916,7 @@ async def test_migration_0002_round_trip_keeps_older_data(store: Store) -> None:
         await conn.run_sync(migrate, True)
     assert await store.schema_revision() == "0001"
     assert await table_names(store) == STORE_TABLES - {
-        "audit", "consent_receipts", "revoked_tech_keys"} | {"alembic_version"}
+        "audit", "consent_receipts", "revoked_tech_keys", "contracts"} | {"alembic_version"}
     async with store._write_engine.begin() as conn:
         await conn.run_sync(migrate, False)
     assert await store.schema_revision() == HEAD
@@ -1036,3 +1037,25 @@ async def test_a_receipt_from_an_unknown_agent_is_not_found(store: Store) -> Non
     with pytest.raises(NotFound, match="not enrolled"):
         await send_receipt(store, "rc-1", agent_id="ghost")
     assert await store.list_consent_receipts() == []
+
+
+# --------------------------------------------------------------------------- contracts
+
+
+async def test_contracts_are_numbered_and_validated(store: Store) -> None:
+    from datetime import date
+
+    a = await store.add_contract(customer="Acme Ltd", free_visits=4, valid_from=date(2026, 1, 1),
+                                 valid_to=date(2026, 12, 31), rate=500, now=T0)
+    b = await store.add_contract(customer="Beta Co", free_visits=0, valid_from=date(2026, 1, 1),
+                                 valid_to=date(2026, 6, 30), rate=None, now=T0)
+    assert (a.contract_id, b.contract_id) == ("CT-0001", "CT-0002")
+    assert await store.get_contract("CT-0001") == a and a.remaining == 4
+    assert [c.contract_id for c in await store.list_contracts(customer="Beta Co")] == ["CT-0002"]
+    assert await store.get_contract("CT-0404") is None
+    with pytest.raises(StoreError, match="before it starts"):
+        await store.add_contract(customer="X", free_visits=1, valid_from=date(2026, 2, 1),
+                                 valid_to=date(2026, 1, 1), rate=None, now=T0)
+    with pytest.raises(StoreError, match="negative"):
+        await store.add_contract(customer="X", free_visits=-1, valid_from=date(2026, 1, 1),
+                                 valid_to=date(2026, 2, 1), rate=None, now=T0)
