@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +280,92 @@ def cmd_contract_show(args: argparse.Namespace) -> int:
     return 0
 
 
+ONSITE_POLICY = "onsite-policy.toml"
+
+
+def _onsite_policy(home: Path) -> Any:
+    from .onsite.policy import load_policy
+
+    path = home / ONSITE_POLICY
+    return load_policy(path if path.is_file() else None)
+
+
+def cmd_onsite_policy(args: argparse.Namespace) -> int:
+    from .onsite.policy import policy_as_json
+
+    data = policy_as_json(_onsite_policy(_home(args)))
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+    return 0
+
+
+def _local_time(text: str, tz: Any) -> datetime:
+    """ISO date-time; without an offset it is read in the policy's time zone."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ServerError(f"{text!r} is not a date-time like 2026-12-02T10:00") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=tz)
+
+
+def cmd_onsite_quote(args: argparse.Namespace) -> int:
+    from .onsite.calendar import WorkCalendar
+    from .onsite.coverage import UnknownCity, nearest_base, resolve_city
+    from .onsite.eligibility import ContractState
+    from .onsite.quote import quote
+
+    home = _home(args)
+    cfg = ServerConfig.load(home)
+    policy = _onsite_policy(home)
+    tz = policy.hours.tz
+    now = _local_time(args.now, tz) if args.now else datetime.now(tz)
+    when = _local_time(args.when, tz)
+    try:
+        city = resolve_city(args.city)
+        base, km = nearest_base(city, policy.bases)
+    except UnknownCity as exc:
+        raise ServerError(str(exc)) from None
+    contract = None
+    customer = args.customer
+    if args.contract:
+        async def fetch() -> ContractRecord | None:
+            store = await Store.open(cfg.db_url)
+            try:
+                return await store.get_contract(args.contract)
+            finally:
+                await store.close()
+
+        record = _run(fetch())
+        if record is None:
+            raise ServerError(f"no contract {args.contract}; list them with "
+                              "`hw-server contract show`")
+        contract = ContractState(free_visits=record.free_visits, used=record.visits_used,
+                                 rate=record.rate, valid_from=record.valid_from,
+                                 valid_to=record.valid_to)
+        customer = customer or record.customer
+    promotion = policy.active_promotion(customer, now.astimezone(tz).date()) is not None
+    q = quote(policy=policy, calendar=WorkCalendar(policy), customer_kind=args.customer_kind,
+              contract=contract, city=city, distance_km=km, service=args.service, when=when,
+              urgent=args.urgent, now=now, case_state=args.case_state, promotion=promotion,
+              hours=args.hours)
+    data = q.as_json()
+    data["base"] = base.name
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+        return 0
+    verdict = "eligible" if data["eligible"] else "NOT eligible"
+    print(f"{args.service} in {city.name} (tier {city.tier}, {km:.0f} km from {base.name}): "
+          f"{verdict}")
+    for reason in data["reasons"]:
+        print(f"  - {reason}")
+    print(f"earliest standard date: {data['earliest_standard']}"
+          + ("  (calendar provisional)" if data["provisional"] else ""))
+    if data["price"]:
+        for item in data["price"]["items"]:
+            print(f"  {item['name']:<40} {item['amount']:>6} {data['currency']}")
+        print(f"  {'total':<40} {data['price']['total']:>6} {data['currency']}")
+    return 0
+
+
 def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -377,6 +463,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_contract_show)
 
+    o = sub.add_parser("onsite", parents=[common], help="on-site service policy and quotes")
+    osub = o.add_subparsers(dest="onsite_command", required=True, metavar="ACTION")
+    s = osub.add_parser("policy", parents=[common], help="print the on-site policy in force "
+                        f"(defaults merged with {ONSITE_POLICY} in the home)")
+    s.add_argument("--json", action="store_true", help="(the output is always JSON)")
+    s.set_defaults(func=cmd_onsite_policy)
+    s = osub.add_parser("quote", parents=[common], help="what-if quote for an on-site visit: "
+                        "eligibility, coverage, earliest standard date, price items")
+    s.add_argument("--customer-kind", required=True,
+                   choices=("individual", "small-business", "enterprise"))
+    s.add_argument("--contract", metavar="ID", help="service contract (hw-server contract)")
+    s.add_argument("--customer", metavar="NAME", help="customer name (promotions)")
+    s.add_argument("--city", required=True, help="city or address, e.g. 成都 or Chengdu")
+    s.add_argument("--service", required=True, help="service type (see `onsite policy`)")
+    s.add_argument("--when", required=True, metavar="DATETIME",
+                   help="slot start, e.g. 2026-12-02T10:00 (policy time zone if no offset)")
+    s.add_argument("--urgent", action="store_true", help="customer asks for urgent service")
+    s.add_argument("--now", metavar="DATETIME", help="answer as of this time (reproducible)")
+    s.add_argument("--case-state", metavar="STATE",
+                   help="the case's state, e.g. needs-onsite (a failed remote attempt)")
+    s.add_argument("--hours", type=float, metavar="H", help="expected duration if not the "
+                   "service's estimate")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_onsite_quote)
+
     t = sub.add_parser("tech", parents=[common], help="manage technicians")
     tsub = t.add_subparsers(dest="tech_command", required=True, metavar="ACTION")
     s = tsub.add_parser("add", parents=[common], help="issue a technician key, an OpenSSH "
@@ -412,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ServerError, StoreError, OSError) as exc:
+    except (ServerError, StoreError, OSError, ValueError) as exc:
         print(f"hw-server: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,1 @@
+"""On-site service (issue 6): policy, calendar, coverage, pricing, eligibility, quote."""
