@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="machine-readable output (stable keys, docs/protocol.md)")
     p = argparse.ArgumentParser(
         prog="hw-tech", parents=[top],
-        description="HelloWord technician tool: list agents and cases, run diagnostics.",
+        description="HelloWord technician tool: list agents and cases, ask the customer for "
+                    "consent, run diagnostics, propose fixes the customer approves.",
         epilog="Exit codes: 0 ok, 1 refused or failed (reason on stderr), 2 usage error.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("agents", parents=[common], help="enrolled agents and whether online")
