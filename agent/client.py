@@ -239,8 +239,7 @@ class Agent:
         probes = cmd.args.get("probes")
         async with self._work:
             ctx = ProbeContext(server_time=now_utc() + timedelta(
-                seconds=self._server_offset or 0.0), agent_version=SOFTWARE_VERSION,
-                args=cmd.args)
+                seconds=self._server_offset or 0.0), args=cmd.args)
             reports = await run_probes(self.pm, context=ctx,
                                        names=probes if isinstance(probes, list) and probes
                                        else None)
@@ -535,9 +534,6 @@ def _grant_json(g: Grant, now: datetime | None = None) -> dict[str, Any]:
     if now is not None:
         out["active"] = g.active(now)
     return out
-
-
-SOFTWARE_VERSION = "0.1.0"
 
 
 async def _wait(stop: asyncio.Event, delay: float) -> None:

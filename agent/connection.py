@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from plugins.system import agent_version
 from proto import MAX_FRAME_SIZE
 from proto import messages as m
 from proto.errors import CloseCode, ProtocolError
@@ -16,7 +17,7 @@ from proto.session import ClientSession
 
 from .errors import Refused, Unreachable
 
-SOFTWARE = "hw-agent/0.1"
+SOFTWARE = f"hw-agent/{agent_version()}"
 #: Close codes after which retrying cannot help.
 FATAL = {int(CloseCode.AUTH_FAILED), int(CloseCode.UNSUPPORTED_VERSION),
          int(CloseCode.ENROLL_REFUSED)}

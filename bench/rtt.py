@@ -108,8 +108,7 @@ def sample_frame(tech: Path, case: str) -> bytes:
     client = TechClient(Profile.load(tech))
     signed = client.sign(agent_id="ag-" + "0" * 20, case=case, action=m.Action.DIAG,
                          args={"probes": ["noop"]})
-    return codec.encode(m.RunDiag(id="tq-000000000000", case=case, command=signed,
-                                  probes=["noop"]))
+    return codec.encode(m.RunDiag(id="tq-000000000000", case=case, command=signed))
 
 
 async def time_rtt(tech: Path, case: str, n: int) -> list[float]:
@@ -120,7 +119,7 @@ async def time_rtt(tech: Path, case: str, n: int) -> list[float]:
         def diag(rid: str) -> m.RunDiag:
             signed = client.sign(agent_id=agent_id, case=case, action=m.Action.DIAG,
                                  args={"probes": ["noop"]})
-            return m.RunDiag(id=rid, case=case, command=signed, probes=["noop"])
+            return m.RunDiag(id=rid, case=case, command=signed)
 
         for i in range(50):
             await client.call(diag(f"w{i}"))

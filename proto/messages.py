@@ -341,7 +341,6 @@ class Request(Struct, frozen=True, forbid_unknown_fields=True, tag="request", ta
     action: Action
     tech: Name
     timeout: Timeout = 30.0
-    args: Annotated[dict[str, Any], Meta(max_length=32)] = {}
     command: SignedCommand | None = None
 
 
@@ -410,13 +409,13 @@ class GetCase(Struct, frozen=True, forbid_unknown_fields=True, tag="get_case",
 
 class RunDiag(Struct, frozen=True, forbid_unknown_fields=True, tag="run_diag",
               tag_field="type"):
-    """Run the diagnostic probes on the agent that owns ``case`` (``probes``: all if empty)."""
+    """Run the diagnostic probes on the agent that owns ``case``; the probes to run, if not
+    all, are in ``command``'s signed ``args.probes``."""
 
     id: Id
     case: CaseNumber
     command: SignedCommand
     timeout: Timeout = 60.0
-    probes: Annotated[list[Name], Meta(max_length=64)] = []
 
 
 class RunFix(Struct, frozen=True, forbid_unknown_fields=True, tag="run_fix", tag_field="type"):

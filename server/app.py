@@ -50,7 +50,6 @@ from .store import NotFound, ResultRecord, Store, StoreError, TokenRefused
 
 log = logging.getLogger("hw.server")
 
-SOFTWARE = "hw-server/0.1"
 _reports = msgspec.json.Decoder(list[m.ProbeReport])
 _fix_report = msgspec.json.Decoder(m.FixReport)
 _encoder = msgspec.json.Encoder()

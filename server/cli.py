@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -84,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = ServerConfig.load(_home(args))
     if args.listen:
         parse_listen(args.listen)
-        cfg = ServerConfig(**{**cfg.__dict__, "listen": args.listen})
+        cfg = dataclasses.replace(cfg, listen=args.listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
     logging.getLogger("hw.server.ws").setLevel(logging.WARNING)

@@ -172,7 +172,7 @@ def cmd_diag(args: argparse.Namespace) -> int:
     cmd_args: dict[str, Any] = {"probes": args.probes} if args.probes else {}
     reply = _act(args, m.Action.DIAG, cmd_args,
                  lambda rid, signed: m.RunDiag(id=rid, case=args.case, command=signed,
-                                               timeout=args.timeout, probes=args.probes))
+                                               timeout=args.timeout))
     if args.json:
         _dump({"case": reply.case, "result": reply.result})
     else:

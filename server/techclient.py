@@ -8,6 +8,7 @@ import secrets
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from proto.session import ClientSession
 
 from .errors import ServerError
 
-SOFTWARE = "hw-tech/0.1"
+SOFTWARE = f"hw-tech/{metadata.version('helloword-support')}"
 #: How long a signed command stays valid (the agent refuses it afterwards).
 COMMAND_LIFETIME = timedelta(minutes=5)
 

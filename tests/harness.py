@@ -136,9 +136,10 @@ class Harness:
         self.run("hw-agent", "enroll", "--home", str(home), self.token(**kw))
         return home
 
-    def start_agent(self, home: Path, env: dict[str, str] | None = None) -> Proc:
+    def start_agent(self, home: Path, env: dict[str, str] | None = None, *args: str) -> Proc:
+        """``hw-agent run`` for ``home`` (extra ``args`` such as ``--policy FILE``)."""
         proc = self.spawn(home.name + "-agent", "hw-agent", "run", "--home", str(home),
-                          "--retry-min", "0.1", "--retry-max", "0.5", env=env)
+                          "--retry-min", "0.1", "--retry-max", "0.5", *args, env=env)
         proc.wait_log(r"connected to wss://", count=proc.text().count("connected to wss") + 1)
         return proc
 

@@ -88,8 +88,7 @@ def test_policy_preapproves_and_caps(harness: Harness, tmp_path: Path) -> None:
     h.init_server()
     h.start_server()
     home = h.enroll("A")
-    h.spawn("A-agent", "hw-agent", "run", "--home", str(home), "--policy", str(policy),
-            "--retry-min", "0.1").wait_log("connected to wss://")
+    h.start_agent(home, None, "--policy", str(policy))
     case = h.help(home).splitlines()[0]
     alice = h.add_tech("alice")
     answer = h.tech_json(alice, "consent-request", case, "--scopes", "diagnostics", "--for",

@@ -141,8 +141,7 @@ def test_the_technician_cannot_switch_fix_approval_off(harness: Harness, tmp_pat
     h.init_server()
     h.start_server()
     home = h.enroll("A")
-    h.spawn("A-agent", "hw-agent", "run", "--home", str(home), "--policy", str(policy),
-            "--retry-min", "0.1").wait_log("connected to wss://")
+    h.start_agent(home, None, "--policy", str(policy))
     case = h.help(home).splitlines()[0]
     alice = h.add_tech("alice")
     answer = h.tech_json(alice, "consent-request", case, "--scopes", "fix",

@@ -78,7 +78,7 @@ EXAMPLES: list[Any] = [
     m.OpenCase(id="oc-1", description="我的电脑很慢 / my computer is slow"),
     m.CaseOpened(re="oc-1", case=CASE, opened_at=T0),
     m.Request(id="req-1", case=CASE, action=m.Action.DIAG, tech="alice", timeout=45.0,
-              args={"probes": ["disk", "cpu"]}),
+              command=SIGNED),
     m.Result(id="res-1", re="req-1", case=CASE, action=m.Action.DIAG, ok=True,
              reports=[REPORT, REPORT_NA]),
     m.Result(id="res-2", re="req-2", case=CASE, action=m.Action.DIAG, ok=False,
