@@ -7,7 +7,7 @@ Strings, lists and maps carry limits: everything a peer sends is untrusted.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -85,6 +85,7 @@ class Action(StrEnum):
     CONSENT = "consent"
     FIX = "fix"
     PLUGINS = "plugins"
+    BOOK_VISIT = "book-visit"
 
 
 class Scope(StrEnum):
@@ -101,7 +102,7 @@ class Scope(StrEnum):
 #: The scope an action needs in an active grant; ``None``: no grant needed (asking for one).
 ACTION_SCOPE: dict[Action, Scope | None] = {
     Action.DIAG: Scope.DIAGNOSTICS, Action.CONSENT: None, Action.FIX: Scope.FIX,
-    Action.PLUGINS: Scope.DIAGNOSTICS}
+    Action.PLUGINS: Scope.DIAGNOSTICS, Action.BOOK_VISIT: Scope.BOOK_VISIT}
 
 
 class FixDecision(StrEnum):
@@ -112,6 +113,41 @@ class FixDecision(StrEnum):
     NOT_REQUIRED = "not-required"  # the grant said fixes need no approval; it was applied
     DECLINED = "declined"          # the customer declined (or did not answer in time)
     NOT_POSSIBLE = "not-possible"  # unknown fixer, wrong platform, missing privileges
+
+
+class TicketState(StrEnum):
+    """Where an on-site ticket is (``docs/protocol.md#on-site-tickets``)."""
+
+    PROPOSED = "proposed"          # quote and slots offered, nothing booked yet
+    BOOKED = "booked"              # the customer accepted a slot; a technician is dispatched
+    PREPARED = "prepared"          # parts, tools and documents are ready
+    ON_SITE = "on-site"            # the technician is at the customer's (sign-off follows)
+    CONFIRMED = "confirmed"        # the customer signed the service confirmation
+    FOLLOWED_UP = "followed-up"    # the follow-up call is recorded
+    CLOSED = "closed"
+    RESCHEDULED = "rescheduled"    # the booking was released; new slots are offered
+    CANCELLED = "cancelled"
+    NOT_ELIGIBLE = "not-eligible"  # ineligible or not covered: remote alternatives instead
+
+
+class RootCause(StrEnum):
+    """Why the fault happened, recorded at sign-off; it settles the fee."""
+
+    PRODUCT_DEFECT = "product-defect"
+    SERVICE_FAILURE = "service-failure"
+    CUSTOMER_DEVICE = "customer-device"
+    THIRD_PARTY = "third-party"
+
+
+class VisitDecisionKind(StrEnum):
+    ACCEPT = "accept"
+    DECLINE = "decline"
+    CONFIRM = "confirm"
+
+
+TicketId = Annotated[str, Meta(pattern=r"^TK-[0-9]{8}-[0-9]{4,6}(?!\n)$")]
+Money = Annotated[int, Meta(ge=0, le=10_000_000)]
+ShortList = Annotated[list[Text], Meta(max_length=64)]
 
 
 # -- payload values ---------------------------------------------------------------------
@@ -217,6 +253,96 @@ class StoredResult(Struct, frozen=True, forbid_unknown_fields=True):
     reports: Annotated[list[ProbeReport], Meta(max_length=128)] = []
     error: Text = ""
     fix: FixReport | None = None
+
+
+class PriceItem(Struct, frozen=True, forbid_unknown_fields=True):
+    name: Text
+    amount: int
+
+
+class SlotOffer(Struct, frozen=True, forbid_unknown_fields=True):
+    """One proposed appointment with its own price (urgent/overtime change it)."""
+
+    start: Timestamp
+    end: Timestamp
+    total: Money
+    urgent: bool = False
+    overtime: bool = False
+
+
+class TicketInfo(Struct, frozen=True, forbid_unknown_fields=True):
+    """An on-site ticket (``docs/protocol.md#on-site-tickets``). Amounts are whole ``currency``.
+
+    ``slots`` are the offered appointments; ``booked_*`` the accepted one. Sign-off fills
+    ``resolved``/``root_cause``/``fee``; the customer's signature sets ``confirmed``.
+    """
+
+    ticket: TicketId
+    case: CaseNumber
+    agent_id: Id
+    customer: Name
+    state: TicketState
+    created_at: Timestamp
+    updated_at: Timestamp
+    reason: Text
+    service: Name
+    city: Name
+    tier: Name
+    eligible: bool
+    covered: bool
+    provisional: bool
+    currency: Name
+    reasons: ShortList = []
+    alternatives: ShortList = []
+    price_items: Annotated[list[PriceItem], Meta(max_length=32)] = []
+    total: Money | None = None
+    free_visit: bool = False
+    slots: Annotated[list[SlotOffer], Meta(max_length=3)] = []
+    booked_start: Timestamp | None = None
+    booked_end: Timestamp | None = None
+    technician: Name | None = None
+    accepted_by: Name | None = None
+    preparation: ShortList = []
+    checklist: ShortList = []
+    findings: Annotated[list[Finding], Meta(max_length=64)] = []
+    fixes: ShortList = []
+    resolved: bool | None = None
+    root_cause: RootCause | None = None
+    signoff_note: Text = ""
+    fee: Money | None = None
+    confirmed: bool = False
+    followup_due: date | None = None
+    followup_resolved: bool | None = None
+    satisfaction: Annotated[int, Meta(ge=1, le=5)] | None = None
+    history: Annotated[list[CaseEvent], Meta(max_length=256)] = []
+    ics: Annotated[str, Meta(max_length=16384)] = ""
+
+
+class VisitDecision(Struct, frozen=True, forbid_unknown_fields=True):
+    """What the customer decided about a ticket, as the agent signs it.
+
+    ``accept``: ``start`` is the chosen slot and ``total`` its price; ``confirm``: the
+    customer confirms the sign-off (``resolved``, ``root_cause``, ``fee``) as shown.
+    """
+
+    ticket: TicketId
+    case: CaseNumber
+    agent_id: Id
+    decision: VisitDecisionKind
+    at: Timestamp
+    start: Timestamp | None = None
+    total: Money | None = None
+    resolved: bool | None = None
+    root_cause: RootCause | None = None
+    fee: Money | None = None
+    note: Text = ""
+
+
+class SignedVisit(Struct, frozen=True, forbid_unknown_fields=True):
+    """A :class:`VisitDecision` (JSON in ``payload``) signed by the agent's key."""
+
+    payload: Annotated[bytes, Meta(max_length=8192)]
+    signature: Signature
 
 
 class SignedCommand(Struct, frozen=True, forbid_unknown_fields=True):
@@ -476,6 +602,105 @@ class DiagDone(Struct, frozen=True, forbid_unknown_fields=True, tag="diag_done",
     result: StoredResult
 
 
+# -- on-site tickets (docs/protocol.md#on-site-tickets) -----------------------------------
+
+
+class EscalateCase(Struct, frozen=True, forbid_unknown_fields=True, tag="escalate_case",
+                   tag_field="type"):
+    """Tech -> server: turn ``case`` into an on-site ticket by hand, with a reason."""
+
+    id: Id
+    case: CaseNumber
+    reason: Annotated[str, Meta(min_length=1, max_length=4096)]
+    service: Name = "hardware-repair"
+
+
+class ListTickets(Struct, frozen=True, forbid_unknown_fields=True, tag="list_tickets",
+                  tag_field="type"):
+    id: Id
+    state: TicketState | None = None
+    followup_due: bool = False
+
+
+class GetTicket(Struct, frozen=True, forbid_unknown_fields=True, tag="get_ticket",
+                tag_field="type"):
+    id: Id
+    ticket: TicketId
+
+
+class OfferVisit(Struct, frozen=True, forbid_unknown_fields=True, tag="offer_visit",
+                 tag_field="type"):
+    """Tech -> server: show the ticket's quote and slots to the customer through the agent.
+    ``command`` (action ``book-visit``) carries them in its signed args."""
+
+    id: Id
+    ticket: TicketId
+    case: CaseNumber
+    command: SignedCommand
+    timeout: Timeout = 30.0
+
+
+class BookVisit(Struct, frozen=True, forbid_unknown_fields=True, tag="book_visit",
+                tag_field="type"):
+    """Tech -> server: record an acceptance the customer gave another way (phone)."""
+
+    id: Id
+    ticket: TicketId
+    start: Timestamp
+    accepted_by: Name
+
+
+class UpdateTicket(Struct, frozen=True, forbid_unknown_fields=True, tag="update_ticket",
+                   tag_field="type"):
+    """Tech -> server: move a ticket to ``to``. Sign-off is ``to=on-site`` with ``resolved``
+    and ``root_cause``; the follow-up call is ``to=followed-up`` with ``resolved`` and
+    ``satisfaction``."""
+
+    id: Id
+    ticket: TicketId
+    to: TicketState
+    note: Text = ""
+    resolved: bool | None = None
+    root_cause: RootCause | None = None
+    satisfaction: Annotated[int, Meta(ge=1, le=5)] | None = None
+
+
+class TicketList(Struct, frozen=True, forbid_unknown_fields=True, tag="ticket_list",
+                 tag_field="type"):
+    re: Id
+    tickets: list[TicketInfo]
+
+
+class TicketDetail(Struct, frozen=True, forbid_unknown_fields=True, tag="ticket_detail",
+                   tag_field="type"):
+    re: Id
+    ticket: TicketInfo
+
+
+class GetVisits(Struct, frozen=True, forbid_unknown_fields=True, tag="get_visits",
+                tag_field="type"):
+    """Agent -> server: the on-site tickets of this agent's cases."""
+
+    id: Id
+
+
+class VisitUpdate(Struct, frozen=True, forbid_unknown_fields=True, tag="visit_update",
+                  tag_field="type"):
+    """Agent -> server: the customer's signed decision (accept a slot, decline, confirm)."""
+
+    id: Id
+    signed: SignedVisit
+
+
+class VisitList(Struct, frozen=True, forbid_unknown_fields=True, tag="visit_list",
+                tag_field="type"):
+    """Server -> agent: reply to :class:`GetVisits` and :class:`VisitUpdate`."""
+
+    re: Id
+    visits: list[TicketInfo]
+    message: Text = ""
+
+
 # -- both directions ---------------------------------------------------------------------
 
 
@@ -527,6 +752,8 @@ AnyMessage = (
     | OpenCase | CaseOpened | Request | Result | ConsentUpdate | Revocations | Ack
     | ListAgents | ListCases | GetCase | RunDiag | RunFix | ListPlugins | AskConsent
     | AgentList | CaseList | CaseDetail | DiagDone | FixDone | PluginList | ConsentAnswer
+    | EscalateCase | ListTickets | GetTicket | OfferVisit | BookVisit | UpdateTicket
+    | TicketList | TicketDetail | GetVisits | VisitUpdate | VisitList
     | Error | Bye
 )
 """Union of every message; :func:`proto.codec.decode` returns one of these."""
@@ -536,6 +763,8 @@ ALL_MESSAGES: tuple[type[Struct], ...] = (
     OpenCase, CaseOpened, Request, Result, ConsentUpdate, Revocations, Ack,
     ListAgents, ListCases, GetCase, RunDiag, RunFix, ListPlugins, AskConsent,
     AgentList, CaseList, CaseDetail, DiagDone, FixDone, PluginList, ConsentAnswer,
+    EscalateCase, ListTickets, GetTicket, OfferVisit, BookVisit, UpdateTicket,
+    TicketList, TicketDetail, GetVisits, VisitUpdate, VisitList,
     Error, Bye,
 )
 
