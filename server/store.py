@@ -21,6 +21,14 @@ emits ``BEGIN IMMEDIATE`` for transactions that write and plain ``BEGIN`` for re
 transactional, writers queue on the busy timeout instead of failing with a stale snapshot, and
 reads within one method see one snapshot.
 
+PostgreSQL concurrency (several ``hw-server`` processes on one database): transactions run at
+READ COMMITTED; whatever must not happen twice is decided by the database, not by a read
+followed by a write. Results, consent receipts and customers are inserted with
+``ON CONFLICT DO NOTHING`` on their unique keys; a token is claimed by a conditional UPDATE;
+case numbers of one day, contract ids, audit appends and migrations are allocated under
+transaction-scoped advisory locks (released at commit), with unique constraints as the last
+line of defence.
+
 Audit log: :meth:`Store.append_audit` adds hash-chained entries (``server/audit.py`` has the
 encoding); appends are serialised (``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped advisory
 lock on PostgreSQL) so concurrent writers, even on several nodes, never fork the chain. The
@@ -85,6 +93,9 @@ _SUPPORTED_DIALECTS: Final = ("sqlite", "postgresql")
 _WAL_RETRY_DELAYS: Final = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
 _PG_MIGRATION_LOCK: Final = 0x48574D494752  # "HWMIGR": advisory lock held while migrating
 _PG_AUDIT_LOCK: Final = 0x4857415544495400  # "HWAUDIT": advisory lock held while appending
+# Two-key advisory locks (space, key): case numbers of one China day, contract ids.
+_PG_CASE_DAY_LOCK: Final = 0x48574344  # "HWCD", key = the day as YYYYMMDD
+_PG_CONTRACT_LOCK: Final = 0x48574354  # "HWCT", key = 0
 _AUDIT_VERIFY_BATCH: Final = 1000
 
 
@@ -540,6 +551,13 @@ def _run_migrations(sync_conn: Connection, revision: str = "head") -> None:
     command.upgrade(cfg, revision)
 
 
+async def _pg_xact_lock(conn: AsyncConnection, space: int, key: int) -> None:
+    """On PostgreSQL, take the advisory lock ``(space, key)`` until the transaction ends."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                           {"space": space, "key": key})
+
+
 def _current_revision(sync_conn: Connection) -> str | None:
     return MigrationContext.configure(sync_conn).get_current_revision()
 
@@ -845,10 +863,15 @@ class Store:
         try:
             async with engine.begin() as conn:
                 yield conn
-        except OperationalError as exc:
+        except (OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreError(
                 f"the store is unavailable or busy ({type(exc.orig).__name__}); "
                 "retry, and check the database if it keeps happening"
+            ) from exc
+        except OSError as exc:  # asyncpg: the server refused or dropped the connection
+            raise StoreError(
+                f"the store's database server cannot be reached ({type(exc).__name__}); "
+                "check that it is running and reachable, then retry"
             ) from exc
 
     async def schema_revision(self) -> str | None:
@@ -1199,6 +1222,7 @@ class Store:
             raise StoreError(f"the contract ends ({valid_to}) before it starts ({valid_from})")
         now = _as_utc(now, "now")
         async with self._tx(write=True) as conn:
+            await _pg_xact_lock(conn, _PG_CONTRACT_LOCK, 0)  # ids from the count: one at a time
             count = (await conn.execute(sa.select(sa.func.count()).select_from(contracts))
                      ).scalar_one()
             contract_id = f"CT-{int(count) + 1:04d}"
@@ -1269,6 +1293,9 @@ class Store:
                     ).scalar_one_or_none()
                     if customer_id is None:
                         raise NotFound(f"agent {agent_id!r} is not enrolled")
+                    # Openers of the same day queue here on PostgreSQL (on SQLite BEGIN
+                    # IMMEDIATE already did); the unique (day, seq) is the last word.
+                    await _pg_xact_lock(conn, _PG_CASE_DAY_LOCK, int(day))
                     seq = await self._next_case_seq(conn, day)
                     number = case_number(day, seq)
                     inserted = await conn.execute(

@@ -1,16 +1,16 @@
 """Tests for server.store: migrations, enrollment tokens, agents, technicians, cases, results.
 
-Every test runs on SQLite (a file in tmp_path). Set ``HW_TEST_POSTGRES_URL`` (e.g.
-``postgresql+asyncpg://hw@127.0.0.1:5432/hw_test``, asyncpg installed) to run the
-backend-independent tests on PostgreSQL too; the store's tables in that database are dropped
-before each test, so point it at a scratch database.
+Every backend-independent test runs on SQLite (a file in tmp_path) and on PostgreSQL (a fresh
+database per test on the server of ``HW_TEST_POSTGRES_URL``, default
+``postgresql+asyncpg://postgres@127.0.0.1:5432/test``, dropped afterwards; see
+``tests/postgres.py``). Without a reachable PostgreSQL the PostgreSQL variants are skipped
+with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import os
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -37,6 +37,7 @@ from server.store import (
     StoreError,
     TokenRefused,
 )
+from tests import postgres
 
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # 10:00 on 2026-11-25 in China
 LATER = T0 + timedelta(days=7)
@@ -56,8 +57,7 @@ STORE_TABLES = {
 }
 HEAD = "0003"
 
-PG_URL = os.environ.get("HW_TEST_POSTGRES_URL", "")
-BACKENDS = ["sqlite", *(["postgresql"] if PG_URL else [])]
+BACKENDS = ["sqlite", "postgresql"]
 
 
 def url_for(path: Path) -> str:
@@ -77,16 +77,6 @@ def head_revision() -> str:
     return head
 
 
-async def wipe_postgres(url: str) -> None:
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as conn:
-            tables = ", ".join(sorted(STORE_TABLES | {"alembic_version"}))
-            await conn.exec_driver_sql(f"DROP TABLE IF EXISTS {tables} CASCADE")
-    finally:
-        await engine.dispose()
-
-
 async def fetch(store: Store, sql: str) -> list[tuple[Any, ...]]:
     """Read the database behind the API's back (on the store's own engine)."""
     async with store._engine.connect() as conn:
@@ -102,11 +92,15 @@ async def table_names(store: Store) -> set[str]:
 
 
 @pytest.fixture(params=BACKENDS)
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
-        return url_for(tmp_path / "store.db")
-    await wipe_postgres(PG_URL)
-    return PG_URL
+        yield url_for(tmp_path / "store.db")
+        return
+    reason = await postgres.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    async with postgres.scratch_database() as pg_url:
+        yield pg_url
 
 
 @pytest.fixture
@@ -689,6 +683,53 @@ async def test_concurrent_case_opening_gets_distinct_numbers(url: str) -> None:
             await s.close()
     numbers = sorted(case.number for case, _ in opened)
     assert numbers == [f"HW-20261125-{n:04d}" for n in range(1, 11)]
+
+
+async def test_two_nodes_writing_at_once_never_duplicate(url: str) -> None:
+    """Two stores on one database, as two hw-server nodes: case numbers, the same request
+    opened on both, one result sent to both, contracts, audit appends, all at once."""
+    from datetime import date
+
+    nodes = [await Store.open(url) for _ in range(2)]
+    try:
+        for i in range(4):
+            await enroll(nodes[0], f"ag-{i}")
+        opened = await asyncio.gather(*(
+            nodes[k % 2].open_case(agent_id=f"ag-{k % 4}", description="x",
+                                   request_id=f"r{k}", now=T0)
+            for k in range(40)))
+        assert sorted(c.number for c, new in opened if new) == [
+            f"HW-20261125-{n:04d}" for n in range(1, 41)]
+        twice = await asyncio.gather(*(
+            n.open_case(agent_id="ag-0", description="y", request_id="same", now=T0)
+            for n in nodes for _ in range(3)))
+        assert len({c.number for c, _ in twice}) == 1
+        assert sorted(new for _, new in twice) == [False] * 5 + [True]
+        case = twice[0][0]
+        stored = await asyncio.gather(*(
+            nodes[k % 2].store_result(
+                msg_id="m-1", request_id="q", case=case.number, agent_id="ag-0",
+                action="diag", ok=True, payload=b"[]", error="", now=T0,
+                case_state="diagnosed", audit_detail={"result": "m-1"})
+            for k in range(8)))
+        assert sorted(stored) == [False] * 7 + [True]
+        contracts = await asyncio.gather(*(
+            nodes[k % 2].add_contract(customer=f"C{k}", free_visits=1,
+                                      valid_from=date(2026, 1, 1), valid_to=date(2026, 12, 31),
+                                      rate=None, now=T0)
+            for k in range(6)))
+        assert sorted(c.contract_id for c in contracts) == [f"CT-{n:04d}" for n in range(1, 7)]
+        await asyncio.gather(*(nodes[k % 2].append_audit(event="e", actor="t", now=T0)
+                               for k in range(10)))
+        assert await fetch(nodes[1], "SELECT count(*) FROM results") == [(1,)]
+        assert [e.state for e in await nodes[1].case_history(case.number)] == [
+            "open", "diagnosed"]
+        assert [e.event for e in await nodes[0].list_audit()].count("result") == 1
+        check = await nodes[1].verify_audit()
+        assert check.ok and check.entries == 11, check
+    finally:
+        for s in nodes:
+            await s.close()
 
 
 async def test_open_case_is_idempotent_per_agent_and_request(store: Store) -> None:
