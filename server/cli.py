@@ -18,6 +18,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from proto.token import EnrollToken, encode_token
 
 from . import pki
@@ -57,22 +59,25 @@ def cmd_init(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys([*args.name, host] if args.name else [host, "localhost"]))
     now = pki.now_utc()
     cfg = ServerConfig(home=home, listen=args.listen, names=names,
-                       public_urls=list(args.public_url or []))
-    pki.make_ca(home, now=now)
-    pki.make_server_cert(home, names=names, now=now)
-    pki.make_org_key(home)
-    cfg.write()
-    ServerConfig.load(home)
+                       public_urls=list(args.public_url or []), db=_db_arg(args.db))
 
     async def migrate() -> None:
         store = await Store.open(cfg.db_url)
         await store.close()
 
+    if cfg.db:  # a database server: fail before writing anything if it cannot be used
+        _run(migrate())
+    pki.make_ca(home, now=now)
+    pki.make_server_cert(home, names=names, now=now)
+    pki.make_org_key(home)
+    cfg.write()
+    ServerConfig.load(home)
     _run(migrate())
     fp = pki.ca_fingerprint((home / "ca.crt").read_bytes()).hex()
     print(f"initialised server home {home}")
     print(f"  listen        {args.listen}  (certificate names: {', '.join(names)})")
     print(f"  agents dial   {', '.join(cfg.urls)}")
+    print(f"  store         {safe_url(cfg.db_url)}")
     print(f"  CA sha256     {fp}")
     print(f"  org key       {home / 'org.key'} (keep it safe; it certifies technicians)")
     print(f"next: hw-server run --home {home}")
@@ -86,10 +91,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.listen:
         parse_listen(args.listen)
         cfg = dataclasses.replace(cfg, listen=args.listen)
+    if args.db:
+        cfg = dataclasses.replace(cfg, db=_db_arg(args.db))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
     logging.getLogger("hw.server.ws").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("hw.server").info("store %s", safe_url(cfg.db_url))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -104,6 +112,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     _run(main())
     logging.getLogger("hw.server").info("hw-server stopped")
     return 0
+
+
+def safe_url(url: str) -> str:
+    """A store URL fit for logs and errors: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable database URL>"
+
+
+def _db_arg(url: str | None) -> str:
+    """A ``--db`` value: empty (SQLite in the home) or a URL the store supports."""
+    if not url:
+        return ""
+    try:
+        backend = make_url(url).get_backend_name()
+    except Exception:
+        raise ServerError("--db is not a database URL; use e.g. "
+                          "postgresql+asyncpg://hw@db.example:5432/helloword") from None
+    if backend not in ("sqlite", "postgresql"):
+        raise ServerError(f"--db names a {backend!r} database; the store supports "
+                          "sqlite+aiosqlite:///PATH and postgresql+asyncpg://USER@HOST/DB")
+    return url
 
 
 def cmd_enroll_token(args: argparse.Namespace) -> int:
@@ -429,11 +460,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra DNS name or IP for the server certificate (repeatable)")
     s.add_argument("--public-url", action="append", metavar="wss://HOST:PORT",
                    help="URL agents dial, if not the listen address (repeatable)")
+    s.add_argument("--db", metavar="URL", help="store URL written to config.toml, e.g. "
+                   "postgresql+asyncpg://hw@127.0.0.1:5432/helloword (default: SQLite "
+                   "store.db in the home); the database must exist, init migrates it")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("run", parents=[common], help="serve in the foreground; one log line "
                        "per connection")
     s.add_argument("--listen", metavar="HOST:PORT", help="override the configured address")
+    s.add_argument("--db", metavar="URL", help="store URL overriding `db` in config.toml, "
+                   "e.g. postgresql+asyncpg://hw@127.0.0.1:5432/helloword (other hw-server "
+                   "commands read config.toml: put it there)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("enroll-token", parents=[common],
