@@ -100,6 +100,33 @@ class Promotion:
 
 
 @dataclass(frozen=True)
+class Dispatch:
+    slot_times: tuple[time, ...]
+    max_distance_km: float
+    search_working_days: int
+
+
+@dataclass(frozen=True)
+class Preparation:
+    always: tuple[str, ...]
+    findings: tuple[tuple[str, tuple[str, ...]], ...]  # (finding code or prefix, items)
+
+    def for_findings(self, codes: list[str]) -> list[str]:
+        """The items a visit needs for these finding codes: the always-list, then per code
+        the items of the longest matching prefix (``disk`` matches ``disk.smart_failing``)."""
+        out = list(self.always)
+        for code in codes:
+            best: tuple[str, tuple[str, ...]] | None = None
+            for prefix, items in self.findings:
+                if code == prefix or code.startswith(prefix + "."):
+                    if best is None or len(prefix) > len(best[0]):
+                        best = (prefix, items)
+            if best is not None:
+                out += [i for i in best[1] if i not in out]
+        return out
+
+
+@dataclass(frozen=True)
 class OnsitePolicy:
     currency: str
     bases: tuple[str, ...]
@@ -111,6 +138,9 @@ class OnsitePolicy:
     followup_working_days: int
     calendar: CalendarOverrides
     promotions: tuple[Promotion, ...]
+    dispatch: Dispatch
+    preparation: Preparation
+    checklist: tuple[str, ...]
 
     def tier(self, tier: str) -> TierRule:
         for rule in self.tiers:
@@ -140,8 +170,9 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str) -> dict[st
     for key, value in over.items():
         path = f"{where}.{key}" if where else key
         if key not in base:
-            # new services and difficulty levels may be added; other keys must be known
-            if where not in ("services", "pricing.difficulty"):
+            # new services, difficulty levels and preparation rules may be added; other
+            # keys must be known
+            if where not in ("services", "pricing.difficulty", "preparation.findings"):
                 raise PolicyError(f"{path}: unknown key; remove it or check the spelling "
                                   f"(known here: {', '.join(sorted(base))})")
             out[key] = value
@@ -335,6 +366,23 @@ def _build(d: Mapping[str, Any]) -> OnsitePolicy:
             raise PolicyError(f"{w}.from: must not be after {w}.to")
         promos.append(promo)
 
+    dt = d["dispatch"]
+    times = tuple(_time(t, "dispatch.slot_times") for t in _strs(dt["slot_times"],
+                                                                  "dispatch.slot_times"))
+    if not times:
+        raise PolicyError("dispatch.slot_times: list at least one appointment start time")
+    dispatch = Dispatch(times, _num(dt["max_distance_km"], "dispatch.max_distance_km"),
+                        _int(dt["search_working_days"], "dispatch.search_working_days", lo=1))
+    pr_t = d["preparation"]
+    prep_findings = pr_t["findings"]
+    if not isinstance(prep_findings, dict):
+        raise PolicyError("preparation.findings: must be a table of code = [items]")
+    preparation = Preparation(
+        _strs(pr_t["always"], "preparation.always"),
+        tuple((str(k), _strs(v, f"preparation.findings.{k}"))
+              for k, v in sorted(prep_findings.items())))
+    checklist = _strs(d["checklist"]["items"], "checklist.items")
+
     bases = _strs(d["bases"], "bases")
     if not bases:
         raise PolicyError("bases: list at least one technician base city")
@@ -343,7 +391,8 @@ def _build(d: Mapping[str, Any]) -> OnsitePolicy:
         services=tuple(services), pricing=pricing, eligibility=elig,
         followup_working_days=_int(d["followup"]["delay_working_days"],
                                    "followup.delay_working_days"),
-        calendar=cal, promotions=tuple(promos))
+        calendar=cal, promotions=tuple(promos), dispatch=dispatch, preparation=preparation,
+        checklist=checklist)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -354,6 +403,16 @@ def _read(path: Path) -> dict[str, Any]:
         raise PolicyError(f"{path}: cannot read the policy file ({e.strerror})") from e
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{path}: not valid TOML ({e}); fix the syntax") from e
+
+
+#: The operator's policy file in the server's home (optional).
+HOME_POLICY = "onsite-policy.toml"
+
+
+def load_home_policy(home: Path) -> OnsitePolicy:
+    """The policy in force for the server whose home is ``home``."""
+    path = home / HOME_POLICY
+    return load_policy(path if path.is_file() else None)
 
 
 def load_policy(path: Path | None = None) -> OnsitePolicy:
@@ -395,6 +454,12 @@ def policy_as_json(p: OnsitePolicy) -> dict[str, Any]:
         "calendar": {"holidays": sorted(d.isoformat() for d in p.calendar.holidays),
                      "working_days": sorted(d.isoformat() for d in p.calendar.working_days),
                      "confirmed_years": sorted(p.calendar.confirmed_years)},
+        "dispatch": {"slot_times": [t.strftime("%H:%M") for t in p.dispatch.slot_times],
+                     "max_distance_km": p.dispatch.max_distance_km,
+                     "search_working_days": p.dispatch.search_working_days},
+        "preparation": {"always": list(p.preparation.always),
+                        "findings": {k: list(v) for k, v in p.preparation.findings}},
+        "checklist": {"items": list(p.checklist)},
         "promotions": [{"name": pr.name, "from": pr.start.isoformat(), "to": pr.end.isoformat(),
                         "customers": list(pr.customers)} for pr in p.promotions],
     }
