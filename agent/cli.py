@@ -19,6 +19,7 @@ from proto.token import decode_token
 
 from .errors import AgentError
 from .home import AgentHome
+from .visitcli import add_visit_commands
 
 
 def _home(args: argparse.Namespace) -> AgentHome:
@@ -130,7 +131,8 @@ def cmd_consent_deny(args: argparse.Namespace) -> int:
 def cmd_consent_status(args: argparse.Namespace) -> int:
     reply = _control(args, {"op": "status"})
     if args.json:
-        print(json.dumps({k: reply[k] for k in ("grants", "pending", "connected")},
+        print(json.dumps({k: reply.get(k, []) for k in ("grants", "pending", "sessions",
+                                                        "connected")},
                          ensure_ascii=False, indent=2))
         return 0
     print("connected to the support server" if reply["connected"] else
@@ -142,6 +144,10 @@ def cmd_consent_status(args: argparse.Namespace) -> int:
             print(f"    - {change}")
         print(f"  approve: hw-agent consent approve --case {a['case']}   decline: hw-agent "
               f"consent decline --case {a['case']}")
+    for sess in reply.get("sessions", []):
+        print(f"remote session open: {sess['tech']} on case {sess['case']} ({sess['scopes']}) "
+              f"since {sess['since'][:19]}; end it: hw-agent consent revoke --case "
+              f"{sess['case']}")
     for p in reply["pending"]:
         print(f"waiting for your answer: {p['tech']} asks for access to case {p['case']}")
     if not reply["grants"]:
@@ -260,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--verify", action="store_true",
                    help="check the hash chain; exit 1 naming the first broken entry")
     s.set_defaults(func=cmd_log)
+    add_visit_commands(sub, common)
     return p
 
 

@@ -25,6 +25,7 @@ from proto.token import EnrollToken, encode_token
 from . import pki
 from .config import ServerConfig, parse_listen
 from .errors import ServerError
+from .onsitecli import add_onsite_commands
 from .store import AuditCheck, AuditEntry, ContractRecord, Store, StoreError
 
 KINDS = ("individual", "small-business", "enterprise")
@@ -153,6 +154,12 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
 
         store = await Store.open(cfg.db_url)
         try:
+            if args.contract:
+                contract = await store.get_contract(args.contract)
+                if contract is None or contract.customer != args.customer.strip():
+                    raise ServerError(f"contract {args.contract} is not a contract of "
+                                      f"{args.customer.strip()!r}; check "
+                                      "`hw-server contract show`")
             await store.add_enroll_token(secret_hash=secret_hash(secret),
                                          customer=args.customer.strip(), kind=args.kind,
                                          city=args.city.strip(), expires_at=expires, now=now)
@@ -480,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--city", required=True, help="customer city (e.g. 上海)")
     s.add_argument("--ttl", type=float, metavar="HOURS",
                    help="validity in hours (default from config: 24)")
+    s.add_argument("--contract", metavar="ID", help="the customer's service contract "
+                   "(hw-server contract show); checked to be this customer's")
     s.set_defaults(func=cmd_enroll_token)
 
     c = sub.add_parser("contract", parents=[common], help="enterprise service contracts "
@@ -553,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="JSON array with keys id, at, actor, "
                    "event, subject, detail, hash (hex)")
     s.set_defaults(func=cmd_audit_show)
+    add_onsite_commands(sub, common)
     return p
 
 

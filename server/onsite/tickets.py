@@ -187,7 +187,8 @@ class OnsiteDesk:
                          for i in q.get("items", [])][:32],
             total=r.total, free_visit=bool(r.free_visit),
             slots=_slots.decode(r.slots)[:3],
-            booked_start=r.booked_start, booked_end=r.booked_end, technician=r.technician,
+            booked_start=_local(r.booked_start, self.policy),
+            booked_end=_local(r.booked_end, self.policy), technician=r.technician,
             accepted_by=r.accepted_by,
             preparation=json.loads(r.preparation)[:64], checklist=json.loads(r.checklist)[:64],
             findings=[] if brief else _findings.decode(r.findings)[:64],
@@ -700,6 +701,11 @@ class OnsiteDesk:
             "currency": self.policy.currency,
             "mean_satisfaction": round(sum(sats) / len(sats), 2) if sats else None,
         }
+
+
+def _local(at: datetime | None, policy: OnsitePolicy) -> datetime | None:
+    """Appointments travel in the policy's time zone (China time), offset included."""
+    return None if at is None else at.astimezone(policy.hours.tz)
 
 
 def _alternatives() -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
@@ -213,6 +213,8 @@ def strategy(t: mi.Type, depth: int = 0) -> st.SearchStrategy[Any]:
                              timezones=TZS)
         naive = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1))
         return {True: aware, False: naive}.get(t.tz, aware | naive)  # type: ignore[arg-type]
+    if isinstance(t, mi.DateType):
+        return st.dates(min_value=date(1970, 1, 1), max_value=date(2200, 1, 1))
     if isinstance(t, mi.UnionType):
         return st.one_of([strategy(x, depth) for x in t.types])
     cap = max(1, 4 - depth)

@@ -481,6 +481,22 @@ def test_second_first_message_is_unexpected(second: m.AnyMessage) -> None:
         server.receive(encode(second))
 
 
+TICKET = m.TicketInfo(ticket="TK-20261126-0001", case=CASE, agent_id=AGENT_ID, customer="c",
+                      state=m.TicketState.PROPOSED, created_at=NOW, updated_at=NOW, reason="r",
+                      service="hardware-repair", city="成都", tier="new-1", eligible=True,
+                      covered=True, provisional=False, currency="CNY")
+SIGNED_VISIT = m.SignedVisit(payload=b"{}", signature=b"\x00" * 64)
+TICKET_EXAMPLES: list[m.AnyMessage] = [
+    m.EscalateCase(id="t1", case=CASE, reason="fan"), m.ListTickets(id="t2"),
+    m.GetTicket(id="t3", ticket=TICKET.ticket),
+    m.OfferVisit(id="t4", ticket=TICKET.ticket, case=CASE, command=SIGNED),
+    m.BookVisit(id="t5", ticket=TICKET.ticket, start=NOW, accepted_by="phone"),
+    m.UpdateTicket(id="t6", ticket=TICKET.ticket, to=m.TicketState.PREPARED),
+    m.TicketList(re="t2", tickets=[TICKET]), m.TicketDetail(re="t3", ticket=TICKET),
+    m.GetVisits(id="v1"), m.VisitUpdate(id="v2", signed=SIGNED_VISIT),
+    m.VisitList(re="v1", visits=[TICKET]),
+]
+
 EXAMPLES_BY_TYPE: dict[type, m.AnyMessage] = {type(x): x for x in [
     m.Hello(role=m.Role.AGENT, min_version=1, max_version=1, software="x", agent_id="a"),
     m.Enroll(min_version=1, max_version=1, software="x", secret=b"s" * 16,
@@ -507,6 +523,7 @@ EXAMPLES_BY_TYPE: dict[type, m.AnyMessage] = {type(x): x for x in [
     m.ConsentAnswer(re="5", case=CASE, granted=False, message="declined"),
     m.ConsentUpdate(id="cg-1", receipt=m.SignedReceipt(payload=b"{}", signature=b"\x00" * 64)),
     m.Revocations(fingerprints=[]),
+    *TICKET_EXAMPLES,
     m.Error(re=None, code=m.ErrorCode.INTERNAL, message="x"),
     m.Bye(),
 ]}

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server import store as store_module
+from server.onsite import tables as _onsite_tables  # noqa: F401  (its tables join METADATA)
 from server.store import (
     MIGRATIONS_DIR,
     AgentRecord,
@@ -54,8 +55,15 @@ STORE_TABLES = {
     "consent_receipts",
     "revoked_tech_keys",
     "contracts",
+    "recordings",
+    "field_techs",
+    "tickets",
+    "ticket_events",
+    "tech_hours",
+    "tech_day_visits",
+    "contract_visits",
 }
-HEAD = "0003"
+HEAD = "0005"
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -1,0 +1,281 @@
+"""``hw-tech`` commands for on-site tickets: escalate, tickets, ticket, book.
+
+The ticket lifecycle is in :mod:`server.onsite.tickets`; these commands only ask the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from proto import messages as m
+
+from .techclient import TechClient, TechError
+
+TICKET_RE = re.compile(r"^TK-[0-9]{8}-[0-9]{4,6}$")
+
+
+def ticket_id(text: str) -> str:
+    """argparse type: a ticket like TK-20261126-0001."""
+    if not TICKET_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ticket (like TK-20261126-0001; "
+                                         "see `hw-tech tickets`)")
+    return text
+
+
+def slot_time(text: str) -> datetime:
+    """argparse type: an ISO date-time; without an offset it is China time (+08:00)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date-time like "
+                                         "2026-12-02T10:00 or 2026-12-02T10:00+08:00") from None
+    if when.tzinfo is None:
+        when = datetime.fromisoformat(text + "+08:00")
+    return when
+
+
+def yes_no(text: str) -> bool:
+    if text.lower() in ("yes", "y", "true"):
+        return True
+    if text.lower() in ("no", "n", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: answer yes or no")
+
+
+def satisfaction(text: str) -> int:
+    if text.isdigit() and 1 <= int(text) <= 5:
+        return int(text)
+    raise argparse.ArgumentTypeError("--satisfaction takes 1 (poor) to 5 (excellent)")
+
+
+def slot_text(start: datetime | None, end: datetime | None = None) -> str:
+    """An appointment in its own time zone (China time), offset shown: 2026-12-01 10:00-12:00
+    (UTC+08:00)."""
+    if start is None:
+        return "-"
+    until = f"-{end:%H:%M}" if end is not None else ""
+    offset = start.strftime("%z")
+    return f"{start:%Y-%m-%d %H:%M}{until} (UTC{offset[:3]}:{offset[3:]})"
+
+
+def _money(t: m.TicketInfo, amount: int | None) -> str:
+    return "-" if amount is None else f"{amount} {t.currency}"
+
+
+def print_ticket(t: m.TicketInfo, out: Any) -> None:
+    from .techcli import _out, _when
+
+    _out(f"{t.ticket}  {t.state.value}  case {t.case}  {t.customer}  {t.city} (tier {t.tier})")
+    _out(f"  service {t.service}; reason: {t.reason}")
+    _out(f"  eligible: {'yes' if t.eligible else 'no'}; covered: "
+         f"{'yes' if t.covered else 'no'}" + ("; working days provisional" if t.provisional
+                                              else ""))
+    for r in t.reasons:
+        _out(f"    - {r}")
+    if t.alternatives:
+        _out("  remote alternatives:")
+        for a in t.alternatives:
+            _out(f"    - {a}")
+    if t.price_items:
+        _out(f"  quote: {_money(t, t.total)}" + (" (free visit)" if t.free_visit else ""))
+        for i in t.price_items:
+            _out(f"    {i.amount:>6}  {i.name}")
+    if t.slots and t.state in (m.TicketState.PROPOSED, m.TicketState.RESCHEDULED):
+        _out("  proposed slots:")
+        for n, s in enumerate(t.slots, 1):
+            flags = ", ".join(x for x, on in (("urgent", s.urgent), ("overtime", s.overtime))
+                              if on)
+            _out(f"    {n}. {slot_text(s.start, s.end)}  {s.total} "
+                 f"{t.currency}{'  (' + flags + ')' if flags else ''}")
+    if t.booked_start is not None:
+        _out(f"  booked: {slot_text(t.booked_start, t.booked_end)} with {t.technician} "
+             f"(accepted by {t.accepted_by})")
+    if t.preparation:
+        _out("  preparation:")
+        for p in t.preparation:
+            _out(f"    - {p}")
+    if t.checklist:
+        _out("  customer checklist:")
+        for c in t.checklist:
+            _out(f"    - {c}")
+    for f in t.findings:
+        _out(f"  finding {f.severity.value} {f.code}: {f.summary}")
+    for fx in t.fixes:
+        _out(f"  fix {fx}")
+    if t.resolved is not None:
+        _out(f"  sign-off: {'resolved' if t.resolved else 'unresolved'}, root cause "
+             f"{t.root_cause.value if t.root_cause else '-'}, fee {_money(t, t.fee)}"
+             + (f"; {t.signoff_note}" if t.signoff_note else ""))
+        _out(f"  customer confirmation: {'signed' if t.confirmed else 'waiting'}")
+    if t.followup_due is not None:
+        _out(f"  follow-up call due {t.followup_due}" + (
+            f": {'resolved' if t.followup_resolved else 'NOT resolved'}, satisfaction "
+            f"{t.satisfaction}/5" if t.followup_resolved is not None else ""))
+    for h in t.history:
+        _out(f"  {_when(h.at)}  {h.state:<12} {h.actor}  {h.note}")
+
+
+def _ticket_reply(args: argparse.Namespace, reply: m.TicketDetail) -> int:
+    from .techcli import _dump
+
+    if args.json:
+        _dump(reply.ticket)
+    else:
+        print_ticket(reply.ticket, sys.stdout)
+    if getattr(args, "ics", None) and reply.ticket.ics:
+        Path(args.ics).write_text(reply.ticket.ics, encoding="utf-8")
+    return 0
+
+
+def cmd_escalate(args: argparse.Namespace) -> int:
+    from .techcli import _call
+
+    reply = _call(args, lambda rid: m.EscalateCase(id=rid, case=args.case, reason=args.reason,
+                                                   service=args.service))
+    return _ticket_reply(args, reply)
+
+
+def cmd_tickets(args: argparse.Namespace) -> int:
+    from .techcli import _call, _dump, _table
+
+    state = m.TicketState(args.state) if args.state else None
+    reply = _call(args, lambda rid: m.ListTickets(id=rid, state=state,
+                                                  followup_due=args.followup_due))
+    if args.json:
+        _dump(reply.tickets)
+    else:
+        _table([[t.ticket, t.state.value, t.case, t.customer, t.city,
+                 slot_text(t.booked_start), t.technician or "-", _money(t, t.total)]
+                for t in reply.tickets],
+               ["TICKET", "STATE", "CASE", "CUSTOMER", "CITY", "BOOKED", "TECHNICIAN",
+                "TOTAL"])
+    return 0
+
+
+def cmd_ticket(args: argparse.Namespace) -> int:
+    from .techcli import _call
+
+    action = args.ticket_action
+    if action == "show":
+        reply = _call(args, lambda rid: m.GetTicket(id=rid, ticket=args.ticket))
+        return _ticket_reply(args, reply)
+    to = {"prepare": m.TicketState.PREPARED, "arrive": m.TicketState.ON_SITE,
+          "signoff": m.TicketState.ON_SITE, "followup": m.TicketState.FOLLOWED_UP,
+          "close": m.TicketState.CLOSED, "reschedule": m.TicketState.RESCHEDULED,
+          "cancel": m.TicketState.CANCELLED}[action]
+    root = m.RootCause(args.root_cause) if getattr(args, "root_cause", None) else None
+    reply = _call(args, lambda rid: m.UpdateTicket(
+        id=rid, ticket=args.ticket, to=to, note=args.note,
+        resolved=getattr(args, "resolved", None), root_cause=root,
+        satisfaction=getattr(args, "satisfaction", None)))
+    return _ticket_reply(args, reply)
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    """With --slot: record the customer's acceptance by phone. Without: offer the ticket's
+    quote and slots to the customer through the agent (signed, needs book-visit)."""
+    from .techcli import _call, _profile
+
+    if args.slot is not None:
+        if not args.accepted_by:
+            raise TechError("--slot records an acceptance made outside the agent: say how "
+                            "with --accepted-by phone (nothing is booked without acceptance)")
+        reply = _call(args, lambda rid: m.BookVisit(id=rid, ticket=args.ticket,
+                                                    start=args.slot,
+                                                    accepted_by=args.accepted_by))
+        return _ticket_reply(args, reply)
+    profile = _profile(args)
+
+    async def go() -> Any:
+        async with TechClient(profile) as client:
+            detail = await client.call(m.GetTicket(id=client.new_id(), ticket=args.ticket))
+            t = detail.ticket
+            if not t.slots:
+                raise TechError(f"ticket {t.ticket} has no proposed slots to offer "
+                                f"({t.state.value}); see `hw-tech ticket show {t.ticket}`")
+            offer = {"ticket": t.ticket, "service": t.service, "currency": t.currency,
+                     "items": [{"name": i.name, "amount": i.amount} for i in t.price_items],
+                     "slots": [{"start": s.start.isoformat(), "end": s.end.isoformat(),
+                                "total": s.total, "urgent": s.urgent,
+                                "overtime": s.overtime} for s in t.slots],
+                     "checklist": list(t.checklist)}
+            agent_id = await client.agent_of(t.case)
+            signed = client.sign(agent_id=agent_id, case=t.case, action=m.Action.BOOK_VISIT,
+                                 args=offer)
+            return await client.call(m.OfferVisit(id=client.new_id(), ticket=t.ticket,
+                                                  case=t.case, command=signed))
+
+    reply = asyncio.run(go())
+    if not args.json:
+        print(f"offered to the customer of {reply.ticket.case}; they accept with "
+              f"`hw-agent visit accept {reply.ticket.ticket} --slot N`")
+    return _ticket_reply(args, reply)
+
+
+def add_ticket_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    from .techcli import case_number
+
+    s = sub.add_parser("escalate", parents=[common], help="turn a case into an on-site "
+                       "ticket (quote, slots, preparation list, checklist)")
+    s.add_argument("case", metavar="CASE", type=case_number)
+    s.add_argument("--reason", required=True, help="why remote support cannot solve it")
+    s.add_argument("--service", default="hardware-repair",
+                   help="service type of the on-site policy (default hardware-repair)")
+    s.set_defaults(func=cmd_escalate)
+
+    s = sub.add_parser("tickets", parents=[common], help="on-site tickets, newest first")
+    s.add_argument("--state", choices=[st.value for st in m.TicketState])
+    s.add_argument("--followup-due", action="store_true",
+                   help="only confirmed tickets whose follow-up call is due today or earlier")
+    s.set_defaults(func=cmd_tickets)
+
+    t = sub.add_parser("ticket", parents=[common], help="show a ticket or move it along "
+                       "(prepare, arrive, signoff, followup, close, reschedule, cancel)")
+    tsub = t.add_subparsers(dest="ticket_action", required=True, metavar="ACTION")
+    specs = {
+        "show": "the ticket: quote, slots, booking, preparation, checklist, history",
+        "prepare": "parts, tools and documents are ready (booked -> prepared)",
+        "arrive": "the technician is on site (prepared -> on-site)",
+        "signoff": "record the outcome and root cause on site; settles the fee",
+        "followup": "record the follow-up call (confirmed -> followed-up); "
+                    "'--resolved no' reopens the case",
+        "close": "close a followed-up ticket",
+        "reschedule": "release the booking and propose new slots",
+        "cancel": "cancel (releases the booking and any free visit)",
+    }
+    for name, text in specs.items():
+        s = tsub.add_parser(name, parents=[common], help=text, description=text)
+        s.add_argument("ticket", metavar="TICKET", type=ticket_id)
+        s.add_argument("--note", default="", help="a note for the ticket's history")
+        if name == "show":
+            s.add_argument("--ics", metavar="FILE",
+                           help="also write the booked appointment as an .ics file")
+        if name in ("signoff", "followup"):
+            s.add_argument("--resolved", type=yes_no, required=True, metavar="yes|no",
+                           help="was the problem solved")
+        if name == "signoff":
+            s.add_argument("--root-cause", required=True,
+                           choices=[r.value for r in m.RootCause],
+                           help="settles the fee: product-defect/service-failure unresolved: "
+                                "no fee; customer-device/third-party unresolved: base fee")
+        if name == "followup":
+            s.add_argument("--satisfaction", type=satisfaction, required=True,
+                           metavar="1-5", help="the customer's satisfaction")
+        s.set_defaults(func=cmd_ticket)
+
+    s = sub.add_parser("book", parents=[common], help="offer the ticket's quote and slots to "
+                       "the customer through the agent (book-visit scope), or with --slot "
+                       "record an acceptance given by phone")
+    s.add_argument("ticket", metavar="TICKET", type=ticket_id)
+    s.add_argument("--slot", type=slot_time, metavar="DATETIME",
+                   help="the slot the customer accepted, e.g. 2026-12-02T10:00 (China time)")
+    s.add_argument("--accepted-by", metavar="HOW", help="how the customer accepted, e.g. "
+                   "phone (required with --slot)")
+    s.add_argument("--ics", metavar="FILE", help="write the booked appointment as .ics")
+    s.set_defaults(func=cmd_book)
