@@ -41,6 +41,7 @@ from .fixrunner import FixError, apply_fix, list_fixers, plan_fix
 from .home import AgentHome
 from .localstore import LocalCase, LocalStore
 from .runner import list_probes, run_probes, sanitize_readings
+from .tunnel import Tunnels
 
 log = logging.getLogger("hw.agent")
 
@@ -83,6 +84,7 @@ class Agent:
         self._applying: set[asyncio.Task[Any]] = set()  # fixes past approval: never cut off
         self._fix_lock = asyncio.Lock()  # one fix at a time on this machine
         self._server_offset: float | None = None
+        self.tunnels = Tunnels(self)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve, reconnect with jittered backoff, until ``stop`` is set.
@@ -215,6 +217,8 @@ class Agent:
         self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
         if req.action is m.Action.CONSENT:
             return await self._consent_request(req, verified)
+        if req.action is m.Action.TUNNEL:  # runs until the SSH session ends
+            return await self.tunnels.serve(req, cmd.tech, fingerprint)
         scope = m.ACTION_SCOPE[req.action]
         assert scope is not None
         grant = self.consents.active(case=req.case, tech=cmd.tech, fingerprint=fingerprint,
@@ -437,7 +441,8 @@ class Agent:
         return (f"{g.tech} may {', '.join(s.value for s in g.scopes)} on {g.case} until "
                 f"{g.expires_at.isoformat(timespec='seconds')} ({g.via}, {g.receipt_id})")
 
-    async def _deliver(self, msg_id: str, msg: m.Result | m.ConsentUpdate) -> None:
+    async def _deliver(self, msg_id: str, msg: m.Result | m.ConsentUpdate | m.Recording
+                       ) -> None:
         """Outbox first, then send if connected; the Ack removes it from the outbox."""
         self.store.put_outbox(msg_id, codec.encode(msg), now=now_utc())
         link = self.link
@@ -498,6 +503,7 @@ class Agent:
                     "approvals": [{"case": c, "fixer": p.fixer, "summary": p.summary,
                                    "reversible": p.reversible, "changes": p.changes}
                                   for c, (p, _f) in self._approvals.items()],
+                    "sessions": [{"id": k, **v} for k, v in self.tunnels.sessions.items()],
                     "connected": self.link is not None}
         if op == "revoke":
             case = request.get("case") or None

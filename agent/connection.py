@@ -57,8 +57,9 @@ async def open_ws(url: str, ctx: ssl.SSLContext, *, ping: float | None = 20
 
 
 async def dial(urls: list[str], ctx: ssl.SSLContext, *, agent_id: str,
-               key: Ed25519PrivateKey, mode: m.Mode) -> Link:
-    """Try each server URL in turn; authenticate on the first that answers.
+               key: Ed25519PrivateKey, mode: m.Mode, tunnel: str | None = None) -> Link:
+    """Try each server URL in turn; authenticate on the first that answers (``tunnel``:
+    the tunnel id a ``tunnel``-mode connection is for).
 
     Raises:
         Unreachable: no URL answered (retry later).
@@ -74,7 +75,8 @@ async def dial(urls: list[str], ctx: ssl.SSLContext, *, agent_id: str,
             continue
         session = ClientSession(role=m.Role.AGENT, identity=agent_id)
         try:
-            await ws.send(session.hello(software=SOFTWARE, mode=mode), text=True)
+            await ws.send(session.hello(software=SOFTWARE, mode=mode, tunnel=tunnel),
+                          text=True)
             challenge = session.receive(await ws.recv(decode=False))
             assert isinstance(challenge, m.Challenge)
             await ws.send(session.prove(key.sign(session.proof_payload())), text=True)

@@ -39,10 +39,12 @@ class Role(StrEnum):
 
 
 class Mode(StrEnum):
-    """What an agent connection is for: the long-lived session, or one call and close."""
+    """What an agent connection is for: the long-lived session, one call and close, or the
+    agent's end of one SSH tunnel (``docs/protocol.md#tunnels``)."""
 
     RUN = "run"
     CALL = "call"
+    TUNNEL = "tunnel"
 
 
 class Severity(StrEnum):
@@ -86,6 +88,7 @@ class Action(StrEnum):
     FIX = "fix"
     PLUGINS = "plugins"
     BOOK_VISIT = "book-visit"
+    TUNNEL = "tunnel"
 
 
 class Scope(StrEnum):
@@ -102,7 +105,13 @@ class Scope(StrEnum):
 #: The scope an action needs in an active grant; ``None``: no grant needed (asking for one).
 ACTION_SCOPE: dict[Action, Scope | None] = {
     Action.DIAG: Scope.DIAGNOSTICS, Action.CONSENT: None, Action.FIX: Scope.FIX,
-    Action.PLUGINS: Scope.DIAGNOSTICS, Action.BOOK_VISIT: Scope.BOOK_VISIT}
+    Action.PLUGINS: Scope.DIAGNOSTICS, Action.BOOK_VISIT: Scope.BOOK_VISIT,
+    Action.TUNNEL: Scope.SHELL}
+"""``tunnel`` is the exception: it needs ``shell`` *or* ``files`` (:data:`TUNNEL_SCOPES`);
+the agent then checks each SSH channel (shell/exec need ``shell``, SFTP needs ``files``)."""
+
+#: Scopes that let a technician open an SSH tunnel (``docs/protocol.md#tunnels``).
+TUNNEL_SCOPES: frozenset[Scope] = frozenset({Scope.SHELL, Scope.FILES})
 
 
 class FixDecision(StrEnum):
@@ -395,6 +404,7 @@ class Hello(Struct, frozen=True, forbid_unknown_fields=True, tag="hello", tag_fi
     mode: Mode = Mode.RUN
     name: Name | None = None
     certificate: Annotated[str, Meta(max_length=8192)] | None = None
+    tunnel: Id | None = None
 
 
 class Enroll(Struct, frozen=True, forbid_unknown_fields=True, tag="enroll", tag_field="type"):
@@ -747,6 +757,94 @@ class Bye(Struct, frozen=True, forbid_unknown_fields=True, tag="bye", tag_field=
     reason: Text = ""
 
 
+# -- SSH tunnels (docs/protocol.md#tunnels) -----------------------------------------------
+
+
+class RecordingKind(StrEnum):
+    """What a session recording holds."""
+
+    SHELL = "shell"  # asciicast v2 of what the session printed
+    SFTP = "sftp"    # one JSON line per file operation (path, operation, bytes), no contents
+
+
+#: Largest recording carried in one frame (bytes before base64); longer ones are cut.
+MAX_RECORDING = 512 * 1024
+
+
+class OpenTunnel(Struct, frozen=True, forbid_unknown_fields=True, tag="open_tunnel",
+                 tag_field="type"):
+    """Tech -> server: open an SSH tunnel to the case's agent. ``command`` has action
+    ``tunnel``. After the :class:`TunnelOpen` reply the connection carries only binary
+    frames (the SSH stream) until either side closes."""
+
+    id: Id
+    case: CaseNumber
+    command: SignedCommand
+    timeout: Timeout = 30.0
+
+
+class TunnelOpen(Struct, frozen=True, forbid_unknown_fields=True, tag="tunnel_open",
+                 tag_field="type"):
+    """Server -> tech: the agent accepted the tunnel; binary frames follow. ``host_key`` is
+    the agent's enrolled Ed25519 key in OpenSSH form, from the server's store: the key the
+    agent's SSH server presents."""
+
+    re: Id
+    case: CaseNumber
+    tunnel: Id
+    host_key: Annotated[str, Meta(max_length=512)]
+
+
+class Recording(Struct, frozen=True, forbid_unknown_fields=True, tag="recording",
+                tag_field="type"):
+    """Agent -> server, via the outbox: the record of one tunnel session. The server stores
+    it once per ``id`` and answers :class:`Ack`."""
+
+    id: Id
+    case: CaseNumber
+    tech: Name
+    kind: RecordingKind
+    started_at: Timestamp
+    ended_at: Timestamp
+    data: Annotated[bytes, Meta(max_length=MAX_RECORDING)]
+    truncated: bool = False
+
+
+class RecordingInfo(Struct, frozen=True, forbid_unknown_fields=True):
+    """A stored recording, without its data."""
+
+    id: Id
+    case: CaseNumber
+    tech: Name
+    kind: RecordingKind
+    started_at: Timestamp
+    ended_at: Timestamp | None
+    size: Annotated[int, Meta(ge=0)]
+    sha256: Annotated[str, Meta(max_length=64)]
+
+
+class GetRecording(Struct, frozen=True, forbid_unknown_fields=True, tag="get_recording",
+                   tag_field="type"):
+    """Tech -> server: the recordings of ``case``, and the data of ``recording`` (default:
+    the newest)."""
+
+    id: Id
+    case: CaseNumber
+    recording: Id | None = None
+
+
+class RecordingData(Struct, frozen=True, forbid_unknown_fields=True, tag="recording_data",
+                    tag_field="type"):
+    """Server -> tech: reply to :class:`GetRecording`; ``info``/``data`` are ``null``/empty
+    when the case has no recording."""
+
+    re: Id
+    case: CaseNumber
+    recordings: Annotated[list[RecordingInfo], Meta(max_length=500)]
+    info: RecordingInfo | None = None
+    data: Annotated[bytes, Meta(max_length=MAX_RECORDING)] = b""
+
+
 AnyMessage = (
     Hello | Enroll | Challenge | Proof | Welcome | Enrolled
     | OpenCase | CaseOpened | Request | Result | ConsentUpdate | Revocations | Ack
@@ -754,6 +852,7 @@ AnyMessage = (
     | AgentList | CaseList | CaseDetail | DiagDone | FixDone | PluginList | ConsentAnswer
     | EscalateCase | ListTickets | GetTicket | OfferVisit | BookVisit | UpdateTicket
     | TicketList | TicketDetail | GetVisits | VisitUpdate | VisitList
+    | OpenTunnel | TunnelOpen | Recording | GetRecording | RecordingData
     | Error | Bye
 )
 """Union of every message; :func:`proto.codec.decode` returns one of these."""
@@ -765,6 +864,7 @@ ALL_MESSAGES: tuple[type[Struct], ...] = (
     AgentList, CaseList, CaseDetail, DiagDone, FixDone, PluginList, ConsentAnswer,
     EscalateCase, ListTickets, GetTicket, OfferVisit, BookVisit, UpdateTicket,
     TicketList, TicketDetail, GetVisits, VisitUpdate, VisitList,
+    OpenTunnel, TunnelOpen, Recording, GetRecording, RecordingData,
     Error, Bye,
 )
 

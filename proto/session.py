@@ -10,6 +10,11 @@ States::
 
     HELLO ──Hello──▶ CHALLENGE ──Proof ok──▶ AUTHENTICATED ──Welcome──▶ READY ──▶ CLOSING
       └──Enroll──▶ ENROLLING ──Enrolled──▶ CLOSING
+    READY ──TunnelOpen──▶ RELAY          (technician: the connection now carries SSH bytes)
+    AUTHENTICATED ──Welcome──▶ RELAY     (agent hello with mode ``tunnel``)
+
+In ``RELAY`` no message is decoded or encoded: the I/O layer pumps binary frames
+(``docs/protocol.md#tunnels``).
 """
 
 from __future__ import annotations
@@ -38,21 +43,24 @@ class State(StrEnum):
     AUTHENTICATED = "authenticated"
     READY = "ready"
     ENROLLING = "enrolling"
+    RELAY = "relay"
     CLOSING = "closing"
 
 
 #: What each role may send once READY. Replies go the other way.
 AGENT_SENDS: frozenset[type] = frozenset(
-    {m.OpenCase, m.Result, m.ConsentUpdate, m.GetVisits, m.VisitUpdate, m.Error, m.Bye})
+    {m.OpenCase, m.Result, m.ConsentUpdate, m.Recording, m.GetVisits, m.VisitUpdate, m.Error,
+     m.Bye})
 SERVER_TO_AGENT: frozenset[type] = frozenset(
     {m.CaseOpened, m.Request, m.Revocations, m.Ack, m.VisitList, m.Error, m.Bye})
 TECH_SENDS: frozenset[type] = frozenset(
     {m.ListAgents, m.ListCases, m.GetCase, m.RunDiag, m.RunFix, m.ListPlugins, m.AskConsent,
      m.EscalateCase, m.ListTickets, m.GetTicket, m.OfferVisit, m.BookVisit, m.UpdateTicket,
-     m.Bye})
+     m.OpenTunnel, m.GetRecording, m.Bye})
 SERVER_TO_TECH: frozenset[type] = frozenset(
     {m.AgentList, m.CaseList, m.CaseDetail, m.DiagDone, m.FixDone, m.PluginList,
-     m.ConsentAnswer, m.TicketList, m.TicketDetail, m.Error, m.Bye}
+     m.ConsentAnswer, m.TicketList, m.TicketDetail, m.TunnelOpen, m.RecordingData, m.Error,
+     m.Bye}
 )
 
 PROOF_CONTEXT = b"helloword-auth-v1"
@@ -103,6 +111,8 @@ class _Session:
     def _decode(self, data: bytes | str) -> m.AnyMessage:
         if self.state is State.CLOSING:
             raise LocalProtocolError("session is closing; no more frames are processed")
+        if self.state is State.RELAY:
+            raise LocalProtocolError("the connection is a tunnel now; its frames are raw bytes")
         try:
             return decode(data, max_size=self.max_frame)
         except ProtocolError as exc:
@@ -155,6 +165,10 @@ class ServerSession(_Session):
                 raise self._fail(UnexpectedMessage("agent hello without agent_id"))
             if msg.role is m.Role.TECH and (msg.name is None or msg.certificate is None):
                 raise self._fail(UnexpectedMessage("technician hello without name/certificate"))
+            if (msg.role is m.Role.AGENT and msg.mode is m.Mode.TUNNEL) != (
+                    msg.tunnel is not None):
+                raise self._fail(UnexpectedMessage(
+                    "a tunnel id goes with, and only with, an agent hello in mode tunnel"))
             self.hello = msg
             return msg
         if self.state is State.CHALLENGE and isinstance(msg, m.Proof):
@@ -210,14 +224,16 @@ class ServerSession(_Session):
         if isinstance(msg, m.Bye):
             after = State.CLOSING
         elif self.state is State.AUTHENTICATED and isinstance(msg, m.Welcome):
-            after = State.READY
+            tunnel = self.hello is not None and self.hello.mode is m.Mode.TUNNEL \
+                and self.hello.role is m.Role.AGENT
+            after = State.RELAY if tunnel else State.READY
         elif self.state is State.ENROLLING and isinstance(msg, m.Enrolled | m.Error):
             after = State.CLOSING
         elif self.state is State.READY:
             allowed = SERVER_TO_AGENT if self.role is m.Role.AGENT else SERVER_TO_TECH
             if type(msg) not in allowed:
                 raise self._local(msg)
-            after = State.READY
+            after = State.RELAY if isinstance(msg, m.TunnelOpen) else State.READY
         else:
             raise self._local(msg)
         data = encode(msg)  # may raise; the state moves only once the frame exists
@@ -236,21 +252,28 @@ class ClientSession(_Session):
         self.versions = versions
         self.nonce: bytes | None = None
         self.welcome: m.Welcome | None = None
+        self.mode = m.Mode.RUN
         self._hello_sent = False
 
     def hello(self, *, software: str, mode: m.Mode = m.Mode.RUN,
-              certificate: str | None = None) -> bytes:
-        """The first frame: who we are and which versions we speak."""
+              certificate: str | None = None, tunnel: str | None = None) -> bytes:
+        """The first frame: who we are and which versions we speak (``tunnel``: the id of
+        the tunnel an agent's ``tunnel``-mode connection is for)."""
         if self.state is not State.HELLO or self._hello_sent:
             raise LocalProtocolError("hello already sent")
-        self._hello_sent = True
         agent = self.role is m.Role.AGENT
+        if (agent and mode is m.Mode.TUNNEL) != (tunnel is not None):
+            raise LocalProtocolError("an agent tunnel connection needs a tunnel id, and only "
+                                     "it has one")
+        self._hello_sent = True
+        self.mode = mode
         return encode(m.Hello(
             role=self.role, min_version=self.versions[0], max_version=self.versions[1],
             software=software, mode=mode,
             agent_id=self.identity if agent else None,
             name=None if agent else self.identity,
             certificate=None if agent else certificate,
+            tunnel=tunnel,
         ))
 
     def enroll(self, msg: m.Enroll) -> bytes:
@@ -278,11 +301,14 @@ class ClientSession(_Session):
             self.state = State.CLOSING
             return msg
         if self.state is State.AUTHENTICATED and isinstance(msg, m.Welcome):
-            self.welcome, self.state = msg, State.READY
+            tunnel = self.role is m.Role.AGENT and self.mode is m.Mode.TUNNEL
+            self.welcome, self.state = msg, State.RELAY if tunnel else State.READY
             return msg
         if self.state is State.READY:
             allowed = SERVER_TO_AGENT if self.role is m.Role.AGENT else SERVER_TO_TECH
             if type(msg) in allowed:
+                if isinstance(msg, m.TunnelOpen):
+                    self.state = State.RELAY
                 return msg
         raise self._unexpected(msg)
 

@@ -47,6 +47,7 @@ from . import pki
 from .config import ServerConfig, parse_listen
 from .errors import CertificateRefused
 from .store import NotFound, ResultRecord, Store, StoreError, TokenRefused
+from .tunnel import TunnelBroker, TunnelContext, get_recording, open_tunnel, store_recording
 
 log = logging.getLogger("hw.server")
 
@@ -171,6 +172,7 @@ class Server:
         #: case number -> agent id; a case never changes agent, so this never goes stale
         self._case_agent: dict[str, str] = {}
         self._ws_server: WsServer | None = None
+        self.tunnels = TunnelBroker()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -274,6 +276,10 @@ class Server:
                                                  identity=agent.agent_id,
                                                  server_time=now_utc())), text=True)
         assert session.hello is not None
+        if session.hello.mode is m.Mode.TUNNEL:  # the agent's end of an SSH tunnel
+            assert session.hello.tunnel is not None  # the session checked it
+            await self.tunnels.agent_arrived(session.hello.tunnel, agent.agent_id, ws)
+            return
         link = AgentLink(agent.agent_id, agent.public_key, ws, session, peer)
         run = session.hello.mode is m.Mode.RUN
         if run:
@@ -339,6 +345,8 @@ class Server:
             await self._result(link, msg)
         elif isinstance(msg, m.ConsentUpdate):
             await self._consent_update(link, msg)
+        elif isinstance(msg, m.Recording):
+            await link.send(await store_recording(self.store, link.agent_id, msg))
         elif isinstance(msg, m.Error):
             log.info("agent %s reported error %s", link.agent_id, msg.code.value)
 
@@ -449,6 +457,13 @@ class Server:
                 msg = await self._recv(ws, session)
                 if isinstance(msg, m.Bye):
                     break
+                if isinstance(msg, m.OpenTunnel):  # the connection becomes the tunnel
+                    for task in tasks:
+                        task.cancel()
+                    if await open_tunnel(self._tunnel_context(), tech=name, key=fingerprint,
+                                         msg=msg, ws=ws, reply=reply):
+                        break
+                    continue
                 await limit.acquire()  # backpressure: a flood waits, memory stays bounded
                 task = asyncio.create_task(self._tech_request(name, fingerprint, msg, reply))
                 tasks.add(task)
@@ -486,6 +501,9 @@ class Server:
             cases = await self.store.list_cases(state=msg.state)
             return m.CaseList(re=msg.id, cases=[_case_info(c, brief=True)
                                                 for c in cases[:LIST_LIMIT]])
+        if isinstance(msg, m.GetRecording):
+            await self._case(msg.case)
+            return await get_recording(self.store, msg)
         if isinstance(msg, m.GetCase):
             case = await self._case(msg.case)
             history = await self.store.case_history(case.number)
@@ -504,6 +522,26 @@ class Server:
         if case is None:
             raise NotFound(f"no case {number}; list cases with `hw-tech cases`")
         return case
+
+    def _tunnel_context(self) -> TunnelContext:
+        def pending_result(request_id: str, agent_id: str, case: str
+                           ) -> asyncio.Future[tuple[m.Result, datetime]] | None:
+            link = self.links.get(agent_id)
+            if link is None:
+                return None
+            future: asyncio.Future[tuple[m.Result, datetime]] = \
+                asyncio.get_running_loop().create_future()
+            self.pending[request_id] = (link, case, future)
+            return future
+
+        async def send_request(_agent_id: str, request: m.Request) -> None:
+            await self.pending[request.id][0].send(request)
+
+        return TunnelContext(
+            store=self.store, broker=self.tunnels, org_pub=self.org_pub,
+            revoked=lambda: self.revoked, agent_of=self._agent_of, send_request=send_request,
+            pending_result=pending_result,
+            drop_pending=lambda request_id: self.pending.pop(request_id, None) and None)
 
     async def _agent_of(self, number: str) -> str:
         agent_id = self._case_agent.get(number)

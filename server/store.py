@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -1734,3 +1735,122 @@ class Store:
         async with self._tx(write=False) as conn:
             rows = (await conn.execute(query)).all()
         return [_receipt(row) for row in rows]
+
+    # ----------------------------------------------------------------- session recordings
+
+    async def store_recording(
+        self,
+        *,
+        recording_id: str,
+        agent_id: str,
+        case: str,
+        tech: str,
+        kind: str,
+        started_at: datetime,
+        ended_at: datetime | None,
+        data: bytes,
+        now: datetime,
+    ) -> bool:
+        """Keep an agent's tunnel-session recording exactly once; ``False`` for a resend.
+
+        Raises:
+            NotFound: ``case`` does not exist or is not ``agent_id``'s.
+        """
+        started_at = _as_utc(started_at, "started_at")
+        ended = None if ended_at is None else _as_utc(ended_at, "ended_at")
+        now = _as_utc(now, "now")
+        async with self._tx(write=True) as conn:
+            owner = (
+                await conn.execute(sa.select(cases.c.agent_id).where(cases.c.number == case))
+            ).first()
+            if owner is None or owner.agent_id != agent_id:
+                raise NotFound(f"case {case!r} is not this agent's; the recording is refused")
+            inserted = await conn.execute(
+                self._insert(recordings)
+                .values(
+                    recording_id=recording_id,
+                    agent_id=agent_id,
+                    case_number=case,
+                    tech=tech,
+                    kind=kind,
+                    started_at=started_at,
+                    ended_at=ended,
+                    size=len(data),
+                    sha256=hashlib.sha256(data).digest(),
+                    data=data,
+                    received_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["recording_id"])
+            )
+            if inserted.rowcount == 1:
+                await self._append_audit(
+                    conn,
+                    event="recording.stored",
+                    actor=f"agent:{agent_id}",
+                    subject=case,
+                    now=now,
+                    detail_json=_audit.canonical_detail(
+                        {"recording": recording_id, "tech": tech, "kind": kind,
+                         "size": len(data)}
+                    ),
+                )
+        return bool(inserted.rowcount == 1)
+
+    async def list_recordings(self, case: str) -> list[RecordingRecord]:
+        """The recordings of ``case``, newest first, without their data (``data`` is b"")."""
+        cols = [c for c in recordings.c if c.name != "data"]
+        query = (
+            sa.select(*cols)
+            .where(recordings.c.case_number == case)
+            .order_by(recordings.c.started_at.desc(), recordings.c.recording_id)
+        )
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [_recording(row, b"") for row in rows]
+
+    async def get_recording(self, recording_id: str) -> RecordingRecord | None:
+        """One recording with its data, or ``None``."""
+        query = sa.select(recordings).where(recordings.c.recording_id == recording_id)
+        async with self._tx(write=False) as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _recording(row, bytes(row.data))
+
+
+recordings = sa.Table(
+    "recordings",
+    METADATA,
+    sa.Column("recording_id", sa.String(64), primary_key=True),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("case_number", sa.String(32), nullable=False, index=True),
+    sa.Column("tech", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.LargeBinary, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+)
+"""Tunnel-session recordings (asciicast v2 shells, SFTP operation lists), migration 0004."""
+
+
+@dataclass(frozen=True)
+class RecordingRecord:
+    recording_id: str
+    agent_id: str
+    case: str
+    tech: str
+    kind: str
+    started_at: datetime
+    ended_at: datetime | None
+    size: int
+    sha256: bytes
+    data: bytes
+    received_at: datetime
+
+
+def _recording(row: Any, data: bytes) -> RecordingRecord:
+    return RecordingRecord(
+        recording_id=row.recording_id, agent_id=row.agent_id, case=row.case_number,
+        tech=row.tech, kind=row.kind, started_at=row.started_at, ended_at=row.ended_at,
+        size=row.size, sha256=bytes(row.sha256), data=data, received_at=row.received_at)

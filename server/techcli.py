@@ -270,6 +270,59 @@ def minutes(text: str) -> float:
     return value
 
 
+def cmd_ssh(args: argparse.Namespace) -> int:
+    from . import techssh
+
+    command = list(args.remote)
+    if command and command[0] == "--":
+        command = command[1:]
+    return int(asyncio.run(techssh.ssh(_profile(args), args.case, command)))
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from . import techssh
+
+    return int(asyncio.run(techssh.proxy(_profile(args), args.case)))
+
+
+def cmd_ssh_config(args: argparse.Namespace) -> int:
+    from . import techssh
+
+    exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).exists() else Path("hw-tech")
+    print(techssh.ssh_config(_profile(args), str(exe)), end="")
+    return 0
+
+
+def cmd_recording(args: argparse.Namespace) -> int:
+    from . import techssh
+
+    reply = asyncio.run(techssh.recording(_profile(args), args.case, args.id))
+    if args.json:
+        _dump({"case": reply.case, "recordings": reply.recordings, "shown": reply.info})
+        if not args.out:
+            return 0
+    elif args.list or not reply.recordings:
+        _table([[r.id, r.kind.value, r.tech, _when(r.started_at), str(r.size)]
+                for r in reply.recordings], ["RECORDING", "KIND", "TECH", "STARTED", "BYTES"])
+        return 0
+    if args.out:
+        Path(args.out).write_bytes(reply.data)
+        if not args.json:
+            print(f"wrote {len(reply.data)} bytes of recording "
+                  f"{reply.info.id if reply.info else '-'} to {args.out}"
+                  + (" (play it with `asciinema play FILE`)"
+                     if reply.info and reply.info.kind is m.RecordingKind.SHELL else ""),
+                  file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(reply.data)
+    return 0
+
+
+def any_case_number(text: str) -> str:
+    """argparse type for SSH host names: ``hw-…`` in any case is the case number."""
+    return case_number(text.upper())
+
+
 def build_parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(add_help=False)
     top.add_argument("--home", metavar="DIR", help="technician home (default: $HW_HOME)")
@@ -329,6 +382,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=timeout_seconds, default=120.0, metavar="S",
                    help="how long to wait for the customer's answer (default 120)")
     s.set_defaults(func=cmd_consent_request)
+    s = sub.add_parser("ssh", parents=[common], help="a shell, or one command after `--`, on "
+                       "the case's agent over SSH through the server (needs the shell scope)",
+                       description="SSH to the case's agent, end to end inside the server's "
+                       "tunnel. Without a command: an interactive shell (needs a terminal). "
+                       "With `-- CMD ...`: runs it and exits with its status.")
+    s.add_argument("case", metavar="CASE", type=any_case_number)
+    s.add_argument("remote", nargs=argparse.REMAINDER, metavar="-- CMD",
+                   help="command to run instead of a shell")
+    s.set_defaults(func=cmd_ssh)
+    s = sub.add_parser("proxy", parents=[common], help="the SSH tunnel to the case's agent "
+                       "on stdin/stdout, for OpenSSH: ssh -o ProxyCommand='hw-tech proxy %%n'",
+                       description="Speaks the tunnel on stdin/stdout so stock ssh, scp and "
+                       "sftp work; writes the agent's host key to known_hosts in the "
+                       "technician home first (see `hw-tech ssh-config`).")
+    s.add_argument("case", metavar="CASE", type=any_case_number)
+    s.set_defaults(func=cmd_proxy)
+    s = sub.add_parser("ssh-config", parents=[common], help="print a `Host hw-*` block for "
+                       "~/.ssh/config (ProxyCommand, key, certificate, known_hosts)")
+    s.set_defaults(func=cmd_ssh_config)
+    s = sub.add_parser("recording", parents=[common], help="a case's session recordings: "
+                       "the newest (or --id) to stdout or --out FILE; --list lists them")
+    s.add_argument("case", metavar="CASE", type=case_number)
+    s.add_argument("--id", metavar="REC", help="this recording (default: the newest)")
+    s.add_argument("--out", metavar="FILE", help="write the recording to FILE")
+    s.add_argument("--list", action="store_true", help="only list the recordings")
+    s.set_defaults(func=cmd_recording)
     return p
 
 
