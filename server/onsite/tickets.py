@@ -167,7 +167,7 @@ class OnsiteDesk:
         if agent_id is not None:
             query = query.where(tickets.c.agent_id == agent_id)
         if followup_due_on is not None:
-            query = query.where(tickets.c.state == S.CONFIRMED.value,
+            query = query.where(tickets.c.state.in_([S.ON_SITE.value, S.CONFIRMED.value]),
                                 tickets.c.followup_due <= followup_due_on)
         async with self.store._tx(write=False) as conn:
             rows = (await conn.execute(query)).all()
@@ -539,11 +539,13 @@ class OnsiteDesk:
             if info.confirmed:
                 raise TicketError(f"ticket {ticket_id} is already confirmed by the customer")
             fee = self.settle(info, resolved=resolved, root_cause=root_cause)
+            due = self.calendar.add_working_days(now.astimezone(self.policy.hours.tz).date(),
+                                                 self.policy.followup_working_days)
             values.update(resolved=resolved, root_cause=root_cause.value, signoff_note=note,
-                          signoff_at=now, fee=fee)
+                          signoff_at=now, fee=fee, followup_due=due)
             event_note = (f"signed off: {'resolved' if resolved else 'unresolved'}, root cause "
-                          f"{root_cause.value}, fee {fee} {info.currency}"
-                          + (f"; {note}" if note else ""))
+                          f"{root_cause.value}, fee {fee} {info.currency}; follow-up call due "
+                          f"{due}" + (f"; {note}" if note else ""))
         elif to is S.FOLLOWED_UP:
             if resolved is None or satisfaction is None:
                 raise TicketError("the follow-up call records --resolved yes|no and "
@@ -635,16 +637,13 @@ class OnsiteDesk:
                 info.resolved, info.root_cause, info.fee):
             raise TicketError("the confirmation does not match the sign-off on record; look "
                               "at it again (`hw-agent visit show`)")
-        assert info.resolved is not None
-        signoff_day = now.astimezone(self.policy.hours.tz).date()
-        due = self.calendar.add_working_days(signoff_day, self.policy.followup_working_days)
+        due = info.followup_due
         async with self.store._tx(write=True) as conn:
             done = await conn.execute(sa.update(tickets).where(
                 tickets.c.ticket_id == info.ticket, tickets.c.state == S.ON_SITE.value,
                 tickets.c.confirmation.is_(None)).values(
                 state=S.CONFIRMED.value, confirmation=signed.payload,
-                confirmation_sig=signed.signature, confirmed_at=now, followup_due=due,
-                updated_at=now))
+                confirmation_sig=signed.signature, confirmed_at=now, updated_at=now))
             if done.rowcount != 1:
                 raise TicketError(f"ticket {info.ticket} changed meanwhile; look at it again")
             await conn.execute(sa.insert(ticket_events).values(
@@ -653,7 +652,7 @@ class OnsiteDesk:
         await self.store.append_audit(event="ticket.confirmed", actor=actor,
                                       subject=info.ticket, now=now,
                                       detail={"case": info.case, "fee": info.fee,
-                                              "followup_due": due.isoformat()})
+                                              "followup_due": str(due)})
         return await self.get(info.ticket), f"confirmed; follow-up call due {due}"
 
     async def confirmation(self, ticket_id: str) -> tuple[bytes, bytes] | None:
