@@ -387,7 +387,7 @@ async def test_contract_free_visits_are_consumed_then_the_rate_applies(
 
 
 async def test_add_field_tech_refuses_bad_input(desk: OnsiteDesk) -> None:
-    with pytest.raises(TicketError, match="not known|unknown|Atlantis"):
+    with pytest.raises(TicketError, match=r"Atlantis"):
         await desk.add_field_tech(name="x", base="Atlantis", skills=["hardware-repair"],
                                   capacity=1, now=NOW)
     with pytest.raises(TicketError, match="skills"):
