@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import sys
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,7 @@ from .home import AgentHome
 from .localstore import LocalCase, LocalStore
 from .runner import list_probes, run_probes, sanitize_readings
 from .tunnel import Tunnels
+from .visit import describe_offer, save_offer
 
 log = logging.getLogger("hw.agent")
 
@@ -230,6 +232,8 @@ class Agent:
                 f"`hw-tech consent-request {req.case} --scopes {scope.value}`"))
         if req.action is m.Action.FIX:
             return await self._fix(req, cmd.tech, fingerprint, cmd.args, grant)
+        if req.action is m.Action.BOOK_VISIT:
+            return self._offer(req, cmd.tech, cmd.args)
         if req.action is m.Action.PLUGINS:
             plugins = [m.PluginInfo(kind="probe", name=n, version=v, summary=s[:4000])
                        for n, v, s in list_probes(self.pm)]
@@ -249,6 +253,36 @@ class Agent:
                                        else None)
         return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
                         action=req.action, ok=True, reports=reports)
+
+    def _offer(self, req: m.Request, tech: str, args: dict[str, Any]) -> m.Result:
+        """A technician's signed on-site offer: keep it and show it; the customer accepts
+        (or not) with `hw-agent visit accept` (agent/visit.py)."""
+        ticket = args.get("ticket")
+        slots = args.get("slots")
+        if (not isinstance(ticket, str) or not re.fullmatch(r"TK-[0-9]{8}-[0-9]{4,6}", ticket)
+                or not isinstance(slots, list) or not 1 <= len(slots) <= 3
+                or not all(isinstance(x, dict) and isinstance(x.get("total"), int)
+                           and isinstance(x.get("start"), str) and isinstance(x.get("end"), str)
+                           for x in slots)):
+            return self._refuse(req, "malformed: an offer names a ticket and 1-3 slots with "
+                                "start, end and total")
+        try:
+            for x in slots:
+                datetime.fromisoformat(x["start"])
+                datetime.fromisoformat(x["end"])
+        except ValueError:
+            return self._refuse(req, "malformed: a slot time is not an ISO date-time")
+        data = {"ticket": ticket, "case": req.case, "tech": tech, "offer": args}
+        save_offer(self.home.path, ticket=ticket, case=req.case, tech=tech, args=args,
+                   received_at=now_utc())
+        lines = describe_offer(data)
+        self.store.log("offer", f"{tech} offered an on-site visit {ticket} on {req.case}: "
+                       + "; ".join(line.strip() for line in lines[1:-1]), now=now_utc())
+        if self.interactive:
+            print("\nHelloWord support: " + "\n".join(lines), flush=True)
+        log.info("on-site offer %s for %s received from %s", ticket, req.case, tech)
+        return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
+                        action=req.action, ok=True)
 
     def _refuse(self, req: m.Request, why: str) -> m.Result:
         tech = req.tech

@@ -40,12 +40,14 @@ from proto.errors import (
     RemoteProtocolError,
     UnexpectedMessage,
 )
-from proto.receipt import verify_receipt
+from proto.receipt import verify_receipt, verify_visit
 from proto.session import ServerSession
 
 from . import pki
 from .config import ServerConfig, parse_listen
 from .errors import CertificateRefused
+from .onsite.policy import load_home_policy
+from .onsite.tickets import OnsiteDesk, TicketError
 from .store import NotFound, ResultRecord, Store, StoreError, TokenRefused
 from .tunnel import TunnelBroker, TunnelContext, get_recording, open_tunnel, store_recording
 
@@ -123,7 +125,7 @@ def case_state_after(msg: m.Result) -> str | None:
 
 
 #: Technician requests the server relays to an agent as signed commands.
-Relayed = m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent
+Relayed = m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent | m.OfferVisit
 
 
 class AgentGone(Exception):
@@ -173,6 +175,7 @@ class Server:
         self._case_agent: dict[str, str] = {}
         self._ws_server: WsServer | None = None
         self.tunnels = TunnelBroker()
+        self.desk = OnsiteDesk(store, load_home_policy(cfg.home))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -345,6 +348,8 @@ class Server:
             await self._result(link, msg)
         elif isinstance(msg, m.ConsentUpdate):
             await self._consent_update(link, msg)
+        elif isinstance(msg, m.GetVisits | m.VisitUpdate):
+            await link.send(await self._visits(link, msg))
         elif isinstance(msg, m.Recording):
             await link.send(await store_recording(self.store, link.agent_id, msg))
         elif isinstance(msg, m.Error):
@@ -353,11 +358,12 @@ class Server:
     async def _result(self, link: AgentLink, msg: m.Result) -> None:
         """Store first (exactly once), then answer the waiting technician, then ack."""
         now = now_utc()
+        state = case_state_after(msg)
         try:
-            await self.store.store_result(
+            new = await self.store.store_result(
                 msg_id=msg.id, request_id=msg.re, case=msg.case, agent_id=link.agent_id,
                 action=msg.action.value, ok=msg.ok, payload=result_payload(msg),
-                error=msg.error, now=now, case_state=case_state_after(msg),
+                error=msg.error, now=now, case_state=state,
                 audit_detail={"action": msg.action.value, "request": msg.re,
                               "result": msg.id, "ok": msg.ok, "error": msg.error[:300]})
         except NotFound as exc:
@@ -368,11 +374,48 @@ class Server:
         # agent resends the result from its outbox after reconnecting.
         if msg.receipt is not None:
             await self._receipt(link, msg.receipt, None)
+        if new and state == "needs-onsite":
+            await self._escalate(msg.case)
         waiting = self.pending.get(msg.re)
         if (waiting is not None and waiting[0] is link and waiting[1] == msg.case
                 and not waiting[2].done()):
             waiting[2].set_result((msg, now))
         await link.send(m.Ack(re=msg.id))
+
+    async def _escalate(self, case: str) -> None:
+        """A case that needs an on-site visit becomes a ticket at once (never twice)."""
+        try:
+            ticket, created = await self.desk.escalate(
+                case, actor="server", now=now_utc(),
+                reason="automatic: remote support found a hardware fault it cannot fix")
+        except (StoreError, ValueError, KeyError):
+            log.exception("could not escalate case %s; escalate by hand with "
+                          "`hw-tech escalate %s`", case, case)
+            return
+        if created:
+            log.info("case %s escalated to on-site ticket %s (%s)", case, ticket.ticket,
+                     ticket.state.value)
+
+    async def _visits(self, link: AgentLink, msg: m.GetVisits | m.VisitUpdate
+                      ) -> m.AnyMessage:
+        """The customer's side of on-site tickets: list them, or apply a signed decision."""
+        message = ""
+        if isinstance(msg, m.VisitUpdate):
+            try:
+                decision = verify_visit(msg.signed, Ed25519PublicKey.from_public_bytes(
+                    link.public_key))
+                if decision.agent_id != link.agent_id:
+                    raise DecodeError("the decision names another agent")
+                _ticket, message = await self.desk.customer_decision(
+                    decision, msg.signed, agent_id=link.agent_id, now=now_utc())
+            except DecodeError as exc:
+                return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
+                               message=f"visit decision refused: {exc.reason}")
+            except (TicketError, NotFound) as exc:
+                return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc))
+        visits = [await self.desk.get(t.ticket)
+                  for t in await self.desk.tickets(agent_id=link.agent_id, limit=20)]
+        return m.VisitList(re=msg.id, visits=visits, message=message)
 
     async def _consent_update(self, link: AgentLink, msg: m.ConsentUpdate) -> None:
         if await self._receipt(link, msg.receipt, msg.id) is not None:
@@ -479,6 +522,8 @@ class Server:
             await reply(await self._serve_tech(tech, key, msg))
         except NotFound as exc:
             await reply(m.Error(re=rid, code=m.ErrorCode.NOT_FOUND, message=str(exc)))
+        except TicketError as exc:
+            await reply(m.Error(re=rid, code=m.ErrorCode.REFUSED, message=str(exc)))
         except FrameTooLarge:
             await reply(m.Error(re=rid, code=m.ErrorCode.BAD_REQUEST,
                                 message="the answer is larger than one frame; narrow the "
@@ -513,8 +558,29 @@ class Server:
                 history=[m.CaseEvent(state=h.state, at=h.at, actor=h.actor, note=h.note)
                          for h in history],
                 results=[stored_result(r) for r in results[-RESULTS_LIMIT:]])
-        if isinstance(msg, m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent):
+        if isinstance(msg, m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent | m.OfferVisit):
             return await self._relay(tech, key, msg)
+        if isinstance(msg, m.EscalateCase):
+            ticket, _created = await self.desk.escalate(
+                msg.case, reason=msg.reason, actor=f"tech:{tech}", now=now_utc(),
+                service=msg.service)
+            return m.TicketDetail(re=msg.id, ticket=ticket)
+        if isinstance(msg, m.ListTickets):
+            due = (now_utc().astimezone(self.desk.policy.hours.tz).date()
+                   if msg.followup_due else None)
+            return m.TicketList(re=msg.id, tickets=await self.desk.tickets(
+                state=msg.state, followup_due_on=due, limit=LIST_LIMIT))
+        if isinstance(msg, m.GetTicket):
+            return m.TicketDetail(re=msg.id, ticket=await self.desk.get(msg.ticket))
+        if isinstance(msg, m.BookVisit):
+            return m.TicketDetail(re=msg.id, ticket=await self.desk.book(
+                msg.ticket, start=msg.start, accepted_by=f"{msg.accepted_by} (recorded by "
+                f"{tech})", actor=f"tech:{tech}", now=now_utc()))
+        if isinstance(msg, m.UpdateTicket):
+            return m.TicketDetail(re=msg.id, ticket=await self.desk.move(
+                msg.ticket, msg.to, actor=f"tech:{tech}", now=now_utc(), note=msg.note,
+                resolved=msg.resolved, root_cause=msg.root_cause,
+                satisfaction=msg.satisfaction))
         raise AssertionError(f"unhandled {type(msg).__name__}")  # session table forbids it
 
     async def _case(self, number: str) -> Any:
@@ -561,7 +627,8 @@ class Server:
         """
         action = (m.Action.DIAG if isinstance(msg, m.RunDiag) else
                   m.Action.FIX if isinstance(msg, m.RunFix) else
-                  m.Action.PLUGINS if isinstance(msg, m.ListPlugins) else m.Action.CONSENT)
+                  m.Action.PLUGINS if isinstance(msg, m.ListPlugins) else
+                  m.Action.BOOK_VISIT if isinstance(msg, m.OfferVisit) else m.Action.CONSENT)
         agent_id = await self._agent_of(msg.case)
         now = now_utc()
         try:
@@ -572,6 +639,8 @@ class Server:
                 raise CommandRefused(RefusalReason.WRONG_TECHNICIAN,
                                      "the command is not signed with the key the connected "
                                      f"technician {tech} logged in with")
+            if isinstance(msg, m.OfferVisit):
+                await self._check_offer(msg, verified.command.args)
         except CommandRefused as exc:
             await self.store.append_audit(
                 event="command", actor=f"tech:{tech}", subject=msg.case, now=now,
@@ -618,9 +687,29 @@ class Server:
             received_at=stored_at, reports=result.reports, error=result.error, fix=result.fix)
         if action is m.Action.FIX:
             return m.FixDone(re=msg.id, case=msg.case, result=stored)
+        if isinstance(msg, m.OfferVisit):
+            if not result.ok:
+                return m.Error(re=msg.id, code=m.ErrorCode.INTERNAL,
+                               message=f"the agent could not show the offer: {result.error}")
+            return m.TicketDetail(re=msg.id, ticket=await self.desk.get(msg.ticket))
         if action is m.Action.PLUGINS:
             return m.PluginList(re=msg.id, case=msg.case, plugins=result.plugins)
         return m.DiagDone(re=msg.id, case=msg.case, result=stored)
+
+    async def _check_offer(self, msg: m.OfferVisit, args: dict[str, Any]) -> None:
+        """The offer a technician signed must be the ticket's current quote and slots."""
+        ticket = await self.desk.get(msg.ticket)
+        if ticket.case != msg.case or args.get("ticket") != msg.ticket:
+            raise TicketError(f"ticket {msg.ticket} does not belong to case {msg.case}")
+        if ticket.state not in (m.TicketState.PROPOSED, m.TicketState.RESCHEDULED):
+            raise TicketError(f"ticket {msg.ticket} is {ticket.state.value}; only a proposed "
+                              "or rescheduled ticket is offered to the customer")
+        offered = [(str(s.get("start")), s.get("total")) for s in args.get("slots") or []
+                   if isinstance(s, dict)]
+        current = [(s.start.isoformat(), s.total) for s in ticket.slots]
+        if not current or offered != current:
+            raise TicketError(f"the signed offer does not match ticket {msg.ticket}'s current "
+                              "slots and prices; fetch the ticket again and re-offer")
 
     async def _consent_answer(self, msg: Relayed, link: AgentLink,
                               result: m.Result) -> m.AnyMessage:

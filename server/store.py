@@ -455,10 +455,21 @@ contracts = sa.Table(
 # --------------------------------------------------------------------------- helpers
 
 
+#: Free visits consumed by bookings (the table is owned by server.onsite.tables).
+_contract_visits = sa.table("contract_visits", sa.column("contract_id"))
+
+
+def _contract_select() -> sa.Select[Any]:
+    used = (sa.select(sa.func.count()).select_from(_contract_visits)
+            .where(_contract_visits.c.contract_id == contracts.c.contract_id)
+            .scalar_subquery())
+    return sa.select(contracts, used.label("visits_used"))
+
+
 def _contract(row: Any) -> ContractRecord:
-    """Visits used are counted from on-site tickets once they exist; none yet."""
+    """Visits used are the free visits on-site bookings consumed (``contract_visits``)."""
     return ContractRecord(row.contract_id, row.customer, int(row.free_visits), row.valid_from,
-                          row.valid_to, row.rate, row.created_at)
+                          row.valid_to, row.rate, row.created_at, int(row.visits_used))
 
 
 def _as_utc(value: datetime, what: str = "datetime") -> datetime:
@@ -1235,12 +1246,12 @@ class Store:
 
     async def get_contract(self, contract_id: str) -> ContractRecord | None:
         async with self._tx(write=False) as conn:
-            row = (await conn.execute(sa.select(contracts).where(
+            row = (await conn.execute(_contract_select().where(
                 contracts.c.contract_id == contract_id))).one_or_none()
         return None if row is None else _contract(row)
 
     async def list_contracts(self, *, customer: str | None = None) -> list[ContractRecord]:
-        query = sa.select(contracts).order_by(contracts.c.contract_id)
+        query = _contract_select().order_by(contracts.c.contract_id)
         if customer is not None:
             query = query.where(contracts.c.customer == customer)
         async with self._tx(write=False) as conn:

@@ -23,6 +23,7 @@ from proto import messages as m
 
 from .errors import ServerError
 from .techclient import Profile, TechClient, TechError
+from .techtickets import add_ticket_commands
 
 
 def _profile(args: argparse.Namespace) -> Profile:
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="FILE", help="write the recording to FILE")
     s.add_argument("--list", action="store_true", help="only list the recordings")
     s.set_defaults(func=cmd_recording)
+    add_ticket_commands(sub, common)
     return p
 
 

@@ -56,8 +56,8 @@ BOOKABLE = (S.PROPOSED, S.RESCHEDULED)
 FINISHED = (S.CLOSED, S.CANCELLED, S.NOT_ELIGIBLE)
 #: Allowed moves by a technician (sign-off, confirmation and booking have their own paths).
 MOVES: dict[m.TicketState, tuple[m.TicketState, ...]] = {
-    S.PROPOSED: (S.CANCELLED,),
-    S.RESCHEDULED: (S.CANCELLED,),
+    S.PROPOSED: (S.RESCHEDULED, S.CANCELLED),  # rescheduled: propose new slots
+    S.RESCHEDULED: (S.RESCHEDULED, S.CANCELLED),
     S.BOOKED: (S.PREPARED, S.RESCHEDULED, S.CANCELLED),
     S.PREPARED: (S.ON_SITE, S.RESCHEDULED, S.CANCELLED),
     S.ON_SITE: (S.ON_SITE,),  # sign-off
