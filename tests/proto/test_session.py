@@ -497,6 +497,17 @@ TICKET_EXAMPLES: list[m.AnyMessage] = [
     m.VisitList(re="v1", visits=[TICKET]),
 ]
 
+REC_INFO = m.RecordingInfo(id="rec-1", case=CASE, tech="alice", kind=m.RecordingKind.SHELL,
+                           started_at=NOW, ended_at=NOW, size=2, sha256="00" * 32)
+TUNNEL_EXAMPLES: list[m.AnyMessage] = [
+    m.OpenTunnel(id="o1", case=CASE, command=SIGNED),
+    m.TunnelOpen(re="o1", case=CASE, tunnel="tn-1", host_key="ssh-ed25519 AAAA"),
+    m.Recording(id="rec-1", case=CASE, tech="alice", kind=m.RecordingKind.SFTP,
+                started_at=NOW, ended_at=NOW, data=b"{}\n"),
+    m.GetRecording(id="g1", case=CASE),
+    m.RecordingData(re="g1", case=CASE, recordings=[REC_INFO], info=REC_INFO, data=b"{}"),
+]
+
 EXAMPLES_BY_TYPE: dict[type, m.AnyMessage] = {type(x): x for x in [
     m.Hello(role=m.Role.AGENT, min_version=1, max_version=1, software="x", agent_id="a"),
     m.Enroll(min_version=1, max_version=1, software="x", secret=b"s" * 16,
@@ -524,6 +535,7 @@ EXAMPLES_BY_TYPE: dict[type, m.AnyMessage] = {type(x): x for x in [
     m.ConsentUpdate(id="cg-1", receipt=m.SignedReceipt(payload=b"{}", signature=b"\x00" * 64)),
     m.Revocations(fingerprints=[]),
     *TICKET_EXAMPLES,
+    *TUNNEL_EXAMPLES,
     m.Error(re=None, code=m.ErrorCode.INTERNAL, message="x"),
     m.Bye(),
 ]}
@@ -684,3 +696,48 @@ def test_client_bye_before_hello() -> None:
     assert client.state is State.CLOSING
     with pytest.raises(LocalProtocolError):
         client.hello(software="x")
+
+
+# -- tunnels (docs/protocol.md#tunnels) ------------------------------------------------------
+
+
+def test_agent_tunnel_connection_is_a_relay_after_welcome() -> None:
+    server, client, key = ServerSession(), _client(m.Role.AGENT), Ed25519PrivateKey.generate()
+    hello = server.receive(client.hello(software="hw-agent/0.1", mode=m.Mode.TUNNEL,
+                                        tunnel="tn-1"))
+    assert isinstance(hello, m.Hello) and hello.tunnel == "tn-1"
+    client.receive(server.challenge(NONCE, NOW))
+    proof = server.receive(client.prove(key.sign(client.proof_payload())))
+    assert isinstance(proof, m.Proof)
+    server.verify(proof, key.public_key())
+    client.receive(server.send(WELCOME_AGENT))
+    assert server.state is client.state is State.RELAY
+    with pytest.raises(LocalProtocolError):
+        server.receive(encode(m.Bye()))
+    with pytest.raises(LocalProtocolError):
+        server.send(m.Ack(re="x"))
+
+
+def test_tech_connection_is_a_relay_after_tunnel_open() -> None:
+    pair = to_ready(m.Role.TECH)
+    assert isinstance(pair.server.receive(pair.client.send(TUNNEL_EXAMPLES[0])), m.OpenTunnel)
+    assert pair.server.state is State.READY
+    assert isinstance(pair.client.receive(pair.server.send(TUNNEL_EXAMPLES[1])), m.TunnelOpen)
+    assert pair.server.state is pair.client.state is State.RELAY
+    with pytest.raises(LocalProtocolError):
+        pair.client.receive(encode(m.Bye()))
+
+
+def test_tunnel_id_only_with_agent_tunnel_mode() -> None:
+    with pytest.raises(LocalProtocolError):
+        _client(m.Role.AGENT).hello(software="x", mode=m.Mode.TUNNEL)
+    with pytest.raises(LocalProtocolError):
+        _client(m.Role.AGENT).hello(software="x", tunnel="tn-1")
+    for bad in (m.Hello(role=m.Role.AGENT, min_version=1, max_version=1, software="x",
+                        agent_id=AGENT_ID, mode=m.Mode.TUNNEL),
+                m.Hello(role=m.Role.AGENT, min_version=1, max_version=1, software="x",
+                        agent_id=AGENT_ID, tunnel="tn-1")):
+        server = ServerSession()
+        with pytest.raises(UnexpectedMessage):
+            server.receive(encode(bad))
+        assert server.state is State.CLOSING
