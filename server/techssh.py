@@ -98,9 +98,10 @@ def _client_key(profile: Profile) -> asyncssh.SSHKey:
     return asyncssh.read_private_key(profile.home / "tech.key")
 
 
-async def connect(profile: Profile, case: str
+async def connect(profile: Profile, case: str, **options: Any
                   ) -> tuple[asyncssh.SSHClientConnection, asyncio.Task[None]]:
-    """An asyncssh client connection to the case's agent through a fresh tunnel."""
+    """An asyncssh client connection to the case's agent through a fresh tunnel
+    (``options``: more :func:`asyncssh.connect` options, e.g. ``encryption_algs``)."""
     client, opened = await open_tunnel(profile, case)
     assert client.ws is not None
     ours, theirs = socket.socketpair()
@@ -110,7 +111,7 @@ async def connect(profile: Profile, case: str
             host_alias(case), sock=ours, config=None, username=profile.name,
             client_keys=[_client_key(profile)], agent_path=None, preferred_auth="publickey",
             known_hosts=([asyncssh.import_public_key(opened.host_key)], [], []),
-            compression_algs=None, keepalive_interval=30)
+            compression_algs=None, keepalive_interval=30, **options)
     except (asyncssh.Error, OSError) as exc:
         pump.cancel()
         raise TechError(f"the SSH session to {case} failed: {exc}; check the grant "
