@@ -62,7 +62,35 @@ GRANT = m.ConsentGrant(receipt_id="cg-1", agent_id=AGENT, case=CASE, tech="alice
                        scopes=[m.Scope.DIAGNOSTICS, m.Scope.FIX], granted_at=T0, expires_at=T0,
                        via="control", tech_fingerprint="SHA256:abc")
 
-EXAMPLES: list[Any] = [
+TICKET = m.TicketInfo(
+    ticket="TK-20261126-0001", case=CASE, agent_id=AGENT, customer="Li Wei",
+    state=m.TicketState.BOOKED, created_at=T0, updated_at=T0, reason="fan stalled",
+    service="hardware-repair", city="成都", tier="new-1", eligible=True, covered=True,
+    provisional=False, currency="CNY", reasons=["remote attempt failed"],
+    price_items=[m.PriceItem(name="base fee", amount=400)], total=480,
+    slots=[m.SlotOffer(start=T0, end=T0, total=480)], booked_start=T0, booked_end=T0,
+    technician="wang", accepted_by="phone", preparation=["fan assembly"],
+    checklist=["power ready"], resolved=False, root_cause=m.RootCause.THIRD_PARTY, fee=400,
+    followup_due=date(2026, 11, 30), satisfaction=4,
+    history=[m.CaseEvent(state="booked", at=T0, actor="tech:alice")],
+    ics="BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n")
+VISIT = m.SignedVisit(payload=b"{}", signature=b"\x03" * 64)
+TICKET_EXAMPLES: list[Any] = [
+    m.EscalateCase(id="ec-1", case=CASE, reason="the fan is broken"),
+    m.ListTickets(id="lt-1", state=m.TicketState.CONFIRMED, followup_due=True),
+    m.GetTicket(id="gt-1", ticket=TICKET.ticket),
+    m.OfferVisit(id="ov-1", ticket=TICKET.ticket, case=CASE, command=SIGNED),
+    m.BookVisit(id="bv-1", ticket=TICKET.ticket, start=T0, accepted_by="phone"),
+    m.UpdateTicket(id="ut-1", ticket=TICKET.ticket, to=m.TicketState.ON_SITE, resolved=True,
+                   root_cause=m.RootCause.PRODUCT_DEFECT),
+    m.TicketList(re="lt-1", tickets=[TICKET]),
+    m.TicketDetail(re="gt-1", ticket=TICKET),
+    m.GetVisits(id="gv-1"),
+    m.VisitUpdate(id="vu-1", signed=VISIT),
+    m.VisitList(re="gv-1", visits=[TICKET], message="booked"),
+]
+
+EXAMPLES: list[Any] = [*TICKET_EXAMPLES,
     m.Hello(role=m.Role.AGENT, min_version=1, max_version=1, software="hw-agent/0.1.0",
             agent_id=AGENT),
     m.Hello(role=m.Role.AGENT, min_version=1, max_version=3, software="hw-agent/0.1.0",
@@ -121,6 +149,16 @@ EXAMPLES: list[Any] = [
     m.Error(re=None, code=m.ErrorCode.BAD_REQUEST, message="frame rejected"),
     m.Bye(),
     m.Bye(reason="agent shutting down"),
+    m.Hello(role=m.Role.AGENT, min_version=1, max_version=1, software="hw-agent/0.1.0",
+            agent_id=AGENT, mode=m.Mode.TUNNEL, tunnel="tn-0123456789abcdef"),
+    m.OpenTunnel(id="ot-1", case=CASE, command=SIGNED),
+    m.TunnelOpen(re="ot-1", case=CASE, tunnel="tn-1", host_key="ssh-ed25519 AAAAC3Nz"),
+    m.Recording(id="rec-1", case=CASE, tech="alice", kind=m.RecordingKind.SHELL, started_at=T0,
+                ended_at=T0, data=b'{"version": 2}\n[0.1, "o", "ok"]\n', truncated=True),
+    m.GetRecording(id="gr-1", case=CASE, recording="rec-1"),
+    m.RecordingData(re="gr-1", case=CASE, recordings=[m.RecordingInfo(
+        id="rec-1", case=CASE, tech="alice", kind=m.RecordingKind.SFTP, started_at=T0,
+        ended_at=None, size=3, sha256="ab" * 32)], data=b"abc"),
 ]
 
 

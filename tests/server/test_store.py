@@ -965,7 +965,9 @@ async def test_migration_0002_round_trip_keeps_older_data(store: Store) -> None:
         await conn.run_sync(migrate, True)
     assert await store.schema_revision() == "0001"
     assert await table_names(store) == STORE_TABLES - {
-        "audit", "consent_receipts", "revoked_tech_keys", "contracts"} | {"alembic_version"}
+        "audit", "consent_receipts", "revoked_tech_keys", "contracts", "recordings",
+        "field_techs", "tickets", "ticket_events", "tech_hours", "tech_day_visits",
+        "contract_visits"} | {"alembic_version"}
     async with store._write_engine.begin() as conn:
         await conn.run_sync(migrate, False)
     assert await store.schema_revision() == HEAD
