@@ -421,7 +421,9 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             fleet = Fleet(n, workers, f"wss://127.0.0.1:{port}/", cafile, raw=True,
                           ramp=args.ramp)
             fleet.start()
+            cpu0 = cpu_seconds(baseline.pid)
             res["base_accept_s"] = fleet.wait_connected(n, args.timeout, "baseline")
+            res["base_accept_cpu_s"] = cpu_seconds(baseline.pid) - cpu0
             time.sleep(2.0)
             res["base_rss_idle"] = idle
             res["base_rss"] = rss(baseline.pid)
@@ -438,7 +440,9 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         url = f"wss://127.0.0.1:{h.port}/agent"
         fleet = Fleet(n, workers, url, cafile, raw=False, ramp=args.ramp)
         fleet.start()
+        cpu0 = cpu_seconds(server.popen.pid)
         res["accept_s"] = fleet.wait_connected(n, args.timeout, "hw-server")
+        res["accept_cpu_s"] = cpu_seconds(server.popen.pid) - cpu0
         time.sleep(2.0)
         res["rss_idle"] = idle
         res["rss"] = rss(server.popen.pid)
@@ -463,7 +467,9 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         if not args.no_fanout:
             import uvloop
 
+            cpu0 = cpu_seconds(server.popen.pid)
             secs, tally = uvloop.run(fan_out(tech, pairs))
+            res["fanout_cpu_s"] = cpu_seconds(server.popen.pid) - cpu0
             res["fanout_s"] = secs
             res["fanout_tally"] = tally
     finally:
@@ -491,13 +497,14 @@ def report(res: dict[str, Any]) -> None:
     per = (res["rss"] - res["rss_idle"]) / n
     print(f"\n== {n} agents ({res['workers']} agent processes; bulk enrollment "
           f"{res['enroll_s']:.1f} s)")
-    print(f"{'':34}{'accept s':>10}{'RSS growth':>14}{'per conn':>11}")
+    print(f"{'':34}{'accept s':>10}{'server CPU s':>14}{'RSS growth':>14}{'per conn':>13}")
     if "base_rss" in res:
         bper = (res["base_rss"] - res["base_rss_idle"]) / n
         print(f"{'bare websockets TLS (uvloop)':34}{res['base_accept_s']:10.2f}"
-              f"{mib(res['base_rss'] - res['base_rss_idle']):>14}{bper / 1024:8.1f} KiB")
-    print(f"{'hw-server agent gateway':34}{res['accept_s']:10.2f}"
-          f"{mib(res['rss'] - res['rss_idle']):>14}{per / 1024:8.1f} KiB")
+              f"{res['base_accept_cpu_s']:14.2f}"
+              f"{mib(res['base_rss'] - res['base_rss_idle']):>14}{bper / 1024:9.1f} KiB")
+    print(f"{'hw-server agent gateway':34}{res['accept_s']:10.2f}{res['accept_cpu_s']:14.2f}"
+          f"{mib(res['rss'] - res['rss_idle']):>14}{per / 1024:9.1f} KiB")
     if "base_rss" in res:
         bper = (res["base_rss"] - res["base_rss_idle"]) / n
         print(f"ratio per connection: {per / bper:.2f}x the baseline (goal <= 1.5x); accept "
@@ -514,7 +521,9 @@ def report(res: dict[str, Any]) -> None:
     if "fanout_s" in res:
         rate = n / res["fanout_s"]
         print(f"fan-out: {n} concurrent signed diag requests answered in "
-              f"{res['fanout_s']:.2f} s ({rate:.0f}/s; goal <= 2 s for 10k); {res['fanout_tally']}")
+              f"{res['fanout_s']:.2f} s ({rate:.0f}/s; goal <= 2 s for 10k), server CPU "
+              f"{res['fanout_cpu_s']:.2f} s ({res['fanout_cpu_s'] / n * 1000:.1f} ms per "
+              f"request); replies {res['fanout_tally']}")
 
 
 def main() -> int:

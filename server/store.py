@@ -802,6 +802,11 @@ class Store:
         self._insert: Callable[[sa.Table], Any] = (
             sqlite.insert if dialect == "sqlite" else postgresql.insert
         )
+        # SQLite has one writer at a time. Writers of this process queue here, in order,
+        # instead of on SQLite's busy handler, which polls with sleeps of up to 100 ms and
+        # cut concurrent writes to ~70 transactions/s (bench/agents.py fan-out). Other
+        # processes still meet the busy timeout. PostgreSQL needs no such lock.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if dialect == "sqlite" else None
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -872,8 +877,12 @@ class Store:
     @contextlib.asynccontextmanager
     async def _tx(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
         engine = self._write_engine if write else self._engine
+        lock = self._write_lock if write else None
         try:
-            async with engine.begin() as conn:
+            async with contextlib.AsyncExitStack() as stack:
+                if lock is not None:
+                    await stack.enter_async_context(lock)
+                conn = await stack.enter_async_context(engine.begin())
                 yield conn
         except (OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreError(
