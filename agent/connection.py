@@ -47,6 +47,7 @@ async def open_ws(url: str, ctx: ssl.SSLContext, *, ping: float | None = 20
     """One TLS websocket to ``url``; Unreachable on network or TLS failure."""
     try:
         return await connect(url, ssl=ctx, compression=None, max_size=MAX_FRAME_SIZE,
+                             max_queue=4, write_limit=512 * 1024,  # a tunnel's frames
                              open_timeout=10, ping_interval=ping, ping_timeout=20,
                              user_agent_header=SOFTWARE, close_timeout=5)
     except ssl.SSLCertVerificationError as exc:

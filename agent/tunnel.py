@@ -52,7 +52,7 @@ log = logging.getLogger("hw.agent.tunnel")
 #: How often an open session re-checks its grant (revocation also cancels it at once).
 WATCH_INTERVAL = 0.25
 #: Bytes read from the SSH side per websocket frame.
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 #: Room left in a recording for its closing marker.
 _MARGIN = 512
 

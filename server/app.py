@@ -49,7 +49,14 @@ from .errors import CertificateRefused
 from .onsite.policy import load_home_policy
 from .onsite.tickets import OnsiteDesk, TicketError
 from .store import NotFound, ResultRecord, Store, StoreError, TokenRefused
-from .tunnel import TunnelBroker, TunnelContext, get_recording, open_tunnel, store_recording
+from .tunnel import (
+    TUNNEL_WRITE_LIMIT,
+    TunnelBroker,
+    TunnelContext,
+    get_recording,
+    open_tunnel,
+    store_recording,
+)
 
 log = logging.getLogger("hw.server")
 
@@ -184,7 +191,8 @@ class Server:
         self._ws_server = await serve(
             self._handler, host, port, ssl=server_ssl_context(self.cfg),
             process_request=self._process_request, compression=None,
-            max_size=MAX_FRAME_SIZE, max_queue=4, ping_interval=30, ping_timeout=20,
+            max_size=MAX_FRAME_SIZE, max_queue=4, write_limit=TUNNEL_WRITE_LIMIT,
+            ping_interval=30, ping_timeout=20,
             open_timeout=self.cfg.handshake_timeout, server_header=None,
             logger=logging.getLogger("hw.server.ws"),
         )

@@ -83,6 +83,7 @@ class TechClient:
                 self.ws = await connect(base.rstrip("/") + "/tech",
                                         ssl=self.profile.ssl_context(), compression=None,
                                         max_size=MAX_FRAME_SIZE, open_timeout=10,
+                                        max_queue=4, write_limit=512 * 1024,
                                         user_agent_header=SOFTWARE, close_timeout=5)
                 break
             except ssl.SSLCertVerificationError as exc:

@@ -32,7 +32,7 @@ from proto import messages as m
 
 from .techclient import Profile, TechClient, TechError
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 
 
 def host_alias(case: str) -> str:

@@ -40,6 +40,10 @@ log = logging.getLogger("hw.server.tunnel")
 
 #: How long a technician's ``open_tunnel`` waits for the agent's tunnel connection at most.
 AGENT_DIAL_TIMEOUT = 30.0
+#: Write-buffer high-water mark of websocket connections (bytes): ``send`` returns once the
+#: buffer is below it. Large enough for a tunnel to keep a 256 KiB frame in flight, small
+#: enough that a peer that stops reading costs at most this much per connection.
+TUNNEL_WRITE_LIMIT = 512 * 1024
 #: Recordings listed per case at most (newest first).
 RECORDINGS_LIMIT = 200
 
