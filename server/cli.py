@@ -94,6 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, listen=args.listen)
     if args.db:
         cfg = dataclasses.replace(cfg, db=_db_arg(args.db))
+    if args.bus:
+        cfg = dataclasses.replace(cfg, bus=args.bus)
+    if args.node_id:
+        cfg = dataclasses.replace(cfg, node_id=args.node_id)
+    cfg.check_nodes()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
     logging.getLogger("hw.server.ws").setLevel(logging.WARNING)
@@ -136,6 +141,19 @@ def _db_arg(url: str | None) -> str:
         raise ServerError(f"--db names a {backend!r} database; the store supports "
                           "sqlite+aiosqlite:///PATH and postgresql+asyncpg://USER@HOST/DB")
     return url
+
+
+def cmd_cert_renew(args: argparse.Namespace) -> int:
+    """A new server certificate from the same CA: agents pin the CA, so nothing changes
+    for them; restart the server (every node) to use it."""
+    cfg = ServerConfig.load(_home(args))
+    names = list(dict.fromkeys(args.name)) if args.name else list(cfg.names)
+    if not names:
+        raise ServerError("no certificate names: pass --name HOST (repeatable)")
+    pki.make_server_cert(cfg.home, names=names, now=pki.now_utc())
+    print(f"new server certificate for {', '.join(names)} in {cfg.path('server.crt')}; "
+          "restart hw-server (every node, with this home's server.crt and server.key)")
+    return 0
 
 
 def cmd_enroll_token(args: argparse.Namespace) -> int:
@@ -478,7 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", metavar="URL", help="store URL overriding `db` in config.toml, "
                    "e.g. postgresql+asyncpg://hw@127.0.0.1:5432/helloword (other hw-server "
                    "commands read config.toml: put it there)")
+    s.add_argument("--bus", metavar="URL", help="NATS URL joining several nodes, e.g. "
+                   "nats://127.0.0.1:4222 (needs a PostgreSQL --db shared by all nodes)")
+    s.add_argument("--node-id", metavar="ID", help="this node's name, unique among the "
+                   "nodes (with --bus)")
     s.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("cert", parents=[common], help="the server's TLS certificate")
+    csub = c.add_subparsers(dest="cert_command", required=True, metavar="ACTION")
+    s = csub.add_parser("renew", parents=[common], help="issue a new server certificate from "
+                        "the same CA (agents keep working: they pin the CA)")
+    s.add_argument("--name", action="append", metavar="HOST",
+                   help="DNS name or IP it is valid for (repeatable; default: the names "
+                        "given at init)")
+    s.set_defaults(func=cmd_cert_renew)
 
     s = sub.add_parser("enroll-token", parents=[common],
                        help="print a single-use enrollment token for one customer machine")

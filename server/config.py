@@ -35,6 +35,9 @@ class ServerConfig:
     db: str = ""
     handshake_timeout: float = 10.0
     token_ttl_hours: float = 24.0
+    bus: str = ""
+    node_id: str = ""
+    presence_lease_s: float = 30.0
 
     @property
     def db_url(self) -> str:
@@ -46,6 +49,21 @@ class ServerConfig:
             return self.public_urls
         host, port = parse_listen(self.listen)
         return [f"wss://{_url_host(host)}:{port}"]
+
+    def check_nodes(self) -> None:
+        """A multi-node configuration (a bus) needs a shared database server."""
+        if not self.bus:
+            return
+        if not self.bus.startswith(("nats://", "tls://")):
+            raise ConfigError(f"bus URL {self.bus!r} is not a NATS URL (nats://host:4222)")
+        if not self.db or self.db_url.startswith("sqlite"):
+            raise ConfigError("several nodes (--bus) need one shared PostgreSQL store; SQLite "
+                              "is for a single node: add --db postgresql+asyncpg://... (the "
+                              "same for every node) or drop --bus")
+        if not self.node_id or not all(c.isalnum() or c in "-_." for c in self.node_id) \
+                or len(self.node_id) > 64:
+            raise ConfigError("several nodes need a --node-id, unique per node (letters, "
+                              "digits, - _ .; at most 64)")
 
     def path(self, name: str) -> Path:
         return self.home / name
@@ -62,7 +80,7 @@ class ServerConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid TOML ({exc}); fix or re-create it") from None
         known = {"listen", "names", "public_urls", "db", "handshake_timeout",
-                 "token_ttl_hours"}
+                 "token_ttl_hours", "bus", "node_id", "presence_lease_s"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
@@ -75,6 +93,8 @@ class ServerConfig:
                     raise ConfigError(f"{path}: public URL {u!r} must start with wss://")
             if not (0 < float(cfg.handshake_timeout) <= 300):
                 raise ConfigError(f"{path}: handshake_timeout must be in (0, 300] seconds")
+            if not (1 <= float(cfg.presence_lease_s) <= 600):
+                raise ConfigError(f"{path}: presence_lease_s must be in [1, 600] seconds")
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{path}: a setting has the wrong type ({exc}); see "
                               "docs/operations.md") from None

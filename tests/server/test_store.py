@@ -27,6 +27,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from server import presence as _presence  # noqa: F401  (its table joins METADATA)
 from server import store as store_module
 from server.onsite import tables as _onsite_tables  # noqa: F401  (its tables join METADATA)
 from server.store import (
@@ -62,8 +63,9 @@ STORE_TABLES = {
     "tech_hours",
     "tech_day_visits",
     "contract_visits",
+    "agent_presence",
 }
-HEAD = "0005"
+HEAD = "0006"
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -967,7 +969,7 @@ async def test_migration_0002_round_trip_keeps_older_data(store: Store) -> None:
     assert await table_names(store) == STORE_TABLES - {
         "audit", "consent_receipts", "revoked_tech_keys", "contracts", "recordings",
         "field_techs", "tickets", "ticket_events", "tech_hours", "tech_day_visits",
-        "contract_visits"} | {"alembic_version"}
+        "contract_visits", "agent_presence"} | {"alembic_version"}
     async with store._write_engine.begin() as conn:
         await conn.run_sync(migrate, False)
     assert await store.schema_revision() == HEAD
