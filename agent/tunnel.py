@@ -26,6 +26,7 @@ import secrets
 import signal
 import socket
 import struct
+import sys
 import termios
 import time
 from collections.abc import Awaitable, Callable
@@ -122,21 +123,66 @@ class Recorder:
 # -- shell and exec -----------------------------------------------------------------------
 
 
+_ON_TTY = ("import fcntl, os, sys, termios; os.setsid(); fcntl.ioctl(0, termios.TIOCSCTTY, 0);"
+           " os.execvp(sys.argv[1], sys.argv[1:])")
+"""Run a shell in a new session whose controlling terminal is the pty on its stdin (a tiny
+exec wrapper: event loops differ in when they apply ``start_new_session``/``preexec_fn``)."""
+
+
 def _set_winsize(fd: int, width: int, height: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height or 24, width or 80, 0, 0))
 
 
-async def _pty_streams(master: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=CHUNK)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                 os.fdopen(master, "rb", buffering=0))
-    wt, wp = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
-                                           os.fdopen(os.dup(master), "wb", buffering=0))
-    return reader, asyncio.StreamWriter(wt, wp, None, loop)
+class PtyMaster:
+    """Non-blocking reads and writes on a pty master with ``add_reader``/``add_writer``
+    (asyncio and uvloop alike; uvloop's pipe transports do not handle ptys)."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.loop = asyncio.get_running_loop()
+
+    async def _ready(self, writing: bool) -> None:
+        future: asyncio.Future[None] = self.loop.create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        (self.loop.add_writer if writing else self.loop.add_reader)(self.fd, wake)
+        try:
+            await future
+        finally:
+            (self.loop.remove_writer if writing else self.loop.remove_reader)(self.fd)
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; ``b""`` once the other side is gone (EIO)."""
+        while True:
+            try:
+                return os.read(self.fd, n)
+            except BlockingIOError:
+                await self._ready(False)
+            except OSError:
+                return b""
+
+    def write(self, data: bytes) -> None:
+        self._pending = data
+
+    async def drain(self) -> None:
+        view = memoryview(getattr(self, "_pending", b""))
+        self._pending = b""
+        while view:
+            try:
+                view = view[os.write(self.fd, view):]
+            except BlockingIOError:
+                await self._ready(True)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
-async def _copy_out(src: asyncio.StreamReader, dst: Any, rec: Recorder | None) -> None:
+async def _copy_out(src: Any, dst: Any, rec: Recorder | None) -> None:
     while True:
         try:
             data = await src.read(CHUNK)
@@ -187,10 +233,12 @@ class Shells:
             master, slave = pty.openpty()
             _set_winsize(slave, width, height)
             child = await asyncio.create_subprocess_exec(
-                *argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=Path.home(),
-                start_new_session=True)
+                sys.executable, "-c", _ON_TTY, *argv, stdin=slave, stdout=slave,
+                stderr=slave, env=env, cwd=Path.home())
             os.close(slave)
-            reader, writer = await _pty_streams(master)
+            pty_master = PtyMaster(master)
+            reader: Any = pty_master
+            writer: Any = pty_master
             err_reader = None
         else:
             child = await asyncio.create_subprocess_exec(
@@ -221,7 +269,7 @@ class Shells:
         process.exit(code)
 
     async def _feed(self, process: asyncssh.SSHServerProcess[bytes],
-                    writer: asyncio.StreamWriter, master: int, rec: Recorder,
+                    writer: Any, master: int, rec: Recorder,
                     tty: bool) -> None:
         while True:
             try:
@@ -396,6 +444,7 @@ class TunnelSession:
         return await asyncssh.run_server(
             sock, config=None, server_factory=lambda: _Auth(self.tech, self.p.fingerprint),
             server_host_keys=[key], process_factory=self.shells, encoding=None,
+            line_editor=False,  # the remote pty does the editing, as with OpenSSH
             sftp_factory=_sftp_factory(self) if m.Scope.FILES in self.scopes else None,
             allow_scp=False, agent_forwarding=False, x11_forwarding=False,
             login_timeout=30, keepalive_interval=0)

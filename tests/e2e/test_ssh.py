@@ -234,3 +234,48 @@ async def _flood(e: Env) -> dict[str, int]:
     for ws in (link.ws, client.ws, run.ws):  # no polite close through a stalled relay
         ws.transport.abort()
     return {"before": before, "after": after, "sent": sent}
+
+
+def test_interactive_shell_in_a_terminal_is_recorded(env: Env) -> None:
+    """`hw-tech ssh CASE` in a real terminal: a pty on both ends, asciicast with its size."""
+    import pty
+    import select
+    import time
+
+    e = env
+    e.h.grant(e.home, e.case, "alice", scopes="shell")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(BIN / "hw-tech"), "--home", str(e.alice), "ssh", e.case],
+                            stdin=slave, stdout=slave, stderr=slave, env={**e.h.env,
+                                                                          "TERM": "xterm"})
+    os.close(slave)
+    seen = b""
+
+    def read_until(text: bytes, timeout: float = 30.0) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while text not in seen and not (text == b"PROMPT" and seen.rstrip().endswith(
+                (b"$", b"#"))):
+            assert time.monotonic() < deadline, f"no {text!r} in {seen[-500:]!r}"
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+
+    try:
+        read_until(b"PROMPT")  # the shell is up (typing earlier would be flushed by raw mode)
+        os.write(master, b"echo hi-$((6*7))\r")
+        read_until(b"hi-42")
+        os.write(master, b"exit 0\r")
+        code = proc.wait(30)
+        read_until(b"", 1.0)
+        assert code == 0, seen[-1500:]
+    finally:
+        proc.kill()
+        os.close(master)
+    cast = e.h.run("hw-tech", "--home", str(e.alice), "recording", e.case).stdout.splitlines()
+    header = json.loads(cast[0])
+    assert header["env"]["TERM"] == "xterm" and header["width"] > 0
+    assert "hi-42" in "".join(json.loads(x)[2] for x in cast[1:])
