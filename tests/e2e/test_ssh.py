@@ -122,6 +122,16 @@ def test_stock_openssh_through_the_proxy(env: Env) -> None:
     assert p.returncode == 3 and p.stdout == "stock-ok\n", p.stderr
     known = (e.alice / "known_hosts").read_text()
     assert known.startswith(e.case.lower() + " ssh-ed25519 ")
+    # The literal form: ProxyCommand, key and certificate on the command line.
+    t = e.alice
+    p = subprocess.run([SSH, "-F", "/dev/null", "-o", "BatchMode=yes",
+                        "-o", f"ProxyCommand={BIN / 'hw-tech'} --home {t} proxy {e.case}",
+                        "-i", str(t / "tech.key"), "-o", f"CertificateFile={t}/tech.key-cert.pub",
+                        "-o", f"UserKnownHostsFile={t}/known_hosts",
+                        "-o", "StrictHostKeyChecking=yes", f"alice@{e.case}", "uname -s"],
+                       capture_output=True, text=True, timeout=60, env=e.h.env,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and p.stdout.strip() == os.uname().sysname, p.stderr
 
 
 def test_sftp_ten_megabytes_up_and_down(env: Env, tmp_path: Path) -> None:
