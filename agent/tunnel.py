@@ -141,6 +141,7 @@ class PtyMaster:
         os.set_blocking(fd, False)
         self.fd = fd
         self.loop = asyncio.get_running_loop()
+        self._pending = b""
 
     async def _ready(self, writing: bool) -> None:
         future: asyncio.Future[None] = self.loop.create_future()
@@ -166,10 +167,11 @@ class PtyMaster:
                 return b""
 
     def write(self, data: bytes) -> None:
-        self._pending = data
+        """Queue ``data``; :meth:`drain` writes it (the StreamWriter calling convention)."""
+        self._pending += data
 
     async def drain(self) -> None:
-        view = memoryview(getattr(self, "_pending", b""))
+        view = memoryview(self._pending)
         self._pending = b""
         while view:
             try:
@@ -454,7 +456,6 @@ class TunnelSession:
         ours, theirs = socket.socketpair()
         reader, writer = await asyncio.open_connection(sock=theirs)
         ws = self.p.link.ws
-        closed = asyncio.Event()
 
         async def up() -> None:  # technician -> SSH server
             try:
@@ -506,7 +507,6 @@ class TunnelSession:
                 reason = watcher.result()
             return reason
         finally:
-            closed.set()
             watcher.cancel()
             for pid in list(self.shells.children):
                 Shells.kill(pid)

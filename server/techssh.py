@@ -125,7 +125,13 @@ def _stdin_source() -> Any:
         mode = os.fstat(0).st_mode
     except OSError:
         return asyncssh.DEVNULL
-    return sys.stdin.buffer if stat.S_ISFIFO(mode) or stat.S_ISREG(mode) else asyncssh.DEVNULL
+    return _dup(0, "rb") if stat.S_ISFIFO(mode) or stat.S_ISREG(mode) else asyncssh.DEVNULL
+
+
+def _dup(fd: int, mode: str) -> Any:
+    """A file object on a copy of ``fd``: asyncssh closes redirected files when it is done,
+    and our own stdout and stderr must stay open for the last messages."""
+    return os.fdopen(os.dup(fd), mode, buffering=0)
 
 
 async def ssh(profile: Profile, case: str, command: list[str]) -> int:
@@ -135,15 +141,20 @@ async def ssh(profile: Profile, case: str, command: list[str]) -> int:
         if command:
             proc = await conn.create_process(
                 shlex.join(command) if len(command) > 1 else command[0], encoding=None,
-                stdin=_stdin_source(), stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
+                stdin=_stdin_source(), stdout=_dup(1, "wb"), stderr=_dup(2, "wb"))
             await proc.wait_closed()
             status = proc.exit_status
             if status is None:  # killed by a signal, or the session was cut
+                why = proc.exit_signal[0] if proc.exit_signal else "the session was closed"
                 sys.stderr.write(f"hw-tech: the remote command ended without an exit status "
-                                 f"({proc.exit_signal or 'session closed'})\n")
+                                 f"({why}: the customer may have revoked consent, or the "
+                                 f"grant expired); see `hw-tech case {case}`\n")
                 return 255
             return status
         return await _interactive(conn)
+    except asyncssh.Error as exc:
+        raise TechError(f"the SSH session to {case} ended: {exc.reason} (the customer may "
+                        "have revoked consent, or the grant expired)") from None
     finally:
         conn.close()
         with contextlib.suppress(Exception):

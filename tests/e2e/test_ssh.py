@@ -184,6 +184,7 @@ def test_revoking_ends_an_open_session(env: Env) -> None:
     assert "remote session open: alice" in status
     e.h.run("hw-agent", "consent", "revoke", "--home", str(e.home), "--case", e.case)
     assert session.popen.wait(30) != 0
+    assert "revoked consent" in session.text() and "Traceback" not in session.text()
     log = _log(e)
     assert "session-closed" in log and "revoked consent" in log
     assert "remote session open" not in e.h.run("hw-agent", "consent", "status", "--home",
