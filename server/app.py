@@ -16,7 +16,7 @@ import os
 import secrets
 import ssl
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -44,10 +44,13 @@ from proto.receipt import verify_receipt, verify_visit
 from proto.session import ServerSession
 
 from . import pki
+from .bus import Bus, BusError, Forward, Forwarded, LocalBus, NatsBus
+from .bus import _safe as _safe_bus
 from .config import ServerConfig, parse_listen
 from .errors import CertificateRefused
 from .onsite.policy import load_home_policy
 from .onsite.tickets import OnsiteDesk, TicketError
+from .presence import Presence
 from .store import NotFound, ResultRecord, Store, StoreError, TokenRefused
 from .tunnel import (
     TUNNEL_WRITE_LIMIT,
@@ -168,9 +171,15 @@ class AgentLink:
 class Server:
     """Holds the store, the live agent links and the pending technician requests."""
 
-    def __init__(self, cfg: ServerConfig, store: Store) -> None:
+    def __init__(self, cfg: ServerConfig, store: Store, bus: Bus | None = None) -> None:
         self.cfg = cfg
         self.store = store
+        self.bus: Bus = bus or LocalBus()
+        self.node_id = self.bus.node_id
+        #: several nodes: which node holds which agent (None: one node, the links are truth)
+        self.presence: Presence | None = (
+            Presence(store, self.node_id, timedelta(seconds=cfg.presence_lease_s))
+            if self.bus.multi else None)
         self.org_pub = pki.org_public_raw(cfg.home)
         self.ca_pem = cfg.path("ca.crt").read_bytes()
         self.links: dict[str, AgentLink] = {}
@@ -299,6 +308,8 @@ class Server:
             if old is not None:
                 await old.ws.close(int(CloseCode.REPLACED),
                                    "replaced by a newer connection of the same agent")
+            if self.presence is not None:
+                await self.presence.claim(agent.agent_id, now_utc())
             await self.store.touch_agent(agent.agent_id, now=now_utc())
             await link.send(m.Revocations(fingerprints=self.revoked))
             log.info("agent %s (%s) connected from %s", agent.agent_id, agent.customer, peer)
@@ -316,6 +327,8 @@ class Server:
                     future.set_exception(AgentGone())
             if run and self.links.get(agent.agent_id) is link:
                 del self.links[agent.agent_id]
+                if self.presence is not None:
+                    await self.presence.release(agent.agent_id)
                 await self.store.touch_agent(agent.agent_id, now=now_utc())
                 log.info("agent %s disconnected from %s", agent.agent_id, peer)
 
@@ -545,9 +558,12 @@ class Server:
 
     async def _serve_tech(self, tech: str, key: str, msg: m.AnyMessage) -> m.AnyMessage:
         if isinstance(msg, m.ListAgents):
+            elsewhere = (await self.presence.online(now_utc()) if self.presence is not None
+                         else set())
             agents = [m.AgentInfo(agent_id=a.agent_id, customer=a.customer, kind=a.kind,
                                   city=a.city, hostname=a.hostname, os=a.os,
-                                  online=a.agent_id in self.links, last_seen=a.last_seen)
+                                  online=a.agent_id in self.links or a.agent_id in elsewhere,
+                                  last_seen=a.last_seen)
                       for a in await self.store.list_agents()]
             return m.AgentList(re=msg.id, agents=agents)
         if isinstance(msg, m.ListCases):
@@ -657,36 +673,38 @@ class Server:
             return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
                            message=f"{exc.reason.value}: {exc.message}")
         link = self.links.get(agent_id)
-        if link is None:
+        node = (await self.presence.node_of(agent_id, now)
+                if link is None and self.presence is not None else None)
+        if link is None and node is None:
             return m.Error(re=msg.id, code=m.ErrorCode.AGENT_OFFLINE,
                            message=f"agent {agent_id} of case {msg.case} is offline; "
                                    "ask the customer to start `hw-agent run`, then retry")
-        request_id = "rq-" + secrets.token_hex(8)
-        future: asyncio.Future[tuple[m.Result, datetime]] = \
-            asyncio.get_running_loop().create_future()
-        self.pending[request_id] = (link, msg.case, future)
+        request = m.Request(id="rq-" + secrets.token_hex(8), case=msg.case, action=action,
+                            tech=tech, timeout=msg.timeout, command=msg.command)
         await self.store.append_audit(
             event="command", actor=f"tech:{tech}", subject=msg.case, now=now,
             detail={"action": action.value, "agent": agent_id, "verdict": "relayed",
-                    "request": request_id, "args": verified.command.args})
+                    "request": request.id, "args": verified.command.args,
+                    **({"node": node} if node is not None else {})})
         try:
             async with asyncio.timeout(msg.timeout):
-                await link.send(m.Request(id=request_id, case=msg.case, action=action,
-                                          tech=tech, timeout=msg.timeout,
-                                          command=msg.command))
-                result, stored_at = await asyncio.shield(future)
+                if link is not None:
+                    result, stored_at = await self._request_local(link, request)
+                else:
+                    assert node is not None
+                    result, stored_at = await self._request_remote(node, agent_id, request)
         except TimeoutError:
             return m.Error(re=msg.id, code=m.ErrorCode.TIMEOUT,
                            message=f"the agent did not answer within {msg.timeout:g}s; a "
                                    "result it sends later is stored (`hw-tech case`)")
-        except (ConnectionClosed, AgentGone):
+        except (ConnectionClosed, AgentGone, BusError):
             return m.Error(re=msg.id, code=m.ErrorCode.AGENT_OFFLINE,
                            message=f"agent {agent_id} went offline during the request; a "
                                    "result it still sends is stored (`hw-tech case`)")
-        finally:
-            self.pending.pop(request_id, None)
         if action is m.Action.CONSENT:
-            return await self._consent_answer(msg, link, result)
+            public_key = link.public_key if link is not None else \
+                (await self._agent_record(agent_id)).public_key
+            return await self._consent_answer(msg, public_key, result)
         if not result.ok and result.error_code is m.ErrorCode.REFUSED:
             return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
                            message=f"the agent refused: {result.error}")
@@ -719,14 +737,69 @@ class Server:
             raise TicketError(f"the signed offer does not match ticket {msg.ticket}'s current "
                               "slots and prices; fetch the ticket again and re-offer")
 
-    async def _consent_answer(self, msg: Relayed, link: AgentLink,
+    async def _request_local(self, link: AgentLink, request: m.Request
+                             ) -> tuple[m.Result, datetime]:
+        """Send ``request`` on this node's link and wait for its stored result."""
+        future: asyncio.Future[tuple[m.Result, datetime]] = \
+            asyncio.get_running_loop().create_future()
+        self.pending[request.id] = (link, request.case, future)
+        try:
+            await link.send(request)
+            return await asyncio.shield(future)
+        finally:
+            self.pending.pop(request.id, None)
+
+    async def _request_remote(self, node: str, agent_id: str, request: m.Request
+                              ) -> tuple[m.Result, datetime]:
+        """Ask the node holding the agent to relay ``request``; its answer is the stored
+        result (that node stored it). Raises TimeoutError, AgentGone or BusError."""
+        answer = await self.bus.request(node, Forward(agent_id=agent_id, request=request),
+                                        wait=request.timeout)
+        if answer.result is None:
+            if answer.error == "timeout":
+                raise TimeoutError
+            raise AgentGone(answer.error)
+        return answer.result, answer.stored_at or now_utc()
+
+    async def serve_forward(self, fwd: Forward) -> Forwarded:
+        """Another node's request for an agent connected here (the bus handler)."""
+        link = self.links.get(fwd.agent_id)
+        if link is None:
+            return Forwarded(error="offline")
+        try:
+            async with asyncio.timeout(fwd.request.timeout):
+                result, stored_at = await self._request_local(link, fwd.request)
+        except TimeoutError:
+            return Forwarded(error="timeout")
+        except (ConnectionClosed, AgentGone):
+            return Forwarded(error="gone")
+        return Forwarded(result=result, stored_at=stored_at)
+
+    async def renew_presence(self) -> None:
+        """Several nodes: keep this node's agents' leases alive."""
+        assert self.presence is not None
+        every = self.cfg.presence_lease_s / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.presence.renew(now_utc())
+            except StoreError as exc:
+                log.warning("cannot renew agent presence: %s", exc)
+
+    async def _agent_record(self, agent_id: str) -> Any:
+        agent = await self.store.get_agent(agent_id)
+        if agent is None:
+            raise NotFound(f"agent {agent_id} is not enrolled")
+        return agent
+
+    async def _consent_answer(self, msg: Relayed, public_key: bytes,
                               result: m.Result) -> m.AnyMessage:
         if not result.ok or result.receipt is None:
             return m.ConsentAnswer(re=msg.id, case=msg.case, granted=False,
                                    message=result.error or "the customer did not grant it")
         try:  # already verified and stored by _result; decode it for the technician
             grant = verify_receipt(result.receipt,
-                                   Ed25519PublicKey.from_public_bytes(link.public_key))
+                                   Ed25519PublicKey.from_public_bytes(public_key))
         except DecodeError as exc:
             return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
                            message=f"the agent's consent receipt does not verify ({exc.reason})")
@@ -744,21 +817,33 @@ def _case_info(c: Any, *, brief: bool = False) -> m.CaseInfo:
 
 async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) -> None:
     """Open the store, serve until ``stop`` is set (or forever), then close cleanly."""
+    cfg.check_nodes()
     store = await Store.open(cfg.db_url)
+    bus: Bus | None = None
     try:
-        server = Server(cfg, store)
+        if cfg.bus:
+            bus = await NatsBus.connect(cfg.bus, cfg.node_id)
+        server = Server(cfg, store, bus)
         server.revoked = await store.revoked_technician_fingerprints()
-        ws_server = await server.start()
-        refresher = asyncio.create_task(server.refresh_revocations())
-        log.info("hw-server listening on wss://%s (pid %d)", cfg.listen.rsplit(":", 1)[0]
-                 + f":{server.port}", os.getpid())
+        background = [asyncio.create_task(server.refresh_revocations())]
+        if server.presence is not None:
+            await server.presence.forget_mine()
+            await server.bus.serve(server.serve_forward)
+            background.append(asyncio.create_task(server.renew_presence()))
+            log.info("node %s on the bus %s", server.node_id, _safe_bus(cfg.bus))
         try:
+            ws_server = await server.start()
+            log.info("hw-server listening on wss://%s (pid %d)", cfg.listen.rsplit(":", 1)[0]
+                     + f":{server.port}", os.getpid())
             async with ws_server:
                 if stop is None:
                     await ws_server.serve_forever()
                 else:
                     await stop.wait()
         finally:
-            refresher.cancel()
+            for task in background:
+                task.cancel()
     finally:
+        if bus is not None:
+            await bus.close()
         await store.close()
