@@ -561,7 +561,9 @@ class Tunnels:
             return None
 
         try:
-            link = await dial(a.state.urls, a.ctx, agent_id=a.state.agent_id, key=a.key,
+            # Several server nodes: dial the technician's node if it is one of ours.
+            urls = [req.via] if req.via in a.state.urls else a.state.urls
+            link = await dial(urls, a.ctx, agent_id=a.state.agent_id, key=a.key,
                               mode=m.Mode.TUNNEL, tunnel=req.id)
         except AgentError as exc:
             return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,

@@ -478,6 +478,7 @@ class Request(Struct, frozen=True, forbid_unknown_fields=True, tag="request", ta
     tech: Name
     timeout: Timeout = 30.0
     command: SignedCommand | None = None
+    via: Annotated[str, Meta(max_length=512)] | None = None
 
 
 class Result(Struct, frozen=True, forbid_unknown_fields=True, tag="result", tag_field="type"):

@@ -614,24 +614,61 @@ class Server:
         return case
 
     def _tunnel_context(self) -> TunnelContext:
+        remote: dict[str, tuple[asyncio.Future[tuple[m.Result, datetime]],
+                                list[asyncio.Task[None]]]] = {}
+
         def pending_result(request_id: str, agent_id: str, case: str
                            ) -> asyncio.Future[tuple[m.Result, datetime]] | None:
             link = self.links.get(agent_id)
-            if link is None:
-                return None
             future: asyncio.Future[tuple[m.Result, datetime]] = \
                 asyncio.get_running_loop().create_future()
+            if link is None:
+                if self.presence is None:
+                    return None
+                remote[request_id] = (future, [])  # maybe on another node: send_request looks
+                return future
             self.pending[request_id] = (link, case, future)
             return future
 
-        async def send_request(_agent_id: str, request: m.Request) -> None:
-            await self.pending[request.id][0].send(request)
+        async def send_request(agent_id: str, request: m.Request) -> None:
+            if request.id not in remote:
+                await self.pending[request.id][0].send(request)
+                return
+            # Several nodes: the agent's node relays the request; the agent dials its tunnel
+            # connection to this node (``via``), so the relay stays on one node.
+            future, tasks = remote[request.id]
+            node = (await self.presence.node_of(agent_id, now_utc())
+                    if self.presence is not None else None)
+            if node is None:
+                future.set_exception(AgentGone("offline"))
+                return
+
+            async def ask() -> None:
+                try:
+                    answer = await self._request_remote(
+                        node, agent_id, msgspec.structs.replace(request, via=self.cfg.own_url))
+                except (TimeoutError, AgentGone, BusError) as exc:
+                    if not future.done():
+                        future.set_exception(AgentGone(str(exc)))
+                    return
+                if not future.done():
+                    future.set_result(answer)
+
+            tasks.append(asyncio.create_task(ask()))
+
+        def drop_pending(request_id: str) -> None:
+            self.pending.pop(request_id, None)
+            entry = remote.pop(request_id, None)
+            if entry is not None:
+                for task in entry[1]:
+                    task.cancel()
+                if not entry[0].done():
+                    entry[0].cancel()
 
         return TunnelContext(
             store=self.store, broker=self.tunnels, org_pub=self.org_pub,
             revoked=lambda: self.revoked, agent_of=self._agent_of, send_request=send_request,
-            pending_result=pending_result,
-            drop_pending=lambda request_id: self.pending.pop(request_id, None) and None)
+            pending_result=pending_result, drop_pending=drop_pending)
 
     async def _agent_of(self, number: str) -> str:
         agent_id = self._case_agent.get(number)

@@ -37,6 +37,7 @@ class ServerConfig:
     token_ttl_hours: float = 24.0
     bus: str = ""
     node_id: str = ""
+    node_url: str = ""
     presence_lease_s: float = 30.0
 
     @property
@@ -49,6 +50,18 @@ class ServerConfig:
             return self.public_urls
         host, port = parse_listen(self.listen)
         return [f"wss://{_url_host(host)}:{port}"]
+
+    @property
+    def own_url(self) -> str:
+        """The URL agents reach this node at (tunnels are dialled to the technician's node):
+        ``node_url``, else the public URL on the listen port, else wss://<listen>."""
+        if self.node_url:
+            return self.node_url
+        host, port = parse_listen(self.listen)
+        for u in self.public_urls:
+            if u.rstrip("/").endswith(f":{port}") and (host in u or host in ("0.0.0.0", "::")):
+                return u
+        return f"wss://{_url_host(host)}:{port}"
 
     def check_nodes(self) -> None:
         """A multi-node configuration (a bus) needs a shared database server."""
@@ -80,7 +93,7 @@ class ServerConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid TOML ({exc}); fix or re-create it") from None
         known = {"listen", "names", "public_urls", "db", "handshake_timeout",
-                 "token_ttl_hours", "bus", "node_id", "presence_lease_s"}
+                 "token_ttl_hours", "bus", "node_id", "node_url", "presence_lease_s"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; "

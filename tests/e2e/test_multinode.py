@@ -1,7 +1,8 @@
 """Two hw-server nodes sharing one PostgreSQL store and a NATS bus, as real processes.
 
 The agent holds its run session on node A, the technician talks to node B: diagnostics,
-consent, fixes and on-site booking go B -> NATS -> A -> agent and back. Node A is killed:
+consent, fixes and on-site booking go B -> NATS -> A -> agent and back; an SSH session's
+tunnel is dialled by the agent straight to B. Node A is killed:
 its agent fails over to B (the URLs in its token) and the case goes on. A node whose agent
 is gone stops reporting it online once the lease runs out.
 
@@ -108,6 +109,11 @@ def test_two_nodes_route_requests_and_survive_losing_one(harness: Harness,
     agent.wait_log(rf"on-site offer {ticket}")
     h.run("hw-agent", "--home", str(home), "visit", "accept", ticket, "--slot", "1")
     assert h.tech_json(tech, "ticket", "show", ticket)["state"] == "booked"
+    # an SSH session across nodes: the agent dials its tunnel connection to B (`via`)
+    h.grant(home, case, "alice", scopes="shell")
+    ssh = h.run("hw-tech", "--home", str(tech), "ssh", case, "--", "echo", "across-nodes")
+    assert ssh.stdout.strip() == "across-nodes"
+    assert "tunnel" in node_b.text() and "tunnel" not in node_a.text()
 
     # node A dies: the agent fails over to B and the case goes on there
     node_a.stop(signal.SIGKILL)
