@@ -54,6 +54,8 @@ log = logging.getLogger("hw.agent.tunnel")
 WATCH_INTERVAL = 0.25
 #: Bytes read from the SSH side per websocket frame.
 CHUNK = 256 * 1024
+#: Tunnel sessions one agent serves at once; more are refused until one closes.
+MAX_SESSIONS = 8
 #: Room left in a recording for its closing marker.
 _MARGIN = 512
 
@@ -547,6 +549,9 @@ class Tunnels:
         """Check the grant, dial the tunnel connection, serve SSH until the session ends."""
         a = self.agent
         scopes = self._scopes(req.case, tech, fingerprint)
+        if scopes and len(self.sessions) >= MAX_SESSIONS:
+            return a._refuse(req, f"busy: {MAX_SESSIONS} remote sessions are already open on "
+                             "this computer; close one, then retry")
         if not scopes:
             return a._refuse(req, (
                 f"no_consent: the customer has not granted {tech} the shell or files scope on "
