@@ -383,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=timeout_seconds, default=120.0, metavar="S",
                    help="how long to wait for the customer's answer (default 120)")
     s.set_defaults(func=cmd_consent_request)
-    s = sub.add_parser("ssh", parents=[common], help="a shell, or one command after `--`, on "
+    home_only = argparse.ArgumentParser(add_help=False)
+    home_only.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
+                           help="technician home (default: $HW_HOME)")
+    s = sub.add_parser("ssh", parents=[home_only], help="a shell, or one command after `--`, on "
                        "the case's agent over SSH through the server (needs the shell scope)",
                        description="SSH to the case's agent, end to end inside the server's "
                        "tunnel. Without a command: an interactive shell (needs a terminal). "
@@ -392,14 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("remote", nargs=argparse.REMAINDER, metavar="-- CMD",
                    help="command to run instead of a shell")
     s.set_defaults(func=cmd_ssh)
-    s = sub.add_parser("proxy", parents=[common], help="the SSH tunnel to the case's agent "
+    s = sub.add_parser("proxy", parents=[home_only], help="the SSH tunnel to the case's agent "
                        "on stdin/stdout, for OpenSSH: ssh -o ProxyCommand='hw-tech proxy %%n'",
                        description="Speaks the tunnel on stdin/stdout so stock ssh, scp and "
                        "sftp work; writes the agent's host key to known_hosts in the "
-                       "technician home first (see `hw-tech ssh-config`).")
+                       "technician home first (see `hw-tech ssh-config`).",
+                       epilog="e.g. ssh -o ProxyCommand='hw-tech --home T proxy %n' -i "
+                       "T/tech.key -o CertificateFile=T/tech.key-cert.pub -o "
+                       "UserKnownHostsFile=T/known_hosts alice@HW-20261126-0007")
     s.add_argument("case", metavar="CASE", type=any_case_number)
     s.set_defaults(func=cmd_proxy)
-    s = sub.add_parser("ssh-config", parents=[common], help="print a `Host hw-*` block for "
+    s = sub.add_parser("ssh-config", parents=[home_only], help="print a `Host hw-*` block for "
                        "~/.ssh/config (ProxyCommand, key, certificate, known_hosts)")
     s.set_defaults(func=cmd_ssh_config)
     s = sub.add_parser("recording", parents=[common], help="a case's session recordings: "
