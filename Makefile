@@ -33,6 +33,7 @@ schema: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/probes.py
 	$(BIN)/python bench/rtt.py
+	$(BIN)/python bench/tunnel.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
