@@ -56,6 +56,9 @@ WATCH_INTERVAL = 0.25
 CHUNK = 256 * 1024
 #: Tunnel sessions one agent serves at once; more are refused until one closes.
 MAX_SESSIONS = 8
+#: SSH channel window (bytes in flight per channel): the relay adds buffering between the
+#: ends, so the default 2 MiB window would cap throughput below what the path carries.
+SSH_WINDOW = 8 * 1024 * 1024
 #: Room left in a recording for its closing marker.
 _MARGIN = 512
 
@@ -451,11 +454,14 @@ class TunnelSession:
             line_editor=False,  # the remote pty does the editing, as with OpenSSH
             sftp_factory=_sftp_factory(self) if m.Scope.FILES in self.scopes else None,
             allow_scp=False, agent_forwarding=False, x11_forwarding=False,
-            login_timeout=30, keepalive_interval=0)
+            login_timeout=30, keepalive_interval=0, window=SSH_WINDOW)
 
     async def run(self) -> str:
         """Serve SSH until the technician leaves, the grant ends or the task is cancelled."""
         ours, theirs = socket.socketpair()
+        for end in (ours, theirs):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         reader, writer = await asyncio.open_connection(sock=theirs)
         ws = self.p.link.ws
 

@@ -33,6 +33,8 @@ from proto import messages as m
 from .techclient import Profile, TechClient, TechError
 
 CHUNK = 256 * 1024
+#: SSH channel window: as the agent's, so downloads are not capped by the relay's latency.
+SSH_WINDOW = 8 * 1024 * 1024
 
 
 def host_alias(case: str) -> str:
@@ -105,13 +107,17 @@ async def connect(profile: Profile, case: str, **options: Any
     client, opened = await open_tunnel(profile, case)
     assert client.ws is not None
     ours, theirs = socket.socketpair()
+    for end in (ours, theirs):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     pump = asyncio.create_task(pump_socket(client.ws, theirs))
     try:
         conn = await asyncssh.connect(
             host_alias(case), sock=ours, config=None, username=profile.name,
             client_keys=[_client_key(profile)], agent_path=None, preferred_auth="publickey",
             known_hosts=([asyncssh.import_public_key(opened.host_key)], [], []),
-            compression_algs=None, keepalive_interval=30, **options)
+            compression_algs=None, keepalive_interval=30,
+            **{"window": SSH_WINDOW, **options})
     except (asyncssh.Error, OSError) as exc:
         pump.cancel()
         raise TechError(f"the SSH session to {case} failed: {exc}; check the grant "
