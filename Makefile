@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/probes.py
 	$(BIN)/python bench/rtt.py
 	$(BIN)/python bench/tunnel.py
+	$(BIN)/python bench/agents.py --agents 200
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

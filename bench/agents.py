@@ -87,7 +87,8 @@ TECH_CONCURRENCY = 16  # server.app.TECH_CONCURRENCY: requests in flight per tec
 REPORT_EVERY_S = 0.2
 
 BASELINE_SERVER = """
-import asyncio, ssl, sys, resource
+import asyncio, logging, ssl, sys, resource
+logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # clients killed at the end: noise
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 from websockets.asyncio.server import serve
