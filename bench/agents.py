@@ -285,7 +285,8 @@ class Fleet:
         while self.connected() < n or self.total(8) < welcomes:
             if time.monotonic() - t0 > timeout:
                 raise SystemExit(f"{what}: only {self.connected()} of {n} agents connected "
-                                 f"after {timeout:.0f}s")
+                                 f"after {timeout:.0f}s (the server is too slow for this "
+                                 "many); retry with a larger --timeout or fewer --agents")
             time.sleep(0.02)
         return time.monotonic() - t0
 
