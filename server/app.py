@@ -60,6 +60,7 @@ from .tunnel import (
     open_tunnel,
     store_recording,
 )
+from .writer import Writer
 
 log = logging.getLogger("hw.server")
 
@@ -148,6 +149,8 @@ TECH_CONCURRENCY = 16
 LIST_LIMIT = 500
 #: A case detail carries its newest results only.
 RESULTS_LIMIT = 20
+#: How often agents' last-seen times are written (one transaction for all).
+SEEN_FLUSH_S = 2.0
 #: How often the running server re-reads revoked technician keys (seconds).
 REVOCATION_REFRESH_S = 5.0
 
@@ -190,8 +193,11 @@ class Server:
         #: case number -> agent id; a case never changes agent, so this never goes stale
         self._case_agent: dict[str, str] = {}
         self._ws_server: WsServer | None = None
+        #: agent id -> when last seen (connect/disconnect), written in batches
+        self._seen: dict[str, datetime] = {}
         self.tunnels = TunnelBroker()
         self.desk = OnsiteDesk(store, load_home_policy(cfg.home))
+        self.writer = Writer(store)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -206,6 +212,21 @@ class Server:
             logger=logging.getLogger("hw.server.ws"),
         )
         return self._ws_server
+
+    async def flush_seen(self, every: float = SEEN_FLUSH_S) -> None:
+        """Write the agents' last-seen times in one transaction every ``every`` seconds."""
+        while True:
+            await asyncio.sleep(every)
+            await self.flush_seen_once()
+
+    async def flush_seen_once(self) -> None:
+        batch, self._seen = self._seen, {}
+        try:
+            await self.store.touch_agents(batch)
+        except StoreError as exc:
+            log.warning("cannot record when %d agents were last seen: %s", len(batch), exc)
+            for agent_id, at in batch.items():
+                self._seen.setdefault(agent_id, at)
 
     async def refresh_revocations(self, every: float = REVOCATION_REFRESH_S) -> None:
         """Pick up `hw-server tech revoke` made while running; push changes to agents."""
@@ -310,7 +331,7 @@ class Server:
                                    "replaced by a newer connection of the same agent")
             if self.presence is not None:
                 await self.presence.claim(agent.agent_id, now_utc())
-            await self.store.touch_agent(agent.agent_id, now=now_utc())
+            self._seen[agent.agent_id] = now_utc()
             await link.send(m.Revocations(fingerprints=self.revoked))
             log.info("agent %s (%s) connected from %s", agent.agent_id, agent.customer, peer)
         else:
@@ -329,7 +350,7 @@ class Server:
                 del self.links[agent.agent_id]
                 if self.presence is not None:
                     await self.presence.release(agent.agent_id)
-                await self.store.touch_agent(agent.agent_id, now=now_utc())
+                self._seen[agent.agent_id] = now_utc()
                 log.info("agent %s disconnected from %s", agent.agent_id, peer)
 
     async def _enroll(self, ws: ServerConnection, session: ServerSession, msg: m.Enroll,
@@ -350,7 +371,7 @@ class Server:
         await ws.send(session.send(m.Enrolled(version=session.version, agent_id=rec.agent_id,
                                               customer=rec.customer)), text=True)
         log.info("agent %s enrolled for %s from %s", rec.agent_id, rec.customer, peer)
-        await self.store.append_audit(event="agent.enrolled", actor=f"agent:{rec.agent_id}",
+        await self._audit(event="agent.enrolled", actor=f"agent:{rec.agent_id}",
                                       subject=rec.agent_id, now=now_utc(),
                                       detail={"customer": rec.customer, "peer": peer})
         await ws.close(int(CloseCode.NORMAL), "enrolled")
@@ -363,7 +384,7 @@ class Server:
             await link.send(m.CaseOpened(re=msg.id, case=case.number, opened_at=case.opened_at))
             if _new:
                 log.info("case %s opened by agent %s", case.number, link.agent_id)
-                await self.store.append_audit(event="case.opened", actor=f"agent:{link.agent_id}",
+                await self._audit(event="case.opened", actor=f"agent:{link.agent_id}",
                                               subject=case.number, now=now_utc())
         elif isinstance(msg, m.Result):
             await self._result(link, msg)
@@ -381,7 +402,7 @@ class Server:
         now = now_utc()
         state = case_state_after(msg)
         try:
-            new = await self.store.store_result(
+            new = await self._store_result(
                 msg_id=msg.id, request_id=msg.re, case=msg.case, agent_id=link.agent_id,
                 action=msg.action.value, ok=msg.ok, payload=result_payload(msg),
                 error=msg.error, now=now, case_state=state,
@@ -402,6 +423,16 @@ class Server:
                 and not waiting[2].done()):
             waiting[2].set_result((msg, now))
         await link.send(m.Ack(re=msg.id))
+
+    async def _audit(self, **entry: Any) -> Any:
+        """Append to the audit log in the next group-committed batch (server/writer.py)."""
+        return await self.writer.submit(
+            lambda conn: self.store.append_audit_in(conn, **entry))
+
+    async def _store_result(self, **result: Any) -> bool:
+        """Store a result exactly once, in the next group-committed batch."""
+        return bool(await self.writer.submit(
+            lambda conn: self.store.store_result_in(conn, **result)))
 
     async def _escalate(self, case: str) -> None:
         """A case that needs an on-site visit becomes a ticket at once (never twice)."""
@@ -466,7 +497,7 @@ class Server:
             signature=receipt.signature, granted_at=grant.granted_at,
             expires_at=grant.expires_at, revoked_at=grant.revoked_at, now=now)
         if new:
-            await self.store.append_audit(
+            await self._audit(
                 event="consent.revoked" if grant.revoked_at else "consent.granted",
                 actor=f"agent:{agent_id}", subject=grant.case, now=now,
                 detail={"receipt": receipt_id, "tech": grant.tech, "via": grant.via,
@@ -500,7 +531,7 @@ class Server:
             await ws.send(session.send(m.Welcome(session_id=secrets.token_hex(8), identity=name,
                                                  server_time=now_utc())), text=True)
         log.info("technician %s connected from %s", name, peer)
-        await self.store.append_audit(event="tech.login", actor=f"tech:{name}", subject=name,
+        await self._audit(event="tech.login", actor=f"tech:{name}", subject=name,
                                       now=now_utc(), detail={"peer": peer,
                                                              "key": fingerprint})
         lock = asyncio.Lock()
@@ -703,7 +734,7 @@ class Server:
             if isinstance(msg, m.OfferVisit):
                 await self._check_offer(msg, verified.command.args)
         except CommandRefused as exc:
-            await self.store.append_audit(
+            await self._audit(
                 event="command", actor=f"tech:{tech}", subject=msg.case, now=now,
                 detail={"action": action.value, "agent": agent_id, "verdict": "refused",
                         "reason": exc.reason.value})
@@ -718,7 +749,7 @@ class Server:
                                    "ask the customer to start `hw-agent run`, then retry")
         request = m.Request(id="rq-" + secrets.token_hex(8), case=msg.case, action=action,
                             tech=tech, timeout=msg.timeout, command=msg.command)
-        await self.store.append_audit(
+        await self._audit(
             event="command", actor=f"tech:{tech}", subject=msg.case, now=now,
             detail={"action": action.value, "agent": agent_id, "verdict": "relayed",
                     "request": request.id, "args": verified.command.args,
@@ -862,7 +893,8 @@ async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) ->
             bus = await NatsBus.connect(cfg.bus, cfg.node_id)
         server = Server(cfg, store, bus)
         server.revoked = await store.revoked_technician_fingerprints()
-        background = [asyncio.create_task(server.refresh_revocations())]
+        background = [asyncio.create_task(server.refresh_revocations()),
+                      asyncio.create_task(server.flush_seen())]
         if server.presence is not None:
             await server.presence.forget_mine()
             await server.bus.serve(server.serve_forward)
@@ -880,6 +912,8 @@ async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) ->
         finally:
             for task in background:
                 task.cancel()
+            await server.flush_seen_once()
+            await server.writer.close()
     finally:
         if bus is not None:
             await bus.close()

@@ -42,7 +42,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -1084,6 +1084,18 @@ class Store:
         if updated.rowcount != 1:
             raise NotFound(f"agent {agent_id!r} is not enrolled")
 
+    async def touch_agents(self, seen: Mapping[str, datetime]) -> None:
+        """Record when each agent was last seen, all in one transaction (agents that no
+        longer exist are skipped). The server batches connects and disconnects this way, so
+        a reconnect storm costs one write every few seconds, not one per agent."""
+        if not seen:
+            return
+        rows = [{"aid": a, "seen": _as_utc(at, "seen")} for a, at in seen.items()]
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                sa.update(agents).where(agents.c.agent_id == sa.bindparam("aid"))
+                .values(last_seen=sa.bindparam("seen")), rows)
+
     async def revoke_agent(self, agent_id: str, *, now: datetime) -> None:
         """Mark the agent revoked at ``now``; revoking twice keeps the first time.
 
@@ -1473,45 +1485,73 @@ class Store:
             NotFound: the case does not exist or is not ``agent_id``'s (the same error for
                 both, so an agent learns nothing about other agents' cases).
         """
-        now = _as_utc(now, "now")
         async with self._tx(write=True) as conn:
-            found = (
-                await conn.execute(
-                    sa.select(cases.c.id, cases.c.state).where(
-                        cases.c.number == case, cases.c.agent_id == agent_id
-                    )
+            return await self.store_result_in(
+                conn, msg_id=msg_id, request_id=request_id, case=case, agent_id=agent_id,
+                action=action, ok=ok, payload=payload, error=error, now=now,
+                case_state=case_state, audit_detail=audit_detail)
+
+    async def store_result_in(
+        self,
+        conn: AsyncConnection,
+        *,
+        msg_id: str,
+        request_id: str,
+        case: str,
+        agent_id: str,
+        action: str,
+        ok: bool,
+        payload: bytes,
+        error: str,
+        now: datetime,
+        case_state: str | None = None,
+        audit_detail: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """:meth:`store_result` inside the caller's write transaction (see
+        :meth:`run_batch`). ``NotFound`` is raised before anything is written."""
+        now = _as_utc(now, "now")
+        try:
+            detail_json = (None if audit_detail is None
+                           else _audit.canonical_detail(audit_detail))
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        found = (
+            await conn.execute(
+                sa.select(cases.c.id, cases.c.state).where(
+                    cases.c.number == case, cases.c.agent_id == agent_id
                 )
-            ).one_or_none()
-            if found is None:
-                raise NotFound(
-                    f"agent {agent_id!r} has no case {case!r}; an agent can only send "
-                    "results for its own cases"
-                )
-            inserted = await conn.execute(
-                self._insert(results)
-                .values(
-                    msg_id=msg_id,
-                    request_id=request_id,
-                    case_id=found.id,
-                    agent_id=agent_id,
-                    action=action,
-                    ok=ok,
-                    payload=payload,
-                    error=error,
-                    received_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["msg_id"])
             )
-            if inserted.rowcount == 1 and audit_detail is not None:
-                await self._append_audit(
-                    conn, event="result", actor=f"agent:{agent_id}", subject=case,
-                    detail_json=_audit.canonical_detail(audit_detail), now=now)
-            if inserted.rowcount == 1 and case_state is not None and found.state != case_state:
-                await conn.execute(sa.update(cases).where(cases.c.id == found.id)
-                                   .values(state=case_state, updated_at=now))
-                await conn.execute(sa.insert(case_events).values(
-                    case_id=found.id, state=case_state, at=now, actor=agent_id,
-                    note=f"result {msg_id}"))
+        ).one_or_none()
+        if found is None:
+            raise NotFound(
+                f"agent {agent_id!r} has no case {case!r}; an agent can only send "
+                "results for its own cases"
+            )
+        inserted = await conn.execute(
+            self._insert(results)
+            .values(
+                msg_id=msg_id,
+                request_id=request_id,
+                case_id=found.id,
+                agent_id=agent_id,
+                action=action,
+                ok=ok,
+                payload=payload,
+                error=error,
+                received_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["msg_id"])
+        )
+        if inserted.rowcount == 1 and detail_json is not None:
+            await self._append_audit(
+                conn, event="result", actor=f"agent:{agent_id}", subject=case,
+                detail_json=detail_json, now=now)
+        if inserted.rowcount == 1 and case_state is not None and found.state != case_state:
+            await conn.execute(sa.update(cases).where(cases.c.id == found.id)
+                               .values(state=case_state, updated_at=now))
+            await conn.execute(sa.insert(case_events).values(
+                case_id=found.id, state=case_state, at=now, actor=agent_id,
+                note=f"result {msg_id}"))
         return bool(inserted.rowcount == 1)
 
     async def list_results(self, case: str) -> list[ResultRecord]:
@@ -1563,15 +1603,46 @@ class Store:
         Raises:
             StoreError: ``detail`` is not JSON-representable or too large.
         """
+        async with self._tx(write=True) as conn:
+            return await self.append_audit_in(conn, event=event, actor=actor, subject=subject,
+                                              detail=detail, now=now)
+
+    async def append_audit_in(
+        self,
+        conn: AsyncConnection,
+        *,
+        event: str,
+        actor: str,
+        subject: str = "",
+        detail: Mapping[str, Any] | None = None,
+        now: datetime,
+    ) -> AuditEntry:
+        """:meth:`append_audit` inside the caller's write transaction (see :meth:`run_batch`);
+        a bad ``detail`` raises ``StoreError`` before anything is written."""
         now = _as_utc(now, "now")
         try:
             detail_json = _audit.canonical_detail(detail)
         except ValueError as exc:
             raise StoreError(str(exc)) from None
+        return await self._append_audit(
+            conn, event=event, actor=actor, subject=subject, detail_json=detail_json, now=now
+        )
+
+    async def run_batch(
+        self, jobs: Sequence[Callable[[AsyncConnection], Awaitable[Any]]]
+    ) -> list[Any]:
+        """Run write jobs in ONE transaction (group commit) and return each job's value, or
+        the ``NotFound``/``StoreError`` it raised (such jobs raise before writing anything,
+        so the others still commit). Any other failure rolls the whole batch back and
+        propagates: then nothing of it is stored, and the callers retry."""
+        out: list[Any] = []
         async with self._tx(write=True) as conn:
-            return await self._append_audit(
-                conn, event=event, actor=actor, subject=subject, detail_json=detail_json, now=now
-            )
+            for job in jobs:
+                try:
+                    out.append(await job(conn))
+                except StoreError as exc:
+                    out.append(exc)
+        return out
 
     @staticmethod
     async def _append_audit(

@@ -1112,3 +1112,13 @@ async def test_contracts_are_numbered_and_validated(store: Store) -> None:
     with pytest.raises(StoreError, match="negative"):
         await store.add_contract(customer="X", free_visits=-1, valid_from=date(2026, 1, 1),
                                  valid_to=date(2026, 2, 1), rate=None, now=T0)
+
+
+async def test_touch_agents_records_many_in_one_call_and_skips_unknown(store: Store) -> None:
+    await enroll(store, "a")
+    await enroll(store, "b")
+    await store.touch_agents({"a": T0 + timedelta(minutes=1), "b": T0 + timedelta(minutes=2),
+                              "gone": T0})
+    seen = {a.agent_id: a.last_seen for a in await store.list_agents()}
+    assert seen == {"a": T0 + timedelta(minutes=1), "b": T0 + timedelta(minutes=2)}
+    await store.touch_agents({})  # nothing to write is fine
