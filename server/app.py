@@ -195,6 +195,9 @@ class Server:
         self._ws_server: WsServer | None = None
         #: agent id -> when last seen (connect/disconnect), written in batches
         self._seen: dict[str, datetime] = {}
+        #: enrolled agents seen since start (see _known_agent) and revoked agent ids
+        self._agents: dict[str, Any] = {}
+        self._revoked_agents: set[str] = set()
         self.tunnels = TunnelBroker()
         self.desk = OnsiteDesk(store, load_home_policy(cfg.home))
         self.writer = Writer(store)
@@ -228,15 +231,32 @@ class Server:
             for agent_id, at in batch.items():
                 self._seen.setdefault(agent_id, at)
 
+    async def _known_agent(self, agent_id: str) -> Any:
+        """The enrolled agent, from memory after its first connect (a reconnect storm must
+        not be one store read per agent); revoked agents are dropped from the cache within
+        ``REVOCATION_REFRESH_S`` by :meth:`refresh_revocations`."""
+        if agent_id in self._revoked_agents:
+            return None
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            agent = await self.store.get_agent(agent_id)
+            if agent is not None and agent.revoked_at is None:
+                self._agents[agent_id] = agent
+        return agent
+
     async def refresh_revocations(self, every: float = REVOCATION_REFRESH_S) -> None:
         """Pick up `hw-server tech revoke` made while running; push changes to agents."""
         while True:
             await asyncio.sleep(every)
             try:
                 current = await self.store.revoked_technician_fingerprints()
+                revoked_agents = await self.store.revoked_agent_ids()
             except StoreError as exc:
                 log.warning("cannot read revocations: %s", exc)
                 continue
+            self._revoked_agents = revoked_agents
+            for agent_id in revoked_agents & self._agents.keys():
+                del self._agents[agent_id]
             if current != self.revoked:
                 self.revoked = current
                 for link in list(self.links.values()):
@@ -244,6 +264,15 @@ class Server:
                         await link.send(m.Revocations(fingerprints=current))
                     except ConnectionClosed:
                         pass
+
+    def drop_agent_connections(self, ws_server: WsServer) -> None:
+        """On shutdown, cut agent connections instead of a closing handshake with each
+        (thousands of handshakes made stopping take seconds per thousand agents); agents
+        reconnect as after any lost connection. Technicians get the normal close."""
+        for conn in list(ws_server.connections):
+            request = conn.request
+            if request is not None and request.path.split("?", 1)[0] == "/agent":
+                conn.transport.abort()
 
     @property
     def port(self) -> int:
@@ -304,7 +333,7 @@ class Server:
                 return  # bye before hello: nothing to do
             if first.role is not m.Role.AGENT:
                 raise session.reject(RemoteProtocolError("technicians connect to /tech"))
-            agent = await self.store.get_agent(session.identity)
+            agent = await self._known_agent(session.identity)
             if agent is None or agent.revoked_at is not None:
                 raise session.reject(AuthenticationFailed(
                     "unknown or revoked agent; enroll again with a new token"))
@@ -893,6 +922,7 @@ async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) ->
             bus = await NatsBus.connect(cfg.bus, cfg.node_id)
         server = Server(cfg, store, bus)
         server.revoked = await store.revoked_technician_fingerprints()
+        server._revoked_agents = await store.revoked_agent_ids()
         background = [asyncio.create_task(server.refresh_revocations()),
                       asyncio.create_task(server.flush_seen())]
         if server.presence is not None:
@@ -909,6 +939,7 @@ async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) ->
                     await ws_server.serve_forever()
                 else:
                     await stop.wait()
+                server.drop_agent_connections(ws_server)
         finally:
             for task in background:
                 task.cancel()

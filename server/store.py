@@ -1062,6 +1062,13 @@ class Store:
             ).one_or_none()
         return None if row is None else _agent(row)
 
+    async def revoked_agent_ids(self) -> set[str]:
+        """Ids of revoked agents (the server re-reads them to expire its agent cache)."""
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(sa.select(agents.c.agent_id).where(
+                agents.c.revoked_at.is_not(None)))).scalars()
+            return {str(r) for r in rows}
+
     async def list_agents(self) -> list[AgentRecord]:
         """Every agent (revoked ones included), oldest enrollment first."""
         async with self._tx(write=False) as conn:
