@@ -269,6 +269,7 @@ class Server:
         """On shutdown, cut agent connections instead of a closing handshake with each
         (thousands of handshakes made stopping take seconds per thousand agents); agents
         reconnect as after any lost connection. Technicians get the normal close."""
+        ws_server.server.close()  # stop accepting first, or the agents come straight back
         for conn in list(ws_server.connections):
             request = conn.request
             if request is not None and request.path.split("?", 1)[0] == "/agent":
