@@ -265,15 +265,24 @@ class Server:
                     except ConnectionClosed:
                         pass
 
-    def drop_agent_connections(self, ws_server: WsServer) -> None:
-        """On shutdown, cut agent connections instead of a closing handshake with each
-        (thousands of handshakes made stopping take seconds per thousand agents); agents
-        reconnect as after any lost connection. Technicians get the normal close."""
-        ws_server.server.close()  # stop accepting first, or the agents come straight back
-        for conn in list(ws_server.connections):
+    async def shutdown(self, ws_server: WsServer) -> None:
+        """Stop accepting, cut agent connections, close technician sessions.
+
+        Agents get no closing handshake: thousands of them made stopping take seconds per
+        thousand agents, and an agent reconnects after any lost connection anyway.
+        Technicians get the normal close (1001) so a running command says why it ended."""
+        ws_server.close(close_connections=False)  # first: or the agents come straight back
+        closing = []
+        # all_connections: also those still in their opening handshake
+        for conn in list(getattr(ws_server, "all_connections", ws_server.connections)):
             request = conn.request
-            if request is not None and request.path.split("?", 1)[0] == "/agent":
+            if request is None or request.path.split("?", 1)[0] == "/agent":
                 conn.transport.abort()
+            else:
+                closing.append(asyncio.create_task(
+                    conn.close(int(CloseCode.GOING_AWAY), "the server is shutting down")))
+        if closing:
+            await asyncio.wait(closing, timeout=5)
 
     @property
     def port(self) -> int:
@@ -940,7 +949,7 @@ async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) ->
                     await ws_server.serve_forever()
                 else:
                     await stop.wait()
-                server.drop_agent_connections(ws_server)
+                await server.shutdown(ws_server)
         finally:
             for task in background:
                 task.cancel()
