@@ -145,6 +145,9 @@ class AgentGone(Exception):
 
 #: Requests one technician connection may have in flight before the server stops reading.
 TECH_CONCURRENCY = 16
+#: Requests of all technicians served at once; more wait in memory, not in the store's
+#: connection pool (where they would time out under a fan-out to thousands of agents).
+SERVER_CONCURRENCY = 256
 #: Listings carry at most this many cases (newest first), descriptions cut to 200 chars.
 LIST_LIMIT = 500
 #: A case detail carries its newest results only.
@@ -193,6 +196,7 @@ class Server:
         #: case number -> agent id; a case never changes agent, so this never goes stale
         self._case_agent: dict[str, str] = {}
         self._ws_server: WsServer | None = None
+        self._serving = asyncio.Semaphore(SERVER_CONCURRENCY)
         #: agent id -> when last seen (connect/disconnect), written in batches
         self._seen: dict[str, datetime] = {}
         #: enrolled agents seen since start (see _known_agent) and revoked agent ids
@@ -610,11 +614,16 @@ class Server:
     async def _tech_request(self, tech: str, key: str, msg: m.AnyMessage, reply: Any) -> None:
         rid = getattr(msg, "id", None)
         try:
-            await reply(await self._serve_tech(tech, key, msg))
+            async with self._serving:
+                answer = await self._serve_tech(tech, key, msg)
+            await reply(answer)
         except NotFound as exc:
             await reply(m.Error(re=rid, code=m.ErrorCode.NOT_FOUND, message=str(exc)))
         except TicketError as exc:
             await reply(m.Error(re=rid, code=m.ErrorCode.REFUSED, message=str(exc)))
+        except StoreError as exc:
+            log.warning("technician request not served: %s", exc)
+            await reply(m.Error(re=rid, code=m.ErrorCode.INTERNAL, message=str(exc)))
         except FrameTooLarge:
             await reply(m.Error(re=rid, code=m.ErrorCode.BAD_REQUEST,
                                 message="the answer is larger than one frame; narrow the "

@@ -889,6 +889,11 @@ class Store:
                 f"the store is unavailable or busy ({type(exc.orig).__name__}); "
                 "retry, and check the database if it keeps happening"
             ) from exc
+        except sa.exc.TimeoutError as exc:  # every pooled connection busy for too long
+            raise StoreError(
+                "the store is overloaded (no database connection free in time); retry in "
+                "a moment"
+            ) from exc
         except OSError as exc:  # asyncpg: the server refused or dropped the connection
             raise StoreError(
                 f"the store's database server cannot be reached ({type(exc).__name__}); "
