@@ -818,8 +818,10 @@ class Server:
                            message=f"agent {agent_id} went offline during the request; a "
                                    "result it still sends is stored (`hw-tech case`)")
         if action is m.Action.CONSENT:
-            public_key = link.public_key if link is not None else \
-                (await self._agent_record(agent_id)).public_key
+            remote_agent = None if link is not None else await self._known_agent(agent_id)
+            if link is None and remote_agent is None:
+                raise NotFound(f"agent {agent_id} is not enrolled")
+            public_key = link.public_key if link is not None else remote_agent.public_key
             return await self._consent_answer(msg, public_key, result)
         if not result.ok and result.error_code is m.ErrorCode.REFUSED:
             return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
@@ -901,12 +903,6 @@ class Server:
                 await self.presence.renew(now_utc())
             except StoreError as exc:
                 log.warning("cannot renew agent presence: %s", exc)
-
-    async def _agent_record(self, agent_id: str) -> Any:
-        agent = await self.store.get_agent(agent_id)
-        if agent is None:
-            raise NotFound(f"agent {agent_id} is not enrolled")
-        return agent
 
     async def _consent_answer(self, msg: Relayed, public_key: bytes,
                               result: m.Result) -> m.AnyMessage:

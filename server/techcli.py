@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hw-tech", parents=[top],
         description="HelloWord technician tool: list agents and cases, ask the customer for "
-                    "consent, run diagnostics, propose fixes the customer approves.",
+                    "consent, run diagnostics, propose fixes the customer approves, open an "
+                    "SSH session, and carry on-site tickets from escalation to follow-up.",
         epilog="Exit codes: 0 ok, 1 refused or failed (reason on stderr), 2 usage error.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("agents", parents=[common], help="enrolled agents and whether online")

@@ -37,7 +37,7 @@ from ..store import NotFound, Store, StoreError
 from .calendar import WorkCalendar
 from .coverage import City, UnknownCity, nearest_base, resolve_city
 from .dispatch import FieldTech, occupied_hours, rank, visit_end
-from .eligibility import ContractState
+from .eligibility import REMOTE_ALTERNATIVES, ContractState
 from .policy import OnsitePolicy
 from .quote import Quote, quote
 from .tables import (
@@ -273,30 +273,27 @@ class OnsiteDesk:
                           quote=json.dumps({"reasons": [
                               f"the customer's city is not known to the coverage data ({exc}); "
                               "correct the customer's city, then escalate again"],
-                              "alternatives": _alternatives()}, ensure_ascii=False))
+                              "alternatives": list(REMOTE_ALTERNATIVES)},
+                             ensure_ascii=False))
             return await self._insert(values, actor, now), True
         values.update(customer_kind=ctx.customer_kind, contract_id=ctx.contract_id,
                       city=ctx.city.name, tier=ctx.city.tier)
         slots, first = self._propose(ctx, service, now, await self._occupancy(now))
         probe = first or self._quote(ctx, service, self._first_standard(ctx, now), now)
-        q = probe.as_json()
+        quote_json = _quote_json(probe)
         eligible = probe.eligible
-        reasons = list(q["reasons"])
         if eligible and not slots:
-            reasons.append("no field technician with this skill covers the city in the next "
-                           f"{self.policy.dispatch.search_working_days} working days; the "
-                           "desk will propose slots by hand (`hw-tech ticket reschedule`)")
+            quote_json["reasons"].append(
+                "no field technician with this skill covers the city in the next "
+                f"{self.policy.dispatch.search_working_days} working days; the desk will "
+                "propose slots by hand (`hw-tech ticket reschedule`)")
+        if not eligible and not quote_json["alternatives"]:
+            quote_json["alternatives"] = list(REMOTE_ALTERNATIVES)
         values.update(
             eligible=eligible, covered=probe.covered, provisional=probe.provisional,
             state=(S.PROPOSED if eligible else S.NOT_ELIGIBLE).value,
-            quote=json.dumps({"reasons": reasons,
-                              "alternatives": q["alternatives"] or ([] if eligible
-                                                                    else _alternatives()),
-                              "items": (q["price"] or {}).get("items", []),
-                              "distance_km": q["distance_km"],
-                              "earliest_standard": q["earliest_standard"],
-                              "contract": q["contract"]}, ensure_ascii=False),
-            total=(q["price"] or {}).get("total"), free_visit=probe.free_visit,
+            quote=json.dumps(quote_json, ensure_ascii=False),
+            total=probe.price.total if probe.price else None, free_visit=probe.free_visit,
             slots=msgspec.json.encode(slots if eligible else []).decode())
         return await self._insert(values, actor, now), True
 
@@ -362,8 +359,11 @@ class OnsiteDesk:
             busy = {(r.technician, r.hour_start) for r in (await conn.execute(
                 sa.select(tech_hours).where(tech_hours.c.hour_start >= now - timedelta(
                     days=1)))).all()}
+            # days from today on: the capacity to check, and the load that dispatch weighs
             day_rows = (await conn.execute(sa.select(
-                tech_day_visits.c.technician, tech_day_visits.c.day, sa.func.count()).group_by(
+                tech_day_visits.c.technician, tech_day_visits.c.day, sa.func.count()).where(
+                tech_day_visits.c.day >= now.astimezone(self.policy.hours.tz).date()
+                - timedelta(days=1)).group_by(
                 tech_day_visits.c.technician, tech_day_visits.c.day))).all()
         days = {(t, d): int(n) for t, d, n in day_rows}
         load: dict[str, int] = {}
@@ -705,11 +705,6 @@ class OnsiteDesk:
 def _local(at: datetime | None, policy: OnsitePolicy) -> datetime | None:
     """Appointments travel in the policy's time zone (China time), offset included."""
     return None if at is None else at.astimezone(policy.hours.tz)
-
-
-def _alternatives() -> list[str]:
-    from .eligibility import REMOTE_ALTERNATIVES
-    return list(REMOTE_ALTERNATIVES)
 
 
 def _quote_json(q: Quote) -> dict[str, Any]:

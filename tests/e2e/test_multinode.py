@@ -102,7 +102,10 @@ def test_two_nodes_route_requests_and_survive_losing_one(harness: Harness,
                for f in r["findings"])
     plan = h.tech_json(tech, "fix", case, "disk.cleanup", "--dry-run")
     assert plan["result"]["fix"]["decision"] == "dry-run"
-    assert "node-a" not in node_b.text()  # B never held the agent
+    audit = json.loads(h.run("hw-server", "audit", "show", "--home", str(h.server_home),
+                             "--subject", case, "--json").stdout)
+    relayed = [e["detail"] for e in audit if e["event"] == "command"]
+    assert relayed and all(d.get("node") == "a" for d in relayed)  # B sent them via A
     # booking across nodes: the offer goes B -> A -> agent; the acceptance lands on A
     ticket = h.tech_json(tech, "tickets")[0]["ticket"]
     h.run("hw-tech", "--home", str(tech), "book", ticket)
