@@ -18,7 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -29,13 +29,17 @@ from .certs import CertificateError, CertInfo, CertReason, verify_user_certifica
 from .messages import CaseNumber, Id, Name, Nonce, SignedCommand, Timestamp
 
 __all__ = [
-    "CLOCK_SKEW", "COMMAND_CONTEXT", "MAX_LIFETIME", "MAX_PAYLOAD", "Command", "CommandRefused",
-    "RefusalReason", "ReplayCache", "SignedCommand", "VerifiedCommand", "sign_command",
-    "verify_command",
+    "CLOCK_SKEW", "COMMAND_CONTEXT", "FANOUT_CONTEXT", "MAX_LIFETIME", "MAX_PAYLOAD", "Command",
+    "CommandRefused", "FanoutCommand", "RefusalReason", "ReplayCache", "SignedCommand",
+    "VerifiedCommand", "VerifiedFanout", "audience_matches", "decode_fanout", "sign_command",
+    "sign_fanout", "verify_command", "verify_fanout",
 ]
 
 COMMAND_CONTEXT = b"helloword-command-v1"
 """Domain separation: a command signature can never pass for any other signature."""
+
+FANOUT_CONTEXT = b"helloword-fanout-v1"
+"""Domain separation for fan-out commands: never valid as a one-agent command, and back."""
 
 MAX_LIFETIME = timedelta(minutes=10)
 """Longest ``expires_at - issued_at`` accepted."""
@@ -62,6 +66,29 @@ class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     args: Annotated[dict[str, Any], Meta(max_length=32)] = {}
 
 
+Audience = Annotated[str, Meta(min_length=3, max_length=140,
+                               pattern=r"^(all|customer:[^\n]+)(?!\n)$")]
+"""Who a fan-out command is for: ``all`` agents, or ``customer:NAME`` (the agent's enrolled
+customer name, exactly)."""
+
+
+class FanoutCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One command a technician sends to many agents at once (``docs/protocol.md#fan-out``).
+
+    Only ``ping`` exists: the agent proves it is there and checks the organisation's
+    signatures, and reveals nothing the server does not already know, so it needs no
+    consent grant. Anything that reads or changes the customer's machine stays a
+    one-agent :class:`Command` under that customer's consent.
+    """
+
+    audience: Audience
+    action: Literal["ping"]
+    tech: Name
+    nonce: Nonce
+    issued_at: Timestamp
+    expires_at: Timestamp
+
+
 class RefusalReason(StrEnum):
     """Why a command was refused (stable strings: they appear in logs and docs)."""
 
@@ -79,6 +106,7 @@ class RefusalReason(StrEnum):
     WRONG_ACTION = "wrong_action"
     REPLAYED = "replayed"
     BUSY = "busy"
+    WRONG_AUDIENCE = "wrong_audience"
 
 
 _MESSAGES: dict[RefusalReason, str] = {
@@ -117,6 +145,9 @@ _MESSAGES: dict[RefusalReason, str] = {
         "the action",
     RefusalReason.BUSY:
         "too many commands are in flight on this agent; retry shortly",
+    RefusalReason.WRONG_AUDIENCE:
+        "the fan-out command is addressed to another customer's agents; sign it for the "
+        "audience you mean (`hw-tech ping --all` or `--customer NAME`)",
 }
 
 _FROM_CERT: dict[CertReason, RefusalReason] = {
@@ -156,12 +187,21 @@ class VerifiedCommand:
     cert: CertInfo
 
 
+@dataclass(frozen=True)
+class VerifiedFanout:
+    """A fan-out command that passed every check, and the certificate that vouched for it."""
+
+    command: FanoutCommand
+    cert: CertInfo
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Command)
+_fanout_decoder = msgspec.json.Decoder(FanoutCommand)
 
 
-def _signed_bytes(payload: bytes) -> bytes:
-    return COMMAND_CONTEXT + b"\0" + payload
+def _signed_bytes(payload: bytes, context: bytes = COMMAND_CONTEXT) -> bytes:
+    return context + b"\0" + payload
 
 
 def sign_command(command: Command, *, certificate: str, key: Ed25519PrivateKey
@@ -181,6 +221,68 @@ def sign_command(command: Command, *, certificate: str, key: Ed25519PrivateKey
         raise ValueError(f"the command does not pass the schema: {exc}") from None
     return SignedCommand(payload=payload, certificate=certificate,
                          signature=key.sign(_signed_bytes(payload)))
+
+
+def sign_fanout(command: FanoutCommand, *, certificate: str, key: Ed25519PrivateKey
+                ) -> SignedCommand:
+    """Encode and sign a fan-out command (its own signature context, see
+    :data:`FANOUT_CONTEXT`).
+
+    Raises:
+        ValueError: ``command`` would not pass the agents' schema.
+    """
+    payload = _encoder.encode(command)
+    try:
+        _fanout_decoder.decode(payload)
+    except Exception as exc:
+        raise ValueError(f"the fan-out command does not pass the schema: {exc}") from None
+    return SignedCommand(payload=payload, certificate=certificate,
+                         signature=key.sign(_signed_bytes(payload, FANOUT_CONTEXT)))
+
+
+def decode_fanout(signed: SignedCommand) -> FanoutCommand:
+    """The fan-out command inside ``signed``, without checking it (for a node relaying a
+    fan-out another node has checked; agents always check with :func:`verify_fanout`).
+
+    Raises:
+        CommandRefused: MALFORMED.
+    """
+    try:
+        return _fanout_decoder.decode(signed.payload)
+    except Exception:
+        raise CommandRefused(RefusalReason.MALFORMED) from None
+
+
+def audience_matches(audience: str, customer: str) -> bool:
+    """Whether an agent enrolled for ``customer`` belongs to ``audience``."""
+    return audience == "all" or (bool(customer) and audience == "customer:" + customer)
+
+
+def _check_signer(signed: SignedCommand, tech: str, *, org_pub: bytes, now: datetime,
+                  revoked: Collection[str], context: bytes) -> CertInfo:
+    """The certificate chains to ``org_pub``, names ``tech``, is valid and not revoked,
+    and its key signed ``context`` + payload."""
+    try:
+        cert = verify_user_certificate(signed.certificate, org_pub=org_pub,
+                                       principal=tech, now=now)
+    except CertificateError as exc:
+        raise CommandRefused(_FROM_CERT[exc.reason], exc.message) from exc
+    if cert.fingerprint in revoked:
+        raise CommandRefused(RefusalReason.REVOKED)
+    try:
+        cert.public_key.verify(signed.signature, _signed_bytes(signed.payload, context))
+    except InvalidSignature:
+        raise CommandRefused(RefusalReason.BAD_SIGNATURE) from None
+    return cert
+
+
+def _check_window(issued_at: datetime, expires_at: datetime, now: datetime) -> None:
+    if expires_at <= now:
+        raise CommandRefused(RefusalReason.EXPIRED)
+    if issued_at > now + CLOCK_SKEW:
+        raise CommandRefused(RefusalReason.NOT_YET_VALID)
+    if expires_at - issued_at > MAX_LIFETIME:
+        raise CommandRefused(RefusalReason.LIFETIME_TOO_LONG)
 
 
 def verify_command(
@@ -223,32 +325,53 @@ def verify_command(
         command = _decoder.decode(signed.payload)
     except Exception:  # DecodeError, UnicodeDecodeError, RecursionError on deep nesting
         raise CommandRefused(RefusalReason.MALFORMED) from None
-    try:
-        cert = verify_user_certificate(signed.certificate, org_pub=org_pub,
-                                       principal=command.tech, now=now)
-    except CertificateError as exc:
-        raise CommandRefused(_FROM_CERT[exc.reason], exc.message) from exc
-    if cert.fingerprint in revoked:
-        raise CommandRefused(RefusalReason.REVOKED)
-    try:
-        cert.public_key.verify(signed.signature, _signed_bytes(signed.payload))
-    except InvalidSignature:
-        raise CommandRefused(RefusalReason.BAD_SIGNATURE) from None
+    cert = _check_signer(signed, command.tech, org_pub=org_pub, now=now, revoked=revoked,
+                         context=COMMAND_CONTEXT)
     if command.agent_id != agent_id:
         raise CommandRefused(RefusalReason.WRONG_AGENT)
     if case is not None and command.case != case:
         raise CommandRefused(RefusalReason.WRONG_CASE)
     if action is not None and command.action != action:
         raise CommandRefused(RefusalReason.WRONG_ACTION)
-    if command.expires_at <= now:
-        raise CommandRefused(RefusalReason.EXPIRED)
-    if command.issued_at > now + CLOCK_SKEW:
-        raise CommandRefused(RefusalReason.NOT_YET_VALID)
-    if command.expires_at - command.issued_at > MAX_LIFETIME:
-        raise CommandRefused(RefusalReason.LIFETIME_TOO_LONG)
+    _check_window(command.issued_at, command.expires_at, now)
     if replay is not None:
         replay.check_and_add(command.nonce, expires_at=command.expires_at, now=now)
     return VerifiedCommand(command=command, cert=cert)
+
+
+def verify_fanout(
+    signed: SignedCommand,
+    *,
+    org_pub: bytes,
+    now: datetime,
+    customer: str | None,
+    revoked: Collection[str] = (),
+    replay: ReplayCache | None = None,
+) -> VerifiedFanout:
+    """Check a signed fan-out command (:class:`FanoutCommand`).
+
+    The same checks as :func:`verify_command`, in the same order, with the audience in
+    place of agent, case and action: when ``customer`` is given (the agent's enrolled
+    customer), the audience must be ``all`` or name that customer. The server passes
+    ``customer=None``: it picks the agents by the audience itself.
+
+    Raises:
+        CommandRefused: with the :class:`RefusalReason` of the first failed check.
+        ValueError: ``now`` is naive (a bug in the caller).
+    """
+    if now.tzinfo is None:
+        raise ValueError("verify_fanout() needs a timezone-aware `now`")
+    if len(signed.payload) > MAX_PAYLOAD:
+        raise CommandRefused(RefusalReason.MALFORMED)
+    command = decode_fanout(signed)
+    cert = _check_signer(signed, command.tech, org_pub=org_pub, now=now, revoked=revoked,
+                         context=FANOUT_CONTEXT)
+    if customer is not None and not audience_matches(command.audience, customer):
+        raise CommandRefused(RefusalReason.WRONG_AUDIENCE)
+    _check_window(command.issued_at, command.expires_at, now)
+    if replay is not None:
+        replay.check_and_add(command.nonce, expires_at=command.expires_at, now=now)
+    return VerifiedFanout(command=command, cert=cert)
 
 
 class ReplayCache:

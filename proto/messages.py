@@ -758,6 +758,63 @@ class Bye(Struct, frozen=True, forbid_unknown_fields=True, tag="bye", tag_field=
     reason: Text = ""
 
 
+# -- fan-out (docs/protocol.md#fan-out) ---------------------------------------------------
+
+#: Most agents one fan-out reaches (ids in a :class:`FanoutDone` must fit one frame).
+MAX_FANOUT = 25_000
+
+
+class Fanout(Struct, frozen=True, forbid_unknown_fields=True, tag="fanout", tag_field="type"):
+    """Technician -> server: send one signed fan-out command (``command.payload`` is a
+    :class:`proto.command.FanoutCommand`) to every online agent of its audience; answer
+    when all have answered or ``timeout`` seconds have passed."""
+
+    id: Id
+    command: SignedCommand
+    timeout: Timeout = 10.0
+
+
+class Ping(Struct, frozen=True, forbid_unknown_fields=True, tag="ping", tag_field="type"):
+    """Server -> agent: fan-out ``id``'s signed command; the agent checks it and answers
+    :class:`Pong`."""
+
+    id: Id
+    command: SignedCommand
+
+
+class Pong(Struct, frozen=True, forbid_unknown_fields=True, tag="pong", tag_field="type"):
+    """Agent -> server: the answer to :class:`Ping` ``re``: checked and here (``ok``), or
+    refused with the refusal reason and its message."""
+
+    re: Id
+    ok: bool
+    reason: Annotated[str, Meta(max_length=64)] = ""
+    error: Text = ""
+
+
+class FanoutMiss(Struct, frozen=True, forbid_unknown_fields=True):
+    """An agent of a fan-out that did not answer ``ok``: ``reason`` is the agent's refusal
+    reason, ``no_answer`` (nothing within the timeout) or ``gone`` (disconnected)."""
+
+    agent_id: Id
+    reason: Annotated[str, Meta(max_length=64)]
+
+
+class FanoutDone(Struct, frozen=True, forbid_unknown_fields=True, tag="fanout_done",
+                 tag_field="type"):
+    """Server -> technician: fan-out ``re`` is over. ``sent``: online agents of the
+    audience it went to (on every node); ``ok``: those that checked the signed command and
+    answered; ``misses``: every other one, with why; ``seconds``: from the first send to
+    the last answer (or the timeout)."""
+
+    re: Id
+    audience: Annotated[str, Meta(max_length=140)]
+    sent: int
+    ok: int
+    seconds: float
+    misses: Annotated[list[FanoutMiss], Meta(max_length=MAX_FANOUT)] = []
+
+
 # -- SSH tunnels (docs/protocol.md#tunnels) -----------------------------------------------
 
 
@@ -854,6 +911,7 @@ AnyMessage = (
     | EscalateCase | ListTickets | GetTicket | OfferVisit | BookVisit | UpdateTicket
     | TicketList | TicketDetail | GetVisits | VisitUpdate | VisitList
     | OpenTunnel | TunnelOpen | Recording | GetRecording | RecordingData
+    | Fanout | Ping | Pong | FanoutDone
     | Error | Bye
 )
 """Union of every message; :func:`proto.codec.decode` returns one of these."""
@@ -866,6 +924,7 @@ ALL_MESSAGES: tuple[type[Struct], ...] = (
     EscalateCase, ListTickets, GetTicket, OfferVisit, BookVisit, UpdateTicket,
     TicketList, TicketDetail, GetVisits, VisitUpdate, VisitList,
     OpenTunnel, TunnelOpen, Recording, GetRecording, RecordingData,
+    Fanout, Ping, Pong, FanoutDone,
     Error, Bye,
 )
 

@@ -49,18 +49,18 @@ class State(StrEnum):
 
 #: What each role may send once READY. Replies go the other way.
 AGENT_SENDS: frozenset[type] = frozenset(
-    {m.OpenCase, m.Result, m.ConsentUpdate, m.Recording, m.GetVisits, m.VisitUpdate, m.Error,
-     m.Bye})
+    {m.OpenCase, m.Result, m.ConsentUpdate, m.Recording, m.GetVisits, m.VisitUpdate, m.Pong,
+     m.Error, m.Bye})
 SERVER_TO_AGENT: frozenset[type] = frozenset(
-    {m.CaseOpened, m.Request, m.Revocations, m.Ack, m.VisitList, m.Error, m.Bye})
+    {m.CaseOpened, m.Request, m.Revocations, m.Ack, m.VisitList, m.Ping, m.Error, m.Bye})
 TECH_SENDS: frozenset[type] = frozenset(
     {m.ListAgents, m.ListCases, m.GetCase, m.RunDiag, m.RunFix, m.ListPlugins, m.AskConsent,
      m.EscalateCase, m.ListTickets, m.GetTicket, m.OfferVisit, m.BookVisit, m.UpdateTicket,
-     m.OpenTunnel, m.GetRecording, m.Bye})
+     m.OpenTunnel, m.GetRecording, m.Fanout, m.Bye})
 SERVER_TO_TECH: frozenset[type] = frozenset(
     {m.AgentList, m.CaseList, m.CaseDetail, m.DiagDone, m.FixDone, m.PluginList,
-     m.ConsentAnswer, m.TicketList, m.TicketDetail, m.TunnelOpen, m.RecordingData, m.Error,
-     m.Bye}
+     m.ConsentAnswer, m.TicketList, m.TicketDetail, m.TunnelOpen, m.RecordingData,
+     m.FanoutDone, m.Error, m.Bye}
 )
 
 PROOF_CONTEXT = b"helloword-auth-v1"

@@ -34,18 +34,22 @@ class NodeUnreachable(BusError):
 
 
 class Forward(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A request for an agent connected to another node."""
+    """A request for an agent connected to another node, or a fan-out (already checked by
+    the technician's node) for that node's agents."""
 
-    agent_id: str
-    request: m.Request
+    agent_id: str = ""
+    request: m.Request | None = None
+    fanout: m.Fanout | None = None
 
 
 class Forwarded(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The agent's node's answer: the stored result, or why there is none."""
+    """The agent's node's answer: the stored result, or why there is none; for a fan-out,
+    that node's outcome."""
 
     result: m.Result | None = None
     stored_at: datetime | None = None
     error: str = ""  # "offline" | "gone" | "timeout" | "internal"
+    fanout: m.FanoutDone | None = None
 
 
 Handler = Callable[[Forward], Awaitable[Forwarded]]

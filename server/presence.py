@@ -71,3 +71,10 @@ class Presence:
             rows = (await conn.execute(sa.select(agent_presence.c.agent_id).where(
                 agent_presence.c.lease_until > now))).scalars()
             return {str(r) for r in rows}
+
+    async def nodes(self, now: datetime) -> set[str]:
+        """Nodes holding at least one agent with a live lease (this one included)."""
+        async with self.store._tx(write=False) as conn:
+            rows = (await conn.execute(sa.select(agent_presence.c.node_id).distinct().where(
+                agent_presence.c.lease_until > now))).scalars()
+            return {str(r) for r in rows}

@@ -324,6 +324,30 @@ def any_case_number(text: str) -> str:
     return case_number(text.upper())
 
 
+def cmd_ping(args: argparse.Namespace) -> int:
+    profile = _profile(args)
+    audience = "all" if args.all else f"customer:{args.customer}"
+
+    async def go() -> Any:
+        async with TechClient(profile) as client:
+            signed = client.sign_fanout(audience)
+            return await client.call(m.Fanout(id=client.new_id(), command=signed,
+                                              timeout=args.timeout))
+
+    try:
+        reply = asyncio.run(go())
+    except ValueError as exc:  # the audience does not pass the schema
+        raise TechError(f"cannot sign this fan-out: {exc}") from None
+    if args.json:
+        _dump(reply)
+        return 0 if reply.ok == reply.sent else 1
+    _out(f"fan-out to {reply.audience}: {reply.ok} of {reply.sent} online agents answered ok "
+         f"in {reply.seconds:.3f}s")
+    for miss in reply.misses:
+        _out(f"  {miss.agent_id}  {miss.reason}")
+    return 0 if reply.ok == reply.sent else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(add_help=False)
     top.add_argument("--home", metavar="DIR", help="technician home (default: $HW_HOME)")
@@ -416,6 +440,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="FILE", help="write the recording to FILE")
     s.add_argument("--list", action="store_true", help="only list the recordings")
     s.set_defaults(func=cmd_recording)
+    s = sub.add_parser("ping", parents=[common], help="one signed ping to every online agent "
+                       "(--all) or a customer's (--customer NAME); each agent checks it",
+                       description="Fan-out: one signed command, checked and audited once by "
+                       "the server and checked by every agent, which answers; reads nothing "
+                       "from the customers' machines, so it needs no consent grant. Exit 0 "
+                       "when every online agent answered ok, 1 otherwise (the others are "
+                       "listed with why).")
+    who = s.add_mutually_exclusive_group(required=True)
+    who.add_argument("--all", action="store_true", help="every online agent")
+    who.add_argument("--customer", metavar="NAME", help="the online agents of this customer")
+    s.add_argument("--timeout", type=timeout_seconds, default=10.0, metavar="S",
+                   help="how long to wait for the answers, 1-600 s (default 10)")
+    s.set_defaults(func=cmd_ping)
     add_ticket_commands(sub, common)
     return p
 

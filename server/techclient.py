@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from proto import MAX_FRAME_SIZE
 from proto import messages as m
-from proto.command import Command, sign_command
+from proto.command import Command, FanoutCommand, sign_command, sign_fanout
 from proto.errors import ProtocolError
 from proto.session import ClientSession
 
@@ -158,6 +158,15 @@ class TechClient:
                           expires_at=now + lifetime, args=args or {})
         return sign_command(command, certificate=self.profile.certificate(),
                             key=self._key)
+
+    def sign_fanout(self, audience: str, lifetime: timedelta = COMMAND_LIFETIME
+                    ) -> m.SignedCommand:
+        """Sign a fan-out ping for ``audience`` (``all`` or ``customer:NAME``)."""
+        now = datetime.now(UTC)
+        command = FanoutCommand(audience=audience, action="ping", tech=self.profile.name,
+                                nonce=secrets.token_bytes(16), issued_at=now,
+                                expires_at=now + lifetime)
+        return sign_fanout(command, certificate=self.profile.certificate(), key=self._key)
 
     @property
     def _key(self) -> Ed25519PrivateKey:

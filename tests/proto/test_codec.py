@@ -159,6 +159,12 @@ EXAMPLES: list[Any] = [*TICKET_EXAMPLES,
     m.RecordingData(re="gr-1", case=CASE, recordings=[m.RecordingInfo(
         id="rec-1", case=CASE, tech="alice", kind=m.RecordingKind.SFTP, started_at=T0,
         ended_at=None, size=3, sha256="ab" * 32)], data=b"abc"),
+    m.Fanout(id="fo-1", command=SIGNED, timeout=5.0),
+    m.Ping(id="fo-1", command=SIGNED),
+    m.Pong(re="fo-1", ok=True),
+    m.Pong(re="fo-1", ok=False, reason="wrong_audience", error="addressed to another customer"),
+    m.FanoutDone(re="fo-1", audience="all", sent=3, ok=2, seconds=0.5,
+                 misses=[m.FanoutMiss(agent_id=AGENT, reason="no_answer")]),
 ]
 
 

@@ -536,6 +536,8 @@ EXAMPLES_BY_TYPE: dict[type, m.AnyMessage] = {type(x): x for x in [
     m.Revocations(fingerprints=[]),
     *TICKET_EXAMPLES,
     *TUNNEL_EXAMPLES,
+    m.Fanout(id="f1", command=SIGNED), m.Ping(id="f1", command=SIGNED),
+    m.Pong(re="f1", ok=True), m.FanoutDone(re="f1", audience="all", sent=1, ok=1, seconds=0.1),
     m.Error(re=None, code=m.ErrorCode.INTERNAL, message="x"),
     m.Bye(),
 ]}
