@@ -794,7 +794,9 @@ class Pong(Struct, frozen=True, forbid_unknown_fields=True, tag="pong", tag_fiel
 
 class FanoutMiss(Struct, frozen=True, forbid_unknown_fields=True):
     """An agent of a fan-out that did not answer ``ok``: ``reason`` is the agent's refusal
-    reason, ``no_answer`` (nothing within the timeout) or ``gone`` (disconnected)."""
+    reason, ``no_answer`` (nothing within the timeout), ``gone`` (disconnected),
+    ``unsupported`` (speaks protocol version 1) or ``node_unreachable`` (its node did not
+    answer)."""
 
     agent_id: Id
     reason: Annotated[str, Meta(max_length=64)]

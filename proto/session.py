@@ -63,6 +63,15 @@ SERVER_TO_TECH: frozenset[type] = frozenset(
      m.FanoutDone, m.Error, m.Bye}
 )
 
+#: Messages a session may carry only from this protocol version on (the rest: from 1).
+SINCE_VERSION: dict[type, int] = {m.Fanout: 2, m.Ping: 2, m.Pong: 2, m.FanoutDone: 2}
+
+
+def speaks(version: int | None, cls: type) -> bool:
+    """Whether a session at ``version`` may carry messages of type ``cls``."""
+    return version is not None and version >= SINCE_VERSION.get(cls, 1)
+
+
 PROOF_CONTEXT = b"helloword-auth-v1"
 
 
@@ -175,7 +184,7 @@ class ServerSession(_Session):
             return msg
         if self.state is State.READY:
             allowed = AGENT_SENDS if self.role is m.Role.AGENT else TECH_SENDS
-            if type(msg) in allowed:
+            if type(msg) in allowed and speaks(self.version, type(msg)):
                 return msg
         raise self._unexpected(msg)
 
@@ -231,7 +240,7 @@ class ServerSession(_Session):
             after = State.CLOSING
         elif self.state is State.READY:
             allowed = SERVER_TO_AGENT if self.role is m.Role.AGENT else SERVER_TO_TECH
-            if type(msg) not in allowed:
+            if type(msg) not in allowed or not speaks(self.version, type(msg)):
                 raise self._local(msg)
             after = State.RELAY if isinstance(msg, m.TunnelOpen) else State.READY
         else:
@@ -306,7 +315,7 @@ class ClientSession(_Session):
             return msg
         if self.state is State.READY:
             allowed = SERVER_TO_AGENT if self.role is m.Role.AGENT else SERVER_TO_TECH
-            if type(msg) in allowed:
+            if type(msg) in allowed and speaks(self.version, type(msg)):
                 if isinstance(msg, m.TunnelOpen):
                     self.state = State.RELAY
                 return msg
@@ -340,6 +349,7 @@ class ClientSession(_Session):
             self.state = State.CLOSING
             return encode(msg)
         allowed = AGENT_SENDS if self.role is m.Role.AGENT else TECH_SENDS
-        if self.state is not State.READY or type(msg) not in allowed:
+        if (self.state is not State.READY or type(msg) not in allowed
+                or not speaks(self.version, type(msg))):
             raise self._local(msg)
         return encode(msg)

@@ -21,10 +21,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection, broadcast
 
+from proto import codec
 from proto import messages as m
 from proto.command import audience_matches
+from proto.session import ServerSession, State, speaks
 
 log = logging.getLogger("hw.server.fanout")
 
@@ -33,14 +35,16 @@ MAX_RUNNING = 4
 
 NO_ANSWER = "no_answer"
 GONE = "gone"
+UNSUPPORTED = "unsupported"
+NODE_UNREACHABLE = "node_unreachable"
 
 
 class Target(Protocol):
     """What a fan-out needs of a live agent link (server.app.AgentLink)."""
 
     agent_id: str
-
-    async def send(self, msg: m.AnyMessage) -> None: ...
+    ws: ServerConnection
+    session: ServerSession
 
 
 class FanoutBusy(Exception):
@@ -78,6 +82,13 @@ class Fanouts:
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
 
+    def busy(self) -> str:
+        """Why no fan-out can start now ("" when one can)."""
+        if len(self._runs) >= MAX_RUNNING:
+            return (f"{MAX_RUNNING} fan-outs are running on this server already; retry when "
+                    "one has finished")
+        return ""
+
     def answer(self, agent_id: str, pong: m.Pong) -> None:
         """An agent's answer; one for an unknown or finished fan-out is dropped."""
         run = self._runs.get(pong.re)
@@ -94,9 +105,8 @@ class Fanouts:
         Raises:
             FanoutBusy: :data:`MAX_RUNNING` fan-outs are running already.
         """
-        if len(self._runs) >= MAX_RUNNING:
-            raise FanoutBusy(f"{MAX_RUNNING} fan-outs are running on this server already; "
-                             "retry when one has finished")
+        if self.busy():
+            raise FanoutBusy(self.busy())
         if audience == "all":
             targets = dict(links)
         else:
@@ -107,12 +117,21 @@ class Fanouts:
         self._runs[fanout_id] = run
         started = time.monotonic()
         try:
-            ping = m.Ping(id=fanout_id, command=command)
+            # The same frame for every agent, encoded once and written to each connection
+            # without a coroutine per agent (websockets' broadcast). It has no backpressure:
+            # at most MAX_RUNNING frames per agent are queued, each under 10 KiB (a checked
+            # fan-out command is under 1 KiB, its certificate at most 8 KiB). A connection
+            # that is not open or not READY never gets it and is counted ``gone``.
+            frame = codec.encode(m.Ping(id=fanout_id, command=command))
+            ready = []
             for agent_id, link in targets.items():
-                try:
-                    await link.send(ping)
-                except ConnectionClosed:
+                if link.session.state is not State.READY:
                     run.settle(agent_id, GONE)
+                elif not speaks(link.session.version, m.Ping):
+                    run.settle(agent_id, UNSUPPORTED)  # an agent from before fan-out
+                else:
+                    ready.append(link.ws)
+            broadcast(ready, frame, text=True)
             try:
                 async with asyncio.timeout(max(0.0, wait - (time.monotonic() - started))):
                     await run.done.wait()
@@ -128,6 +147,14 @@ class Fanouts:
             seconds=round(time.monotonic() - started, 3),
             misses=[m.FanoutMiss(agent_id=aid, reason=why)
                     for aid, why in sorted(run.misses.items())])
+
+
+def unreachable(fanout_id: str, agent_ids: Iterable[str], wait: float) -> m.FanoutDone:
+    """A node's part when that node did not answer: its agents were not reached."""
+    ids = sorted(agent_ids)
+    return m.FanoutDone(re=fanout_id, audience="", sent=len(ids), ok=0, seconds=wait,
+                        misses=[m.FanoutMiss(agent_id=aid, reason=NODE_UNREACHABLE)
+                                for aid in ids])
 
 
 def combine(fanout_id: str, audience: str, parts: list[m.FanoutDone]) -> m.FanoutDone:

@@ -78,3 +78,11 @@ class Presence:
             rows = (await conn.execute(sa.select(agent_presence.c.node_id).distinct().where(
                 agent_presence.c.lease_until > now))).scalars()
             return {str(r) for r in rows}
+
+    async def agents_on(self, node: str, now: datetime) -> set[str]:
+        """Agents whose live lease is held by ``node``."""
+        async with self.store._tx(write=False) as conn:
+            rows = (await conn.execute(sa.select(agent_presence.c.agent_id).where(
+                agent_presence.c.node_id == node,
+                agent_presence.c.lease_until > now))).scalars()
+            return {str(r) for r in rows}

@@ -26,6 +26,7 @@ from proto.session import (
     AGENT_SENDS,
     SERVER_TO_AGENT,
     SERVER_TO_TECH,
+    SINCE_VERSION,
     TECH_SENDS,
     ClientSession,
     ServerSession,
@@ -70,17 +71,19 @@ def _hello(client: ClientSession, mode: m.Mode = m.Mode.RUN) -> bytes:
     return client.hello(software="hw-tech/0.1", certificate=CERT)
 
 
-def to_challenge(role: m.Role) -> Pair:
+def to_challenge(role: m.Role, client_versions: tuple[int, int] | None = None) -> Pair:
     """Hello -> Challenge delivered: both sides in CHALLENGE."""
-    server, client, key = ServerSession(), _client(role), Ed25519PrivateKey.generate()
+    client = _client(role) if client_versions is None else _client(
+        role, versions=client_versions)
+    server, key = ServerSession(), Ed25519PrivateKey.generate()
     assert isinstance(server.receive(_hello(client)), m.Hello)
     assert isinstance(client.receive(server.challenge(NONCE, NOW)), m.Challenge)
     return Pair(server, client, key)
 
 
-def to_ready(role: m.Role) -> Pair:
+def to_ready(role: m.Role, client_versions: tuple[int, int] | None = None) -> Pair:
     """The full handshake: both sides READY."""
-    pair = to_challenge(role)
+    pair = to_challenge(role, client_versions)
     proof = pair.server.receive(pair.client.prove(pair.key.sign(pair.client.proof_payload())))
     assert isinstance(proof, m.Proof)
     pair.server.verify(proof, pair.key.public_key())
@@ -544,6 +547,28 @@ EXAMPLES_BY_TYPE: dict[type, m.AnyMessage] = {type(x): x for x in [
 
 
 # -- the transition tables match ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", list(m.Role))
+def test_version_2_messages_never_cross_a_version_1_session(role: m.Role) -> None:
+    """A peer that negotiated version 1 neither gets nor may send a fan-out message."""
+    client_sends = AGENT_SENDS if role is m.Role.AGENT else TECH_SENDS
+    server_sends = SERVER_TO_AGENT if role is m.Role.AGENT else SERVER_TO_TECH
+    assert set(SINCE_VERSION) == {m.Fanout, m.Ping, m.Pong, m.FanoutDone}
+    for cls in SINCE_VERSION:
+        msg = EXAMPLES_BY_TYPE[cls]
+        old, new = to_ready(role, (1, 1)), to_ready(role)
+        assert (old.client.version, new.client.version) == (1, 2)
+        if cls in client_sends:
+            with pytest.raises(LocalProtocolError):
+                old.client.send(msg)
+            with pytest.raises(UnexpectedMessage):  # a v1 server never accepts it either
+                old.server.receive(new.client.send(msg))
+        if cls in server_sends:
+            with pytest.raises(LocalProtocolError):
+                old.server.send(msg)
+            with pytest.raises(UnexpectedMessage):
+                old.client.receive(new.server.send(msg))
 
 
 def test_tables_only_hold_messages() -> None:
