@@ -527,9 +527,20 @@ class Ack(Struct, frozen=True, forbid_unknown_fields=True, tag="ack", tag_field=
 # -- technician session ------------------------------------------------------------------
 
 
+#: Most agents one ``agent_list`` page carries (a page stays well under one frame).
+AGENT_PAGE = 1000
+
+
 class ListAgents(Struct, frozen=True, forbid_unknown_fields=True, tag="list_agents",
-                 tag_field="type"):
+                 tag_field="type", omit_defaults=True):
+    """Enrolled agents in enrollment order, one page at a time (``offset``, ``limit``);
+    optionally only one customer's, or only online (``True``) or offline (``False``) ones."""
+
     id: Id
+    customer: Name | None = None
+    online: bool | None = None
+    offset: Annotated[int, Meta(ge=0)] = 0
+    limit: Annotated[int, Meta(ge=1, le=AGENT_PAGE)] = AGENT_PAGE
 
 
 class ListCases(Struct, frozen=True, forbid_unknown_fields=True, tag="list_cases",
@@ -587,9 +598,13 @@ class AskConsent(Struct, frozen=True, forbid_unknown_fields=True, tag="ask_conse
 
 
 class AgentList(Struct, frozen=True, forbid_unknown_fields=True, tag="agent_list",
-                tag_field="type"):
+                tag_field="type", omit_defaults=True):
+    """One page of agents; ``next_offset``: ask again with it for the next page (``None``:
+    this was the last)."""
+
     re: Id
-    agents: list[AgentInfo]
+    agents: Annotated[list[AgentInfo], Meta(max_length=AGENT_PAGE)]
+    next_offset: int | None = None
 
 
 class CaseList(Struct, frozen=True, forbid_unknown_fields=True, tag="case_list",

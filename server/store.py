@@ -1074,12 +1074,13 @@ class Store:
                 agents.c.revoked_at.is_not(None)))).scalars()
             return {str(r) for r in rows}
 
-    async def list_agents(self) -> list[AgentRecord]:
-        """Every agent (revoked ones included), oldest enrollment first."""
+    async def list_agents(self, *, customer: str | None = None) -> list[AgentRecord]:
+        """Every agent (revoked ones included), or ``customer``'s, oldest enrollment first."""
+        query = _agent_select.order_by(agents.c.enrolled_at, agents.c.agent_id)
+        if customer is not None:
+            query = query.where(customers.c.name == customer)
         async with self._tx(write=False) as conn:
-            rows = (
-                await conn.execute(_agent_select.order_by(agents.c.enrolled_at, agents.c.agent_id))
-            ).all()
+            rows = (await conn.execute(query)).all()
         return [_agent(row) for row in rows]
 
     async def touch_agent(self, agent_id: str, *, now: datetime) -> None:

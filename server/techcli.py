@@ -117,12 +117,27 @@ def _when(dt: Any) -> str:
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
-    reply = _call(args, lambda rid: m.ListAgents(id=rid))
+    profile = _profile(args)
+
+    async def go() -> list[m.AgentInfo]:
+        agents: list[m.AgentInfo] = []
+        offset: int | None = 0
+        async with TechClient(profile) as client:
+            while offset is not None:  # every page, one connection
+                page = await client.call(m.ListAgents(id=client.new_id(), offset=offset,
+                                                      customer=args.customer,
+                                                      online=args.online))
+                assert isinstance(page, m.AgentList)
+                agents += page.agents
+                offset = page.next_offset
+        return agents
+
+    agents = asyncio.run(go())
     if args.json:
-        _dump(reply.agents)
+        _dump(agents)
     else:
         _table([[a.agent_id, a.customer, a.city, a.hostname, "online" if a.online else "offline",
-                 _when(a.last_seen)] for a in reply.agents],
+                 _when(a.last_seen)] for a in agents],
                ["AGENT", "CUSTOMER", "CITY", "HOST", "STATUS", "LAST SEEN"])
     return 0
 
@@ -364,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 refused or failed (reason on stderr), 2 usage error.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("agents", parents=[common], help="enrolled agents and whether online")
+    s.add_argument("--customer", metavar="NAME", help="only this customer's agents")
+    state = s.add_mutually_exclusive_group()
+    state.add_argument("--online", dest="online", action="store_const", const=True,
+                       help="only agents online now")
+    state.add_argument("--offline", dest="online", action="store_const", const=False,
+                       help="only agents offline now")
     s.set_defaults(func=cmd_agents)
     s = sub.add_parser("cases", parents=[common], help="cases, newest first")
     s.add_argument("--state", help="only cases in this state")
