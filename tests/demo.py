@@ -56,6 +56,7 @@ def main() -> int:
             T = str(h.root / "T")
             say("operator", "hw-server", "tech", "add", "--home", S, "alice", "--out", T)
             say("technician", "hw-tech", "--home", T, "agents")
+            say("technician", "hw-tech", "--home", T, "ping", "--all")  # one signed fan-out
             say("technician", "hw-tech", "--home", T, "cases")
             print(f"\n[technician] $ hw-tech --home {T} diag {case}   # no consent yet")
             refused = h.run("hw-tech", "--home", T, "diag", case, check=False)
