@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(foreground; reconnects by itself)")
     s.add_argument("--retry-min", type=float, default=1.0, metavar="S",
                    help="upper bound of the first reconnect delay in seconds; each failed "
-                        "attempt doubles it, and the delay is drawn at random below it "
+                        "attempt multiplies it by 1.6, and the delay is drawn at random "
+                        "below it; a busy server's Retry-After is followed instead "
                         "(default 1)")
     s.add_argument("--retry-max", type=float, default=60.0, metavar="S",
                    help="largest reconnect delay in seconds (default 60)")

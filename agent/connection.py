@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from plugins.system import agent_version
 from proto import MAX_FRAME_SIZE
@@ -15,6 +15,7 @@ from proto import messages as m
 from proto.errors import CloseCode, ProtocolError
 from proto.session import ClientSession
 
+from .backoff import parse_retry_after
 from .errors import Refused, Unreachable
 
 SOFTWARE = f"hw-agent/{agent_version()}"
@@ -50,6 +51,13 @@ async def open_ws(url: str, ctx: ssl.SSLContext, *, ping: float | None = 20
                              max_queue=4, write_limit=512 * 1024,  # a tunnel's frames
                              open_timeout=10, ping_interval=ping, ping_timeout=20,
                              user_agent_header=SOFTWARE, close_timeout=5)
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        wait = parse_retry_after(exc.response.headers.get("Retry-After"))
+        if status in (429, 503) and wait is not None:
+            raise Unreachable(f"{url}: the server is busy (HTTP {status}) and asked to retry "
+                              f"in {wait:g}s", retry_after=wait) from None
+        raise Unreachable(f"{url}: cannot connect ({type(exc).__name__}: {exc})") from None
     except ssl.SSLCertVerificationError as exc:
         raise Unreachable(f"{url}: the server's certificate is not from the CA pinned at "
                           f"enrollment ({exc.verify_message}); not connecting") from None
@@ -67,12 +75,15 @@ async def dial(urls: list[str], ctx: ssl.SSLContext, *, agent_id: str,
         Refused: the server refused this agent (do not retry blindly).
     """
     errors: list[str] = []
+    waits: list[float] = []
     for base in urls:
         url = base.rstrip("/") + "/agent"
         try:
             ws = await open_ws(url, ctx, ping=20 if mode is m.Mode.RUN else None)
         except Unreachable as exc:
             errors.append(str(exc))
+            if exc.retry_after is not None:
+                waits.append(exc.retry_after)
             continue
         session = ClientSession(role=m.Role.AGENT, identity=agent_id)
         try:
@@ -91,4 +102,5 @@ async def dial(urls: list[str], ctx: ssl.SSLContext, *, agent_id: str,
         except ProtocolError as exc:
             await ws.close(int(exc.close_code), exc.reason[:120])
             errors.append(f"{url}: protocol error: {exc.reason}")
-    raise Unreachable("; ".join(errors) or "no server URL configured")
+    raise Unreachable("; ".join(errors) or "no server URL configured",
+                      retry_after=min(waits) if waits else None)

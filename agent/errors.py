@@ -25,7 +25,11 @@ class EnrollError(AgentError):
 
 
 class Unreachable(AgentError):
-    pass
+    """``retry_after``: seconds a busy server asked us to wait (HTTP 503), else None."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Refused(AgentError):

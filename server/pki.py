@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncssh
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +25,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from proto.certs import CertificateError, verify_user_certificate
 
 from .errors import CertificateRefused
+
+if TYPE_CHECKING:  # asyncssh (~20 MiB) is imported where keys are made, not by hw-server run
+    import asyncssh
 
 
 def ca_fingerprint(cert_pem: bytes) -> bytes:
@@ -107,6 +110,8 @@ def make_server_cert(home: Path, *, names: list[str], now: datetime, days: int =
 
 def make_org_key(home: Path) -> None:
     """Create the Ed25519 organisation key ``org.key`` (OpenSSH) and ``org.pub``."""
+    import asyncssh
+
     key = asyncssh.generate_private_key("ssh-ed25519", comment="helloword-org")
     _write_private(home / "org.key", key.export_private_key("openssh"))
     (home / "org.pub").write_bytes(key.export_public_key("openssh"))
@@ -114,7 +119,10 @@ def make_org_key(home: Path) -> None:
 
 def org_public_raw(home: Path) -> bytes:
     """The raw 32 bytes of the organisation public key (what tokens carry)."""
-    return ssh_public_raw(asyncssh.import_public_key((home / "org.pub").read_bytes()))
+    pub = serialization.load_ssh_public_key((home / "org.pub").read_bytes())
+    if not isinstance(pub, Ed25519PublicKey):
+        raise CertificateRefused("only Ed25519 keys are accepted")
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def ssh_public_raw(key: asyncssh.SSHKey) -> bytes:
@@ -139,6 +147,8 @@ def issue_tech(home: Path, *, name: str, out: Path, now: datetime, days: int = 9
     Writes ``tech.key`` (private, 0600), ``tech.key.pub`` and ``tech.key-cert.pub`` into
     ``out``; the certificate's principal is ``name`` and it is valid for ``days``.
     """
+    import asyncssh
+
     org = asyncssh.read_private_key(home / "org.key")
     key = asyncssh.generate_private_key("ssh-ed25519", comment=f"helloword-tech-{name}")
     valid_before = now + timedelta(days=days)

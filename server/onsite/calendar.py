@@ -20,8 +20,6 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Literal
 
-import holidays
-
 from .policy import OnsitePolicy
 
 DayKind = Literal["working", "adjusted-working", "weekend", "holiday"]
@@ -35,12 +33,16 @@ def _last_published_year() -> int:
         return max(ChinaStaticHolidays.special_public_holidays)
     except (ImportError, AttributeError, ValueError):  # pragma: no cover - package layout
         # Fallback: the last year that has an adjusted weekend working day.
+        import holidays
+
         probe = holidays.country_holidays("CN", years=range(2020, date.today().year + 3))
         return max(d.year for d in probe.weekend_workdays)
 
 
 class WorkCalendar:
     def __init__(self, policy: OnsitePolicy) -> None:
+        import holidays  # ~9 MiB: imported when a calendar is first needed, not at start
+
         self._cn = holidays.country_holidays("CN")  # expands to any year on lookup
         self._off = policy.calendar.holidays
         self._on = policy.calendar.working_days

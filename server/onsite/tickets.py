@@ -105,7 +105,15 @@ class OnsiteDesk:
                  calendar: WorkCalendar | None = None) -> None:
         self.store = store
         self.policy = policy
-        self.calendar = calendar or WorkCalendar(policy)
+        self._calendar = calendar
+
+    @property
+    def calendar(self) -> WorkCalendar:
+        """Built on first use: the holiday tables cost ~9 MiB and 0.1 s of every server
+        start (a restart with thousands of agents waiting), and most servers never quote."""
+        if self._calendar is None:
+            self._calendar = WorkCalendar(self.policy)
+        return self._calendar
 
     # -- field technicians -------------------------------------------------------------
 
