@@ -21,7 +21,13 @@ from websockets.exceptions import ConnectionClosed
 from plugins.api import FixContext, ProbeContext
 from proto import codec
 from proto import messages as m
-from proto.command import CommandRefused, ReplayCache, VerifiedCommand, verify_command
+from proto.command import (
+    CommandRefused,
+    ReplayCache,
+    VerifiedCommand,
+    verify_command,
+    verify_fanout,
+)
 from proto.errors import CloseCode, ProtocolError
 from proto.receipt import sign_receipt
 
@@ -113,7 +119,8 @@ class Agent:
                 link = await dial(self.state.urls, self.ctx, agent_id=self.state.agent_id,
                                   key=self.key, mode=m.Mode.RUN)
             except Unreachable as exc:
-                delay = self.backoff.next()
+                delay = (self.backoff.next() if exc.retry_after is None
+                         else self.backoff.busy(exc.retry_after))
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await _wait(stop, delay)
                 continue
@@ -168,6 +175,11 @@ class Agent:
             task = asyncio.create_task(self._handle(msg))
             self._tasks[task] = msg.case
             task.add_done_callback(lambda t: self._tasks.pop(t, None))
+        elif isinstance(msg, m.Ping):
+            pong = self._ping(msg)
+            task = asyncio.create_task(self._answer(link, pong))
+            self._tasks[task] = ""
+            task.add_done_callback(lambda t: self._tasks.pop(t, None))
         elif isinstance(msg, m.Revocations):
             self.revoked = frozenset(msg.fingerprints)
         elif isinstance(msg, m.Ack):
@@ -179,6 +191,30 @@ class Agent:
                 # A result the server refused for good is not resent forever.
                 self.store.log("dropped", f"result {msg.re} refused by the server: "
                                f"{msg.message}", now=now_utc())
+
+    def _ping(self, msg: m.Ping) -> m.Pong:
+        """A fan-out ping: check it like any command (signature, certificate, revocation,
+        audience, validity, nonce) and say so. It reads nothing from this machine, so it
+        needs no consent grant; it is written to the local log all the same."""
+        now = now_utc()
+        try:
+            verified = verify_fanout(msg.command, org_pub=self.org_pub, now=now,
+                                     customer=self.state.customer, revoked=self.revoked,
+                                     replay=self.replay)
+        except CommandRefused as exc:
+            self.store.log("refused", f"fan-out {msg.id}: {exc.reason.value}", now=now)
+            return m.Pong(re=msg.id, ok=False, reason=exc.reason.value, error=exc.message)
+        cmd = verified.command
+        self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
+        self.store.log("ping", f"{cmd.tech} pinged {cmd.audience} (fan-out {msg.id})", now=now)
+        return m.Pong(re=msg.id, ok=True)
+
+    @staticmethod
+    async def _answer(link: Link, msg: m.Pong) -> None:
+        try:
+            await link.send(msg)
+        except ConnectionClosed:
+            pass  # the server counts a lost answer as gone
 
     async def _flush_outbox(self, link: Link) -> None:
         for _msg_id, frame in self.store.outbox():

@@ -16,19 +16,24 @@ What is measured, for each N in ``--agents``:
    again. Reported: time from the stop until every agent is back, the new server process's
    CPU time until then, how many dials failed and the most attempts one agent needed.
    Agents retry with the real agent's policy (``agent.backoff.Backoff``, defaults of
-   ``hw-agent run``: full jitter, 1 s doubling to 60 s, reset after 30 s up) and never give up.
-3. **Fan-out**: the server has no message that addresses many agents at once, so this sends
-   N concurrent signed ``RunDiag`` requests (one per agent, each signed by the technician's
-   key for that agent and case) through the technician gateway, over ceil(N/16) technician
-   connections (the server admits 16 requests in flight per connection), and times the
-   last ``DiagDone``. Every request is verified, relayed, answered, stored and audited the
-   way a real one is. Goal (issue 7): <= 2 s for 10k.
+   ``hw-agent run``: full jitter, 1 s growing x1.6 to 60 s, reset after 30 s up; a 503's
+   Retry-After with jitter) and never give up.
+3. **Fan-out**: one technician signs one ``ping`` for audience ``all`` (``hw-tech ping
+   --all``: :class:`proto.command.FanoutCommand`) and sends it; the server checks it once,
+   audits it once, sends it to every connected agent, counts the ``pong``s and answers
+   ``fanout_done``. Reported, for ``--fanouts`` pings in a row: how many answered ok, the
+   technician's round trip, the server's own first-send-to-last-answer time, and the
+   server's CPU. Goal (issue 7): <= 2 s for 10k.
 
 The simulated agents speak the real protocol: TLS 1.3 with the pinned CA, hello, the
 Ed25519 challenge-proof with their own key, websocket pings every 20 s (as ``hw-agent``),
-and a ``Result`` (no probes run, no findings) to every ``Request``, kept until ``Ack``ed.
-They do **not** check the command's signature or a consent grant (the real agent does; the
-agent's cost is not what this measures), keep no outbox or log, and run many agents per
+a ``Result`` (no probes run, no findings) to every ``Request``, kept until ``Ack``ed, and a
+``Pong`` to every fan-out ``Ping`` after checking it as ``hw-agent`` does (chain to the pinned
+org key, revocation, signature, audience, validity, the agent's own nonce cache) -- except
+that the agents of one process share one verdict per distinct signed bytes, as the 10k
+agents' own CPUs would each do that check in parallel. They do **not** check ``Request``
+signatures or consent grants (the real agent does; the agent's cost is not what this
+measures), keep no outbox or log, and run many agents per
 process (``--workers`` processes, uvloop) so that the server is what gets measured. At most
 ``--ramp`` handshakes per worker are in flight during the first connect (a fleet does not
 start in one millisecond); reconnects after the restart are not limited: only the backoff
@@ -74,26 +79,49 @@ import psutil  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed, InvalidHandshake  # noqa: E402
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus  # noqa: E402
 
-from agent.backoff import STABLE_AFTER, Backoff  # noqa: E402
+from agent.backoff import STABLE_AFTER, Backoff, parse_retry_after  # noqa: E402
 from proto import MAX_FRAME_SIZE  # noqa: E402
 from proto import messages as m  # noqa: E402
+from proto.command import CommandRefused, ReplayCache, verify_fanout  # noqa: E402
 from proto.errors import ProtocolError  # noqa: E402
 from proto.session import ClientSession  # noqa: E402
 
 SOFTWARE = "hw-bench-agent/1"
-TECH_CONCURRENCY = 16  # server.app.TECH_CONCURRENCY: requests in flight per tech connection
 REPORT_EVERY_S = 0.2
+#: bytes of the hw-server's ping frame to an agent (measured: a fan-out ping of "all"
+#: with the bench technician's certificate); the baseline broadcasts a frame this size
+PING_FRAME_SIZE = 1100
+ORG_PUB_ENV = "HW_BENCH_ORG_PUB"  # the org key the simulated agents pin (hex), from level()
 
 BASELINE_SERVER = """
 import asyncio, logging, ssl, sys, resource
 logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # clients killed at the end: noise
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-from websockets.asyncio.server import serve
+import time
+from websockets.asyncio.server import broadcast, serve
+conns, answers, everyone = set(), [0], asyncio.Event()
 async def idle(ws):
-    await ws.wait_closed()
+    conns.add(ws)
+    try:
+        async for _ in ws:  # an answer to the fan-out frame
+            answers[0] += 1
+            if answers[0] == len(conns):
+                everyone.set()
+    finally:
+        conns.discard(ws)
+async def fan_out(frame):  # the same frame to every connection, then wait for all answers
+    answers[0] = 0
+    everyone.clear()
+    t0 = time.perf_counter()
+    broadcast(conns, frame, text=True)
+    try:
+        await asyncio.wait_for(everyone.wait(), 60)
+    except TimeoutError:
+        pass
+    return time.perf_counter() - t0
 async def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -102,7 +130,10 @@ async def main():
                      max_size=1 << 20, max_queue=4, ping_interval=30, ping_timeout=20,
                      server_header=None):
         print("ready", flush=True)
-        await asyncio.Future()
+        while line := await asyncio.to_thread(sys.stdin.readline):
+            size = int(line.split()[1])  # "fanout SIZE": a frame of the ping's size
+            secs = await fan_out(b'"' + b"x" * (size - 2) + b'"')
+            print(f"fanout {secs:.6f} {answers[0]} {len(conns)}", flush=True)
 import uvloop
 uvloop.run(main())
 """
@@ -141,6 +172,8 @@ class Counters:
     requests: int = 0
     acks: int = 0
     welcomes: int = 0
+    busy: int = 0  # dials answered 503 + Retry-After (the server's admission control)
+    timeouts: int = 0  # dials that ran into the 10 s open timeout
     connected_ever: set[int] = field(default_factory=set)
 
 
@@ -149,7 +182,8 @@ async def run_agent(i: int, url: str, ctx: ssl.SSLContext, c: Counters, ramp: as
     """One simulated agent: dial, prove, answer requests, reconnect with the real backoff."""
     key = agent_key(i)
     agent_id = agent_id_for(raw_public(key))
-    backoff = Backoff()  # hw-agent run's defaults: 1 s doubling to 60 s, full jitter
+    backoff = Backoff()  # hw-agent run's defaults: 1 s growing x1.6 to 60 s, full jitter
+    replay = ReplayCache(max_entries=64)  # this agent's own nonces (fan-out pings)
     attempts = 0
     first = True
     while True:
@@ -161,9 +195,15 @@ async def run_agent(i: int, url: str, ctx: ssl.SSLContext, c: Counters, ramp: as
                     ws, session = await dial(url, ctx, agent_id, key, raw)
             else:
                 ws, session = await dial(url, ctx, agent_id, key, raw)
-        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, ProtocolError):
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, ProtocolError) as exc:
             c.failed_dials += 1
-            await asyncio.sleep(backoff.next())
+            wait = (parse_retry_after(exc.response.headers.get("Retry-After"))
+                    if isinstance(exc, InvalidStatus) else None)  # as agent/connection.py
+            if wait is not None:
+                c.busy += 1
+            elif isinstance(exc, TimeoutError):
+                c.timeouts += 1
+            await asyncio.sleep(backoff.next() if wait is None else backoff.busy(wait))
             continue
         first = False
         c.most_attempts = max(c.most_attempts, attempts)
@@ -173,13 +213,17 @@ async def run_agent(i: int, url: str, ctx: ssl.SSLContext, c: Counters, ramp: as
         c.connected_ever.add(i)
         up_since = time.monotonic()
         try:
-            if raw:
-                await ws.wait_closed()
+            if raw:  # the baseline: answer any frame with a small one (its fan-out)
+                async for _frame in ws:
+                    await ws.send(b'{"type":"pong"}', text=True)
             else:
                 assert session is not None
                 async for frame in ws:
                     msg = session.receive(frame)
-                    if isinstance(msg, m.Request):
+                    if isinstance(msg, m.Ping):
+                        c.requests += 1
+                        await ws.send(session.send(check_ping(msg, replay)), text=True)
+                    elif isinstance(msg, m.Request):
                         c.requests += 1
                         result = m.Result(id="rs-" + secrets.token_hex(8), re=msg.id,
                                           case=msg.case, action=msg.action, ok=True)
@@ -193,6 +237,37 @@ async def run_agent(i: int, url: str, ctx: ssl.SSLContext, c: Counters, ramp: as
         if time.monotonic() - up_since >= STABLE_AFTER:
             backoff.reset()
         await asyncio.sleep(backoff.next())
+
+
+#: signed fan-out bytes -> the verdict of verify_fanout without the replay check. Every
+#: simulated agent in a worker process receives the same signed bytes; a real agent checks
+#: them on its own CPU, here the worker checks them once and each agent then checks only its
+#: own nonce cache (the CPU of 10k agents' signature checks is not the server's).
+_verdicts: dict[tuple[bytes, bytes, str], tuple[datetime, str] | str] = {}
+BENCH_CUSTOMER = "Bench Ltd"
+
+
+def check_ping(msg: m.Ping, replay: ReplayCache) -> m.Pong:
+    """What hw-agent does with a fan-out ping (agent/client.py ``_ping``), minus its log."""
+    now = datetime.now(UTC)
+    key = (msg.command.payload, msg.command.signature, msg.command.certificate)
+    verdict = _verdicts.get(key)
+    if verdict is None:
+        try:
+            ok = verify_fanout(msg.command, org_pub=bytes.fromhex(os.environ[ORG_PUB_ENV]),
+                               now=now, customer=BENCH_CUSTOMER)
+            verdict = (ok.command.expires_at, ok.command.nonce.hex())
+        except CommandRefused as exc:
+            verdict = exc.reason.value
+        _verdicts[key] = verdict
+    if isinstance(verdict, str):
+        return m.Pong(re=msg.id, ok=False, reason=verdict)
+    expires_at, nonce = verdict
+    try:
+        replay.check_and_add(bytes.fromhex(nonce), expires_at=expires_at, now=now)
+    except CommandRefused as exc:
+        return m.Pong(re=msg.id, ok=False, reason=exc.reason.value)
+    return m.Pong(re=msg.id, ok=True)
 
 
 async def dial(url: str, ctx: ssl.SSLContext, agent_id: str, key: Ed25519PrivateKey,
@@ -226,12 +301,13 @@ def worker_main(wid: int, lo: int, hi: int, url: str, cafile: str, raw: bool, ra
         c = Counters()
         sem = asyncio.Semaphore(ramp)
         me = psutil.Process()
-        out.put((wid, 0, 0, 0, 0, 0, 0, 0, me.memory_info().rss, 0))  # ready
+        out.put((wid, 0, 0, 0, 0, 0, 0, 0, me.memory_info().rss, 0, 0, 0))  # ready
         await asyncio.to_thread(go.wait)
         tasks = [asyncio.create_task(run_agent(i, url, ctx, c, sem, raw)) for i in range(lo, hi)]
         while True:
             out.put((wid, c.connected, len(c.connected_ever), c.dials, c.failed_dials,
-                     c.most_attempts, c.requests, c.acks, me.memory_info().rss, c.welcomes))
+                     c.most_attempts, c.requests, c.acks, me.memory_info().rss, c.welcomes,
+                     c.busy, c.timeouts))
             await asyncio.sleep(REPORT_EVERY_S)
         del tasks
 
@@ -350,42 +426,17 @@ def cpu_seconds(pid: int) -> float:
 # --------------------------------------------------------------------------- fan-out
 
 
-async def fan_out(tech_home: Path, pairs: list[tuple[str, str]]) -> tuple[float, dict[str, int]]:
-    """N concurrent signed diag requests over ceil(N/16) tech connections; (seconds, tally)."""
-    from proto import codec
+async def fan_out(tech_home: Path, wait: float) -> tuple[float, m.FanoutDone]:
+    """One signed fan-out ping to every online agent; (seconds until the answer, answer)."""
     from server.techclient import Profile, TechClient
 
-    profile = Profile.load(tech_home)
-    groups = [pairs[i:i + TECH_CONCURRENCY] for i in range(0, len(pairs), TECH_CONCURRENCY)]
-    clients: list[TechClient] = []
-    try:
-        for _ in groups:
-            client = TechClient(profile)
-            await client.__aenter__()
-            clients.append(client)
-        frames = [[codec.encode(m.RunDiag(
-            id=f"fo-{g}-{k}", case=case, timeout=300.0,
-            command=clients[g].sign(agent_id=agent, case=case, action=m.Action.DIAG,
-                                    args={"probes": ["noop"]})))
-            for k, (agent, case) in enumerate(group)] for g, group in enumerate(groups)]
-        tally: dict[str, int] = {}
-
-        async def one(client: TechClient, batch: list[bytes]) -> None:
-            assert client.ws is not None
-            for frame in batch:
-                await client.ws.send(frame, text=True)
-            for _ in batch:
-                reply = client.session.receive(await client.ws.recv(decode=False))
-                kind = ("ok" if isinstance(reply, m.DiagDone) and reply.result.ok else
-                        reply.code.value if isinstance(reply, m.Error) else type(reply).__name__)
-                tally[kind] = tally.get(kind, 0) + 1
-
+    async with TechClient(Profile.load(tech_home)) as client:
+        signed = client.sign_fanout("all")
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(c, b) for c, b in zip(clients, frames, strict=True)))
-        return time.perf_counter() - t0, tally
-    finally:
-        for client in clients:
-            await client.__aexit__()
+        done = await client.call(m.Fanout(id=client.new_id(), command=signed, timeout=wait))
+        secs = time.perf_counter() - t0
+    assert isinstance(done, m.FanoutDone)
+    return secs, done
 
 
 # --------------------------------------------------------------------------- one level
@@ -403,9 +454,11 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         settings = {"db": args.db} if args.db else {}
         h.init_server(**settings)
         t = time.perf_counter()
-        pairs = bulk_enroll(_db_url(h), n)
+        bulk_enroll(_db_url(h), n)
         res["enroll_s"] = time.perf_counter() - t
         tech = h.add_tech("bench")
+        from server.pki import org_public_raw
+        os.environ[ORG_PUB_ENV] = org_public_raw(h.server_home).hex()  # workers inherit it
         cafile = h.server_home / "ca.crt"
         workers = args.workers or max(2, min(8, math.ceil(n / 2500)))
         res["workers"] = workers
@@ -415,7 +468,7 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             baseline = subprocess.Popen(
                 [sys.executable, "-c", BASELINE_SERVER, str(port),
                  str(h.server_home / "server.crt"), str(h.server_home / "server.key")],
-                stdout=subprocess.PIPE, text=True)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert baseline.stdout is not None
             wait_until(lambda: baseline.stdout.readline().strip() == "ready", what="baseline")
             time.sleep(0.5)
@@ -430,6 +483,17 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             res["base_rss_idle"] = idle
             res["base_rss"] = rss(baseline.pid)
             res["base_cpu_s"] = cpu_seconds(baseline.pid)
+            if not args.no_fanout:  # bare broadcast of a ping-sized frame, answered by all
+                res["base_fanout"] = []
+                assert baseline.stdin is not None
+                for _ in range(args.fanouts):
+                    cpu0 = cpu_seconds(baseline.pid)
+                    baseline.stdin.write(f"fanout {PING_FRAME_SIZE}\n")
+                    baseline.stdin.flush()
+                    _, secs, answered, held = baseline.stdout.readline().split()
+                    res["base_fanout"].append((float(secs), cpu_seconds(baseline.pid) - cpu0,
+                                               int(answered), int(held)))
+                    time.sleep(1.0)
             fleet.stop()
             fleet = None
             baseline.terminate()
@@ -453,8 +517,10 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
         if not args.no_storm:
             dials0, failed0, welcomes0 = fleet.total(2), fleet.total(3), fleet.total(8)
+            busy0, timeouts0 = fleet.total(9), fleet.total(10)
             t0 = time.monotonic()
             server.stop()
+            res["storm_stop_s"] = time.monotonic() - t0
             h.procs.remove(server)
             server = h.start_server()
             t_listen = time.monotonic() - t0
@@ -464,16 +530,20 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             res["storm_cpu_s"] = cpu_seconds(server.popen.pid)
             res["storm_dials"] = fleet.total(2) - dials0
             res["storm_failed"] = fleet.total(3) - failed0
+            res["storm_busy"] = fleet.total(9) - busy0
+            res["storm_timeouts"] = fleet.total(10) - timeouts0
             res["storm_most_attempts"] = max(r[4] for r in fleet.latest.values())
 
         if not args.no_fanout:
             import uvloop
 
-            cpu0 = cpu_seconds(server.popen.pid)
-            secs, tally = uvloop.run(fan_out(tech, pairs))
-            res["fanout_cpu_s"] = cpu_seconds(server.popen.pid) - cpu0
-            res["fanout_s"] = secs
-            res["fanout_tally"] = tally
+            runs = []
+            for _ in range(args.fanouts):
+                cpu0 = cpu_seconds(server.popen.pid)
+                secs, done = uvloop.run(fan_out(tech, 60.0))
+                runs.append((secs, cpu_seconds(server.popen.pid) - cpu0, done))
+                time.sleep(1.0)
+            res["fanout_runs"] = runs
     finally:
         if fleet is not None:
             fleet.stop()
@@ -516,16 +586,24 @@ def report(res: dict[str, Any]) -> None:
           f"simulated agents use {res['agent_rss_total'] / n / 1024:.0f} KiB each")
     if "storm_back_s" in res:
         print(f"reconnect storm: all {n} back {res['storm_back_s']:.2f} s after the stop "
-              f"(new server listening after {res['storm_listen_s']:.2f} s); server CPU "
+              f"(old server stopped in {res['storm_stop_s']:.2f} s, new server listening "
+              f"after {res['storm_listen_s']:.2f} s); server CPU "
               f"{res['storm_cpu_s']:.2f} s; {res['storm_dials']} dials, "
-              f"{res['storm_failed']} failed, at most {res['storm_most_attempts']} attempts "
-              "for one agent; none gave up")
-    if "fanout_s" in res:
-        rate = n / res["fanout_s"]
-        print(f"fan-out: {n} concurrent signed diag requests answered in "
-              f"{res['fanout_s']:.2f} s ({rate:.0f}/s; goal <= 2 s for 10k), server CPU "
-              f"{res['fanout_cpu_s']:.2f} s ({res['fanout_cpu_s'] / n * 1000:.1f} ms per "
-              f"request); replies {res['fanout_tally']}")
+              f"{res['storm_failed']} failed ({res['storm_busy']} told 503 busy, retry "
+              f"after N s; {res['storm_timeouts']} timed out), at most "
+              f"{res['storm_most_attempts']} attempts for one agent; none gave up")
+    for k, (secs, cpu, answered, held) in enumerate(res.get("base_fanout", []), 1):
+        print(f"baseline fan-out {k}: bare websockets broadcast of a {PING_FRAME_SIZE}-byte "
+              f"frame, {answered} of {held} answered in {secs:.3f} s; server CPU {cpu:.2f} s "
+              f"({cpu / max(1, held) * 1e6:.0f} us per connection)")
+    for k, (secs, cpu, done) in enumerate(res.get("fanout_runs", []), 1):
+        misses: dict[str, int] = {}
+        for miss in done.misses:
+            misses[miss.reason] = misses.get(miss.reason, 0) + 1
+        print(f"fan-out {k}: one signed ping to all: {done.ok} of {done.sent} agents answered "
+              f"ok; technician's round trip {secs:.3f} s (server: first send to last answer "
+              f"{done.seconds:.3f} s; goal <= 2 s for 10k); server CPU {cpu:.2f} s "
+              f"({cpu / max(1, done.sent) * 1e6:.0f} us per agent); misses {misses}")
 
 
 def main() -> int:
@@ -541,6 +619,8 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-storm", action="store_true")
     parser.add_argument("--no-fanout", action="store_true")
+    parser.add_argument("--fanouts", type=int, default=3,
+                        help="fan-out pings to send, one after another (default 3)")
     args = parser.parse_args()
     levels = [int(x) for x in args.agents.split(",")]
     hard = raise_nofile()

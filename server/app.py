@@ -10,6 +10,7 @@ See ``docs/protocol.md``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -30,7 +31,14 @@ from websockets.http11 import Response as HttpResponse
 
 from proto import MAX_FRAME_SIZE
 from proto import messages as m
-from proto.command import CommandRefused, RefusalReason, verify_command
+from proto.command import (
+    CommandRefused,
+    RefusalReason,
+    ReplayCache,
+    decode_fanout,
+    verify_command,
+    verify_fanout,
+)
 from proto.errors import (
     AuthenticationFailed,
     CloseCode,
@@ -41,13 +49,15 @@ from proto.errors import (
     UnexpectedMessage,
 )
 from proto.receipt import verify_receipt, verify_visit
-from proto.session import ServerSession
+from proto.session import ServerSession, speaks
 
 from . import pki
+from .admission import HandshakeGate
 from .bus import Bus, BusError, Forward, Forwarded, LocalBus, NatsBus
 from .bus import _safe as _safe_bus
 from .config import ServerConfig, parse_listen
 from .errors import CertificateRefused
+from .fanout import FanoutBusy, Fanouts, combine, unreachable
 from .onsite.policy import load_home_policy
 from .onsite.tickets import OnsiteDesk, TicketError
 from .presence import Presence
@@ -156,6 +166,22 @@ RESULTS_LIMIT = 20
 SEEN_FLUSH_S = 2.0
 #: How often the running server re-reads revoked technician keys (seconds).
 REVOCATION_REFRESH_S = 5.0
+#: Agent handshakes (websocket upgrade, hello, challenge, proof) in progress at once; more
+#: are answered 503 with a Retry-After at once (server/admission.py: a reconnect storm).
+MAX_HANDSHAKES = 200
+#: Connections the kernel queues before this process accepts them (capped by the kernel's
+#: net.core.somaxconn). The default of 100 overflowed when a restart brought 10k agents
+#: back at once: the kernel dropped their SYNs and the agents' 10 s connect timeout ran out.
+LISTEN_BACKLOG = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class KnownAgent:
+    """What a connect needs of an enrolled, unrevoked agent (cached for every agent)."""
+
+    agent_id: str
+    customer: str
+    public_key: bytes
 
 
 @dataclass
@@ -199,24 +225,35 @@ class Server:
         self._serving = asyncio.Semaphore(SERVER_CONCURRENCY)
         #: agent id -> when last seen (connect/disconnect), written in batches
         self._seen: dict[str, datetime] = {}
-        #: enrolled agents seen since start (see _known_agent) and revoked agent ids
-        self._agents: dict[str, Any] = {}
+        #: enrolled, unrevoked agents (see _known_agent) and revoked agent ids
+        self._agents: dict[str, KnownAgent] = {}
+        self._gate = HandshakeGate(MAX_HANDSHAKES, cfg.handshake_timeout)
+        self._stopping = False  # set by shutdown: one summary line, not one per agent
         self._revoked_agents: set[str] = set()
         self.tunnels = TunnelBroker()
         self.desk = OnsiteDesk(store, load_home_policy(cfg.home))
         self.writer = Writer(store)
+        self.fanouts = Fanouts()
+        #: nonces of fan-outs accepted here (a replayed one is refused before any agent)
+        self._fanout_replay = ReplayCache(max_entries=10_000)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> WsServer:
         host, port = parse_listen(self.cfg.listen)
+        await self._load_agents()
+        # Everything loaded so far lives as long as the process: keep it out of the
+        # collector's full passes, which otherwise walk it again for every few thousand
+        # connections accepted.
+        gc.collect()
+        gc.freeze()
         self._ws_server = await serve(
             self._handler, host, port, ssl=server_ssl_context(self.cfg),
             process_request=self._process_request, compression=None,
             max_size=MAX_FRAME_SIZE, max_queue=4, write_limit=TUNNEL_WRITE_LIMIT,
             ping_interval=30, ping_timeout=20,
             open_timeout=self.cfg.handshake_timeout, server_header=None,
-            logger=logging.getLogger("hw.server.ws"),
+            logger=logging.getLogger("hw.server.ws"), backlog=LISTEN_BACKLOG,
         )
         return self._ws_server
 
@@ -227,6 +264,9 @@ class Server:
             await self.flush_seen_once()
 
     async def flush_seen_once(self) -> None:
+        busy = self._gate.report()  # on the same beat: one line per flush at most
+        if busy is not None:
+            log.warning("%s", busy)
         batch, self._seen = self._seen, {}
         try:
             await self.store.touch_agents(batch)
@@ -235,17 +275,29 @@ class Server:
             for agent_id, at in batch.items():
                 self._seen.setdefault(agent_id, at)
 
-    async def _known_agent(self, agent_id: str) -> Any:
-        """The enrolled agent, from memory after its first connect (a reconnect storm must
-        not be one store read per agent); revoked agents are dropped from the cache within
-        ``REVOCATION_REFRESH_S`` by :meth:`refresh_revocations`."""
+    async def _load_agents(self) -> None:
+        """Cache every enrolled, unrevoked agent before listening: a reconnect storm must
+        not be one store read per agent (the read cost about as much server CPU as the
+        rest of the handshake). Agents enrolled later are read on their first connect."""
+        customers: dict[str, str] = {}  # one string per customer, not per agent
+        for rec in await self.store.list_agents():
+            if rec.revoked_at is None and rec.agent_id not in self._revoked_agents:
+                customer = customers.setdefault(rec.customer, rec.customer)
+                self._agents[rec.agent_id] = KnownAgent(rec.agent_id, customer, rec.public_key)
+
+    async def _known_agent(self, agent_id: str) -> KnownAgent | None:
+        """The enrolled, unrevoked agent (``None``: unknown or revoked), from memory;
+        revoked agents leave the cache within ``REVOCATION_REFRESH_S``
+        (:meth:`refresh_revocations`)."""
         if agent_id in self._revoked_agents:
             return None
         agent = self._agents.get(agent_id)
         if agent is None:
-            agent = await self.store.get_agent(agent_id)
-            if agent is not None and agent.revoked_at is None:
-                self._agents[agent_id] = agent
+            rec = await self.store.get_agent(agent_id)
+            if rec is None or rec.revoked_at is not None:
+                return None
+            agent = self._agents[agent_id] = KnownAgent(rec.agent_id, rec.customer,
+                                                        rec.public_key)
         return agent
 
     async def refresh_revocations(self, every: float = REVOCATION_REFRESH_S) -> None:
@@ -276,15 +328,21 @@ class Server:
         thousand agents, and an agent reconnects after any lost connection anyway.
         Technicians get the normal close (1001) so a running command says why it ended."""
         ws_server.close(close_connections=False)  # first: or the agents come straight back
+        self._stopping = True
         closing = []
+        cut = 0
         # all_connections: also those still in their opening handshake
         for conn in list(getattr(ws_server, "all_connections", ws_server.connections)):
             request = conn.request
             if request is None or request.path.split("?", 1)[0] == "/agent":
                 conn.transport.abort()
+                cut += 1
             else:
                 closing.append(asyncio.create_task(
                     conn.close(int(CloseCode.GOING_AWAY), "the server is shutting down")))
+        log.info("stopping: cut %d agent connections (%d agents connected; they reconnect "
+                 "by themselves), closing %d technician sessions", cut, len(self.links),
+                 len(closing))
         if closing:
             await asyncio.wait(closing, timeout=5)
 
@@ -297,7 +355,15 @@ class Server:
     def _process_request(self, conn: ServerConnection, request: HttpRequest
                          ) -> HttpResponse | None:
         path = request.path.split("?", 1)[0]
-        if path in ("/agent", "/tech"):
+        if path == "/agent":
+            wait = self._gate.admit(conn)
+            if wait is None:
+                return None
+            busy = conn.respond(503, f"this server is busy with many agents connecting at "
+                                     f"once; retry in {wait} s (Retry-After)\n")
+            busy.headers["Retry-After"] = str(wait)
+            return busy
+        if path == "/tech":
             return None
         if path == "/healthz":
             return conn.respond(200, "ok\n")
@@ -331,6 +397,8 @@ class Server:
         except Exception:
             log.exception("internal error on connection from %s", peer)
             await ws.close(int(CloseCode.INTERNAL_ERROR), "internal server error; retry later")
+        finally:
+            self._gate.done(ws, welcomed=False)  # no-op once the handshake reported
 
     async def _recv(self, ws: ServerConnection, session: ServerSession) -> m.AnyMessage:
         return session.receive(await ws.recv(decode=False))
@@ -348,7 +416,7 @@ class Server:
             if first.role is not m.Role.AGENT:
                 raise session.reject(RemoteProtocolError("technicians connect to /tech"))
             agent = await self._known_agent(session.identity)
-            if agent is None or agent.revoked_at is not None:
+            if agent is None:
                 raise session.reject(AuthenticationFailed(
                     "unknown or revoked agent; enroll again with a new token"))
             await ws.send(session.challenge(secrets.token_bytes(32), now_utc()), text=True)
@@ -359,6 +427,7 @@ class Server:
             await ws.send(session.send(m.Welcome(session_id=secrets.token_hex(8),
                                                  identity=agent.agent_id,
                                                  server_time=now_utc())), text=True)
+            self._gate.done(ws, welcomed=True)
         assert session.hello is not None
         if session.hello.mode is m.Mode.TUNNEL:  # the agent's end of an SSH tunnel
             assert session.hello.tunnel is not None  # the session checked it
@@ -394,7 +463,8 @@ class Server:
                 if self.presence is not None:
                     await self.presence.release(agent.agent_id)
                 self._seen[agent.agent_id] = now_utc()
-                log.info("agent %s disconnected from %s", agent.agent_id, peer)
+                if not self._stopping:
+                    log.info("agent %s disconnected from %s", agent.agent_id, peer)
 
     async def _enroll(self, ws: ServerConnection, session: ServerSession, msg: m.Enroll,
                       peer: str) -> None:
@@ -429,6 +499,8 @@ class Server:
                 log.info("case %s opened by agent %s", case.number, link.agent_id)
                 await self._audit(event="case.opened", actor=f"agent:{link.agent_id}",
                                               subject=case.number, now=now_utc())
+        elif isinstance(msg, m.Pong):
+            self.fanouts.answer(link.agent_id, msg)
         elif isinstance(msg, m.Result):
             await self._result(link, msg)
         elif isinstance(msg, m.ConsentUpdate):
@@ -580,6 +652,8 @@ class Server:
         lock = asyncio.Lock()
 
         async def reply(msg: m.AnyMessage) -> None:
+            if isinstance(msg, m.AgentList) and not speaks(session.version, m.Fanout):
+                msg = msgspec.structs.replace(msg, next_offset=None)  # a v1 field-less page
             async with lock:
                 await ws.send(session.send(msg), text=True)
 
@@ -637,14 +711,7 @@ class Server:
 
     async def _serve_tech(self, tech: str, key: str, msg: m.AnyMessage) -> m.AnyMessage:
         if isinstance(msg, m.ListAgents):
-            elsewhere = (await self.presence.online(now_utc()) if self.presence is not None
-                         else set())
-            agents = [m.AgentInfo(agent_id=a.agent_id, customer=a.customer, kind=a.kind,
-                                  city=a.city, hostname=a.hostname, os=a.os,
-                                  online=a.agent_id in self.links or a.agent_id in elsewhere,
-                                  last_seen=a.last_seen)
-                      for a in await self.store.list_agents()]
-            return m.AgentList(re=msg.id, agents=agents)
+            return await self._list_agents(msg)
         if isinstance(msg, m.ListCases):
             cases = await self.store.list_cases(state=msg.state)
             return m.CaseList(re=msg.id, cases=[_case_info(c, brief=True)
@@ -663,6 +730,8 @@ class Server:
                 results=[stored_result(r) for r in results[-RESULTS_LIMIT:]])
         if isinstance(msg, m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent | m.OfferVisit):
             return await self._relay(tech, key, msg)
+        if isinstance(msg, m.Fanout):
+            return await self._fanout(tech, key, msg)
         if isinstance(msg, m.EscalateCase):
             ticket, _created = await self.desk.escalate(
                 msg.case, reason=msg.reason, actor=f"tech:{tech}", now=now_utc(),
@@ -685,6 +754,21 @@ class Server:
                 resolved=msg.resolved, root_cause=msg.root_cause,
                 satisfaction=msg.satisfaction))
         raise AssertionError(f"unhandled {type(msg).__name__}")  # session table forbids it
+
+    async def _list_agents(self, msg: m.ListAgents) -> m.AgentList:
+        """One page of the enrolled agents (enrollment order), filtered."""
+        elsewhere = (await self.presence.online(now_utc()) if self.presence is not None
+                     else set())
+        matching = [(a, online) for a in await self.store.list_agents(customer=msg.customer)
+                    if (online := a.agent_id in self.links or a.agent_id in elsewhere)
+                    is msg.online or msg.online is None]
+        page = matching[msg.offset:msg.offset + msg.limit]
+        end = msg.offset + len(page)
+        return m.AgentList(
+            re=msg.id, next_offset=end if end < len(matching) else None,
+            agents=[m.AgentInfo(agent_id=a.agent_id, customer=a.customer, kind=a.kind,
+                                city=a.city, hostname=a.hostname, os=a.os, online=online,
+                                last_seen=a.last_seen) for a, online in page])
 
     async def _case(self, number: str) -> Any:
         case = await self.store.get_case(number)
@@ -840,6 +924,77 @@ class Server:
             return m.PluginList(re=msg.id, case=msg.case, plugins=result.plugins)
         return m.DiagDone(re=msg.id, case=msg.case, result=stored)
 
+    async def _fanout(self, tech: str, key: str, msg: m.Fanout) -> m.AnyMessage:
+        """Check a fan-out once, audit it once, ping the audience on every node, add up."""
+        now = now_utc()
+        try:
+            verified = verify_fanout(msg.command, org_pub=self.org_pub, now=now, customer=None,
+                                     revoked=self.revoked, replay=self._fanout_replay)
+            if verified.command.tech != tech or verified.cert.fingerprint != key:
+                raise CommandRefused(RefusalReason.WRONG_TECHNICIAN,
+                                     "the command is not signed with the key the connected "
+                                     f"technician {tech} logged in with")
+        except CommandRefused as exc:
+            await self._audit(event="fanout", actor=f"tech:{tech}", subject="fanout", now=now,
+                              detail={"fanout": msg.id, "verdict": "refused",
+                                      "reason": exc.reason.value})
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
+                           message=f"{exc.reason.value}: {exc.message}")
+        if self.fanouts.busy():
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=self.fanouts.busy())
+        audience = verified.command.audience
+        await self._audit(event="fanout", actor=f"tech:{tech}", subject=audience, now=now,
+                          detail={"fanout": msg.id, "verdict": "relayed",
+                                  "action": verified.command.action})
+        others = (await self.presence.nodes(now) - {self.node_id}
+                  if self.presence is not None else set())
+        try:
+            done = combine(msg.id, audience, list(await asyncio.gather(
+                self._fanout_here(msg), *(self._fanout_there(node, msg, audience)
+                                          for node in sorted(others)))))
+        except FanoutBusy as exc:  # another fan-out started meanwhile
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc))
+        reasons: dict[str, int] = {}
+        for miss in done.misses:
+            reasons[miss.reason] = reasons.get(miss.reason, 0) + 1
+        await self._audit(event="fanout.done", actor=f"tech:{tech}", subject=audience,
+                          now=now_utc(), detail={"fanout": msg.id, "sent": done.sent,
+                                                 "ok": done.ok, "misses": reasons,
+                                                 "nodes": 1 + len(others)})
+        log.info("fan-out %s to %s by %s: %d sent, %d ok in %.3fs", msg.id, audience, tech,
+                 done.sent, done.ok, done.seconds)
+        return done
+
+    async def _fanout_here(self, msg: m.Fanout) -> m.FanoutDone:
+        """This node's part of a fan-out (already checked by the technician's node)."""
+        audience = decode_fanout(msg.command).audience
+
+        async def customers() -> dict[str, str]:
+            # every connected agent is in the agent cache (its connect put it there)
+            return {aid: agent.customer for aid in self.links
+                    if (agent := self._agents.get(aid)) is not None}
+
+        return await self.fanouts.run_local(msg.id, msg.command, audience,
+                                            dict(self.links), customers, msg.timeout)
+
+    async def _fanout_there(self, node: str, msg: m.Fanout, audience: str) -> m.FanoutDone:
+        """Another node's part. If that node does not answer, its agents of the audience
+        (by their presence leases) are reported ``node_unreachable``, not left out."""
+        try:
+            answer = await self.bus.request(node, Forward(fanout=msg), wait=msg.timeout + 5)
+            if answer.fanout is not None:
+                return answer.fanout
+            why = answer.error
+        except (TimeoutError, BusError) as exc:
+            why = type(exc).__name__
+        log.warning("fan-out %s: node %s did not take part (%s)", msg.id, node, why)
+        assert self.presence is not None
+        held = await self.presence.agents_on(node, now_utc())
+        if audience != "all":
+            held &= {a.agent_id for a in await self.store.list_agents(
+                customer=audience.removeprefix("customer:"))}
+        return unreachable(msg.id, held, msg.timeout)
+
     async def _check_offer(self, msg: m.OfferVisit, args: dict[str, Any]) -> None:
         """The offer a technician signed must be the ticket's current quote and slots."""
         ticket = await self.desk.get(msg.ticket)
@@ -881,6 +1036,9 @@ class Server:
 
     async def serve_forward(self, fwd: Forward) -> Forwarded:
         """Another node's request for an agent connected here (the bus handler)."""
+        if fwd.fanout is not None:
+            return Forwarded(fanout=await self._fanout_here(fwd.fanout))
+        assert fwd.request is not None
         link = self.links.get(fwd.agent_id)
         if link is None:
             return Forwarded(error="offline")
@@ -958,6 +1116,9 @@ async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) ->
         finally:
             for task in background:
                 task.cancel()
+            # Let them end first: a last-seen flush cancelled halfway through its
+            # transaction kept the process from exiting for 10 s after the store closed.
+            await asyncio.gather(*background, return_exceptions=True)
             await server.flush_seen_once()
             await server.writer.close()
     finally:

@@ -117,6 +117,15 @@ def test_two_nodes_route_requests_and_survive_losing_one(harness: Harness,
     ssh = h.run("hw-tech", "--home", str(tech), "ssh", case, "--", "echo", "across-nodes")
     assert ssh.stdout.strip() == "across-nodes"
     assert "tunnel" in node_b.text() and "tunnel" not in node_a.text()
+    # a fan-out from B reaches the agent on A: B forwards it over the bus, A pings, B adds up
+    ping = h.tech_json(tech, "ping", "--all")
+    assert (ping["sent"], ping["ok"], ping["misses"]) == (1, 1, [])
+    done = [e["detail"] for e in json.loads(h.run(
+        "hw-server", "audit", "show", "--home", str(h.server_home), "--json").stdout)
+        if e["event"] == "fanout.done"]
+    assert done == [{"fanout": done[0]["fanout"], "sent": 1, "ok": 1, "misses": {},
+                     "nodes": 2}]
+    assert "pinged all" in h.run("hw-agent", "log", "--home", str(home)).stdout
 
     # node A dies: the agent fails over to B and the case goes on there
     node_a.stop(signal.SIGKILL)

@@ -1,0 +1,77 @@
+"""A busy server answers agents 503 with Retry-After at once, and the agent reads it (a real
+server and real TLS connections; the gate's arithmetic is in test_admission.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+
+from agent.connection import open_ws
+from agent.errors import Unreachable
+from server import cli
+from server.app import Server
+from server.config import ServerConfig
+from server.store import Store
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "S"
+    assert cli.main(["init", "--home", str(home), "--listen", "127.0.0.1:0"]) == 0
+    return home
+
+
+@pytest.fixture
+async def server(home: Path) -> AsyncIterator[Server]:
+    cfg = ServerConfig.load(home)
+    store = await Store.open(cfg.db_url)
+    srv = Server(cfg, store)
+    ws_server = await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.shutdown(ws_server)
+        ws_server.close()
+        await ws_server.wait_closed()
+        await srv.writer.close()
+        await store.close()
+
+
+def _client_ctx(home: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=home / "ca.crt")
+    return ctx
+
+
+async def test_a_busy_server_answers_503_with_retry_after_and_the_agent_reads_it(
+        server: Server) -> None:
+    server._gate.limit = 1
+    ctx = _client_ctx(server.cfg.home)
+    url = f"wss://127.0.0.1:{server.port}/agent"
+    slow = await connect(url, ssl=ctx)  # in its handshake: never says hello
+    try:
+        with pytest.raises(Unreachable) as refused:
+            await open_ws(url, ctx)
+        assert refused.value.retry_after is not None and refused.value.retry_after >= 1
+        assert "busy" in str(refused.value) and "retry" in str(refused.value)
+    finally:
+        await slow.close()
+    for _ in range(100):  # the server notices the close, the slot is free again
+        if server._gate.in_progress == 0:
+            break
+        await asyncio.sleep(0.05)
+    ok = await open_ws(url, ctx)
+    await ok.close()
+    # technicians are not subject to the agents' limit
+    server._gate.limit = 1
+    held = await connect(url, ssl=ctx)
+    try:
+        tech = await connect(f"wss://127.0.0.1:{server.port}/tech", ssl=ctx)
+        await tech.close()
+    finally:
+        await held.close()
