@@ -102,6 +102,7 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 import time
 from websockets.asyncio.server import broadcast, serve
+from websockets.exceptions import ConnectionClosed
 conns, answers, everyone = set(), [0], asyncio.Event()
 async def idle(ws):
     conns.add(ws)
@@ -110,6 +111,8 @@ async def idle(ws):
             answers[0] += 1
             if answers[0] == len(conns):
                 everyone.set()
+    except ConnectionClosed:
+        pass  # the clients are killed at the end
     finally:
         conns.discard(ws)
 async def fan_out(frame):  # the same frame to every connection, then wait for all answers
