@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "below it; a busy server's Retry-After is followed instead "
                         "(default 1)")
     s.add_argument("--retry-max", type=float, default=60.0, metavar="S",
-                   help="largest reconnect delay in seconds (default 60)")
+                   help="largest reconnect window in seconds (default 60); a busy "
+                        "server's Retry-After, capped at this, is followed with a delay "
+                        "between half and one and a half times it")
     s.add_argument("--policy", metavar="FILE", help="local policy (TOML) for managed devices: "
                    "max_minutes, preapproved_scopes, preapproved_techs, prompt_timeout_s")
     s.set_defaults(func=cmd_run)

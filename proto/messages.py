@@ -821,7 +821,8 @@ class FanoutDone(Struct, frozen=True, forbid_unknown_fields=True, tag="fanout_do
                  tag_field="type"):
     """Server -> technician: fan-out ``re`` is over. ``sent``: online agents of the
     audience it went to (on every node); ``ok``: those that checked the signed command and
-    answered; ``misses``: every other one, with why; ``seconds``: from the first send to
+    answered; ``counts``: every other one, by reason; ``misses``: those agents by name, as
+    many as fit 512 KiB (``unlisted``: how many more); ``seconds``: from the first send to
     the last answer (or the timeout)."""
 
     re: Id
@@ -830,6 +831,9 @@ class FanoutDone(Struct, frozen=True, forbid_unknown_fields=True, tag="fanout_do
     ok: int
     seconds: float
     misses: Annotated[list[FanoutMiss], Meta(max_length=MAX_FANOUT)] = []
+    counts: Annotated[dict[Annotated[str, Meta(max_length=64)], int],
+                      Meta(max_length=64)] = {}
+    unlisted: int = 0
 
 
 # -- SSH tunnels (docs/protocol.md#tunnels) -----------------------------------------------

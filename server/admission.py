@@ -70,17 +70,27 @@ class _PerSecond:
 class HandshakeGate:
     """At most ``limit`` agent handshakes in progress; a Retry-After for the others.
 
-    ``admit`` when a handshake starts, ``done`` when it ends (welcomed or not). A handshake
-    that never reports (its connection died before the handler ran) stops counting after
-    ``timeout`` seconds, the handshake timeout.
+    ``admit`` when a handshake starts, ``done`` when it ends (welcomed or not, or its
+    connection closed). A handshake that never reports stops counting after ``timeout``
+    seconds, the handshake timeout.
+
+    One network address holds at most ``per_peer`` of the places (default half): a client
+    that opens connections and sends nothing can hold only that share, never lock every
+    agent out; agents behind one NAT address are paced, not refused for good.
     """
 
     def __init__(self, limit: int, timeout: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 per_peer: int | None = None) -> None:
         if limit < 1:
             raise ValueError("the handshake limit must be at least 1")
         self.limit, self.timeout, self._clock = limit, timeout, clock
-        self._open: dict[Hashable, float] = {}  # insertion order is start order
+        self.per_peer = max(1, limit // 2) if per_peer is None else per_peer
+        if not 1 <= self.per_peer <= limit:
+            raise ValueError("per_peer must be between 1 and the handshake limit")
+        #: key -> (start, peer); insertion order is start order
+        self._open: dict[Hashable, tuple[float, str]] = {}
+        self._per_peer: dict[str, int] = {}
         self._welcomed = _PerSecond()
         self._refused = _PerSecond()
         self._retry_after = RETRY_AFTER_MIN
@@ -92,22 +102,35 @@ class HandshakeGate:
     def in_progress(self) -> int:
         return len(self._open)
 
-    def admit(self, key: Hashable) -> int | None:
+    def admit(self, key: Hashable, peer: str = "") -> int | None:
         """``None``: go ahead (then call :meth:`done`); else the seconds to tell the agent
-        to wait before retrying."""
+        to wait before retrying. ``peer``: the client's network address."""
         now = self._clock()
-        if len(self._open) >= self.limit:
+        if len(self._open) >= self.limit or self._per_peer.get(peer, 0) >= self.per_peer:
             self._expire(now)
-        if len(self._open) < self.limit:
-            self._open[key] = now
+        if len(self._open) < self.limit and self._per_peer.get(peer, 0) < self.per_peer:
+            self._open[key] = (now, peer)
+            self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
             return None
         self._refused.add(now)
         self.refused_total += 1
         return self.retry_after(now)
 
     def done(self, key: Hashable, *, welcomed: bool) -> None:
-        if self._open.pop(key, None) is not None and welcomed:
+        """The handshake ``key`` ended (a second call is a no-op)."""
+        entry = self._open.pop(key, None)
+        if entry is None:
+            return
+        self._release(entry[1])
+        if welcomed:
             self._welcomed.add(self._clock())
+
+    def _release(self, peer: str) -> None:
+        left = self._per_peer[peer] - 1
+        if left:
+            self._per_peer[peer] = left
+        else:
+            del self._per_peer[peer]
 
     def retry_after(self, now: float | None = None) -> int:
         """Seconds a refused agent should wait (recomputed at most once a second)."""
@@ -134,6 +157,8 @@ class HandshakeGate:
     def _expire(self, now: float) -> None:
         while self._open:
             key = next(iter(self._open))
-            if now - self._open[key] < self.timeout:
+            started, peer = self._open[key]
+            if now - started < self.timeout:
                 return
             del self._open[key]
+            self._release(peer)

@@ -35,7 +35,6 @@ from proto.command import (
     CommandRefused,
     RefusalReason,
     ReplayCache,
-    decode_fanout,
     verify_command,
     verify_fanout,
 )
@@ -57,7 +56,7 @@ from .bus import Bus, BusError, Forward, Forwarded, LocalBus, NatsBus
 from .bus import _safe as _safe_bus
 from .config import ServerConfig, parse_listen
 from .errors import CertificateRefused
-from .fanout import FanoutBusy, Fanouts, combine, unreachable
+from .fanout import NODE_BUSY, NODE_UNREACHABLE, FanoutBusy, Fanouts, combine, unreachable
 from .onsite.policy import load_home_policy
 from .onsite.tickets import OnsiteDesk, TicketError
 from .presence import Presence
@@ -193,6 +192,7 @@ class AgentLink:
     ws: ServerConnection
     session: ServerSession
     peer: str
+    customer: str = ""
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, msg: m.AnyMessage) -> None:
@@ -356,8 +356,13 @@ class Server:
                          ) -> HttpResponse | None:
         path = request.path.split("?", 1)[0]
         if path == "/agent":
-            wait = self._gate.admit(conn)
+            address = conn.remote_address[0] if conn.remote_address else ""
+            wait = self._gate.admit(conn, address)
             if wait is None:
+                # the place is free again as soon as the connection is gone, whatever
+                # happened to it (even an upgrade that never reached the handler)
+                conn.connection_lost_waiter.add_done_callback(
+                    lambda _: self._gate.done(conn, welcomed=False))
                 return None
             busy = conn.respond(503, f"this server is busy with many agents connecting at "
                                      f"once; retry in {wait} s (Retry-After)\n")
@@ -433,7 +438,7 @@ class Server:
             assert session.hello.tunnel is not None  # the session checked it
             await self.tunnels.agent_arrived(session.hello.tunnel, agent.agent_id, ws)
             return
-        link = AgentLink(agent.agent_id, agent.public_key, ws, session, peer)
+        link = AgentLink(agent.agent_id, agent.public_key, ws, session, peer, agent.customer)
         run = session.hello.mode is m.Mode.RUN
         if run:
             old = self.links.get(agent.agent_id)
@@ -459,6 +464,7 @@ class Server:
                 if owner is link and not future.done():
                     future.set_exception(AgentGone())
             if run and self.links.get(agent.agent_id) is link:
+                self.fanouts.gone(agent.agent_id)
                 del self.links[agent.agent_id]
                 if self.presence is not None:
                     await self.presence.release(agent.agent_id)
@@ -652,8 +658,11 @@ class Server:
         lock = asyncio.Lock()
 
         async def reply(msg: m.AnyMessage) -> None:
-            if isinstance(msg, m.AgentList) and not speaks(session.version, m.Fanout):
-                msg = msgspec.structs.replace(msg, next_offset=None)  # a v1 field-less page
+            if (isinstance(msg, m.AgentList) and msg.next_offset is not None
+                    and not speaks(session.version, m.Fanout)):  # v1 has no pages
+                msg = m.Error(re=msg.re, code=m.ErrorCode.BAD_REQUEST, message=(
+                    f"more than {m.AGENT_PAGE} agents are enrolled and this hw-tech (protocol "
+                    "version 1) cannot page through them; upgrade hw-tech"))
             async with lock:
                 await ws.send(session.send(msg), text=True)
 
@@ -929,57 +938,74 @@ class Server:
         now = now_utc()
         try:
             verified = verify_fanout(msg.command, org_pub=self.org_pub, now=now, customer=None,
-                                     revoked=self.revoked, replay=self._fanout_replay)
+                                     revoked=self.revoked)
             if verified.command.tech != tech or verified.cert.fingerprint != key:
                 raise CommandRefused(RefusalReason.WRONG_TECHNICIAN,
                                      "the command is not signed with the key the connected "
                                      f"technician {tech} logged in with")
+            fanout_id = "fo-" + secrets.token_hex(8)
+            self.fanouts.reserve(fanout_id)  # before the nonce is used up: busy is no refusal
+            try:  # only now, once it is the technician's own and will run, use up the nonce
+                self._fanout_replay.check_and_add(verified.command.nonce,
+                                                  expires_at=verified.command.expires_at,
+                                                  now=now)
+            except CommandRefused:
+                self.fanouts.release(fanout_id)
+                raise
+        except FanoutBusy as exc:
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc))
         except CommandRefused as exc:
             await self._audit(event="fanout", actor=f"tech:{tech}", subject="fanout", now=now,
-                              detail={"fanout": msg.id, "verdict": "refused",
+                              detail={"request": msg.id, "verdict": "refused",
                                       "reason": exc.reason.value})
             return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
                            message=f"{exc.reason.value}: {exc.message}")
-        if self.fanouts.busy():
-            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=self.fanouts.busy())
         audience = verified.command.audience
-        await self._audit(event="fanout", actor=f"tech:{tech}", subject=audience, now=now,
-                          detail={"fanout": msg.id, "verdict": "relayed",
-                                  "action": verified.command.action})
-        others = (await self.presence.nodes(now) - {self.node_id}
-                  if self.presence is not None else set())
+        run = m.Fanout(id=fanout_id, command=msg.command, timeout=msg.timeout)
         try:
-            done = combine(msg.id, audience, list(await asyncio.gather(
-                self._fanout_here(msg), *(self._fanout_there(node, msg, audience)
-                                          for node in sorted(others)))))
-        except FanoutBusy as exc:  # another fan-out started meanwhile
-            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc))
-        reasons: dict[str, int] = {}
-        for miss in done.misses:
-            reasons[miss.reason] = reasons.get(miss.reason, 0) + 1
+            await self._audit(event="fanout", actor=f"tech:{tech}", subject=audience, now=now,
+                              detail={"fanout": fanout_id, "request": msg.id,
+                                      "verdict": "relayed", "action": verified.command.action})
+            others = (await self.presence.nodes(now) - {self.node_id}
+                      if self.presence is not None else set())
+        except BaseException:
+            self.fanouts.release(fanout_id)
+            raise
+        parts = await asyncio.gather(
+            self.fanouts.run_local(fanout_id, msg.command, audience, self.links,
+                                   self._link_customers, msg.timeout),
+            *(self._fanout_there(node, run, audience) for node in sorted(others)))
+        done = msgspec.structs.replace(combine(fanout_id, audience, list(parts)), re=msg.id)
         await self._audit(event="fanout.done", actor=f"tech:{tech}", subject=audience,
-                          now=now_utc(), detail={"fanout": msg.id, "sent": done.sent,
-                                                 "ok": done.ok, "misses": reasons,
+                          now=now_utc(), detail={"fanout": fanout_id, "sent": done.sent,
+                                                 "ok": done.ok, "misses": done.counts,
                                                  "nodes": 1 + len(others)})
-        log.info("fan-out %s to %s by %s: %d sent, %d ok in %.3fs", msg.id, audience, tech,
+        log.info("fan-out %s to %s by %s: %d sent, %d ok in %.3fs", fanout_id, audience, tech,
                  done.sent, done.ok, done.seconds)
         return done
 
-    async def _fanout_here(self, msg: m.Fanout) -> m.FanoutDone:
-        """This node's part of a fan-out (already checked by the technician's node)."""
-        audience = decode_fanout(msg.command).audience
+    async def _link_customers(self) -> dict[str, str]:
+        return {aid: link.customer for aid, link in self.links.items()}
 
-        async def customers() -> dict[str, str]:
-            # every connected agent is in the agent cache (its connect put it there)
-            return {aid: agent.customer for aid in self.links
-                    if (agent := self._agents.get(aid)) is not None}
-
-        return await self.fanouts.run_local(msg.id, msg.command, audience,
-                                            dict(self.links), customers, msg.timeout)
+    async def _fanout_forwarded(self, msg: m.Fanout) -> Forwarded:
+        """This node's part of a fan-out another node checked, audited and numbered. Checked
+        again here (not the nonce: every node sees the same one) before any agent sees it."""
+        try:
+            verified = verify_fanout(msg.command, org_pub=self.org_pub, now=now_utc(),
+                                     customer=None, revoked=self.revoked)
+            self.fanouts.reserve(msg.id)
+        except CommandRefused as exc:
+            return Forwarded(error=f"refused: {exc.reason.value}")
+        except FanoutBusy:
+            return Forwarded(error="busy")
+        return Forwarded(fanout=await self.fanouts.run_local(
+            msg.id, msg.command, verified.command.audience, self.links,
+            self._link_customers, msg.timeout))
 
     async def _fanout_there(self, node: str, msg: m.Fanout, audience: str) -> m.FanoutDone:
-        """Another node's part. If that node does not answer, its agents of the audience
-        (by their presence leases) are reported ``node_unreachable``, not left out."""
+        """Another node's part. If that node does not take part, its agents of the audience
+        (by their presence leases) are reported ``node_unreachable`` (or ``node_busy``),
+        not left out."""
         try:
             answer = await self.bus.request(node, Forward(fanout=msg), wait=msg.timeout + 5)
             if answer.fanout is not None:
@@ -993,7 +1019,8 @@ class Server:
         if audience != "all":
             held &= {a.agent_id for a in await self.store.list_agents(
                 customer=audience.removeprefix("customer:"))}
-        return unreachable(msg.id, held, msg.timeout)
+        return unreachable(msg.id, held, msg.timeout,
+                           NODE_BUSY if why == "busy" else NODE_UNREACHABLE)
 
     async def _check_offer(self, msg: m.OfferVisit, args: dict[str, Any]) -> None:
         """The offer a technician signed must be the ticket's current quote and slots."""
@@ -1037,7 +1064,7 @@ class Server:
     async def serve_forward(self, fwd: Forward) -> Forwarded:
         """Another node's request for an agent connected here (the bus handler)."""
         if fwd.fanout is not None:
-            return Forwarded(fanout=await self._fanout_here(fwd.fanout))
+            return await self._fanout_forwarded(fwd.fanout)
         assert fwd.request is not None
         link = self.links.get(fwd.agent_id)
         if link is None:

@@ -37,6 +37,7 @@ NO_ANSWER = "no_answer"
 GONE = "gone"
 UNSUPPORTED = "unsupported"
 NODE_UNREACHABLE = "node_unreachable"
+NODE_BUSY = "node_busy"
 
 
 class Target(Protocol):
@@ -76,18 +77,57 @@ class _Run:
             self.done.set()
 
 
+#: Encoded bytes of the misses an answer lists by agent; the others are only counted
+#: (``FanoutDone.counts``, ``unlisted``), so an answer always fits one frame and one bus
+#: message, even when a whole node of 20k agents is unreachable.
+MISSES_LISTED_BYTES = 512 * 1024
+
+
+def _listed(misses: Iterable[tuple[str, str]]) -> tuple[list[m.FanoutMiss], int]:
+    """The misses (sorted by agent) that fit :data:`MISSES_LISTED_BYTES`, and how many did
+    not."""
+    listed: list[m.FanoutMiss] = []
+    size = unlisted = 0
+    for agent_id, reason in sorted(misses):
+        size += len(agent_id) + len(reason) + 32  # {"agent_id":"","reason":""},
+        if size > MISSES_LISTED_BYTES:
+            unlisted += 1
+        else:
+            listed.append(m.FanoutMiss(agent_id=agent_id, reason=reason))
+    return listed, unlisted
+
+
+def _counts(reasons: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
 class Fanouts:
-    """The fan-outs running on this node, fed by the agents' :class:`~proto.messages.Pong`."""
+    """The fan-outs running on this node, fed by the agents' :class:`~proto.messages.Pong`.
+
+    A fan-out is reserved with :meth:`reserve` (synchronously, so two requests cannot both
+    take the last place) before anything is audited or sent, then :meth:`run_local` runs and
+    releases it. Fan-out ids are the server's own (``fo-`` + random), never a client's.
+    """
 
     def __init__(self) -> None:
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, _Run | None] = {}
 
-    def busy(self) -> str:
-        """Why no fan-out can start now ("" when one can)."""
-        if len(self._runs) >= MAX_RUNNING:
-            return (f"{MAX_RUNNING} fan-outs are running on this server already; retry when "
-                    "one has finished")
-        return ""
+    def reserve(self, fanout_id: str) -> None:
+        """Take a place for ``fanout_id``.
+
+        Raises:
+            FanoutBusy: :data:`MAX_RUNNING` fan-outs are running (or the id is in use).
+        """
+        if len(self._runs) >= MAX_RUNNING or fanout_id in self._runs:
+            raise FanoutBusy(f"{MAX_RUNNING} fan-outs are running on this server already; "
+                             "retry when one has finished")
+        self._runs[fanout_id] = None
+
+    def release(self, fanout_id: str) -> None:
+        self._runs.pop(fanout_id, None)
 
     def answer(self, agent_id: str, pong: m.Pong) -> None:
         """An agent's answer; one for an unknown or finished fan-out is dropped."""
@@ -95,28 +135,30 @@ class Fanouts:
         if run is not None:
             run.settle(agent_id, None if pong.ok else (pong.reason or "refused"))
 
+    def gone(self, agent_id: str) -> None:
+        """The agent's connection ended: it will not answer any running fan-out."""
+        for run in self._runs.values():
+            if run is not None:
+                run.settle(agent_id, GONE)
+
     async def run_local(self, fanout_id: str, command: m.SignedCommand, audience: str,
                         links: dict[str, Target],
                         customer_of: Callable[[], Awaitable[dict[str, str]]],
                         wait: float) -> m.FanoutDone:
-        """Ping every agent in ``links`` that belongs to ``audience``; wait for the answers
-        or ``wait`` seconds. ``customer_of`` is asked (once) only for a customer audience.
-
-        Raises:
-            FanoutBusy: :data:`MAX_RUNNING` fan-outs are running already.
-        """
-        if self.busy():
-            raise FanoutBusy(self.busy())
-        if audience == "all":
-            targets = dict(links)
-        else:
-            customers = await customer_of()
-            targets = {aid: link for aid, link in links.items()
-                       if audience_matches(audience, customers.get(aid, ""))}
-        run = _Run(targets)
-        self._runs[fanout_id] = run
-        started = time.monotonic()
+        """Ping every agent in ``links`` (the live links: one replaced or dropped meanwhile
+        counts ``gone``) that belongs to ``audience``; wait for the answers or ``wait``
+        seconds. ``fanout_id`` must be reserved with :meth:`reserve`; it is released here.
+        ``customer_of`` is asked (once) only for a customer audience."""
         try:
+            if audience == "all":
+                targets = dict(links)
+            else:
+                customers = await customer_of()
+                targets = {aid: link for aid, link in links.items()
+                           if audience_matches(audience, customers.get(aid, ""))}
+            run = _Run(targets)
+            self._runs[fanout_id] = run
+            started = time.monotonic()
             # The same frame for every agent, encoded once and written to each connection
             # without a coroutine per agent (websockets' broadcast). It has no backpressure:
             # at most MAX_RUNNING frames per agent are queued, each under 10 KiB (a checked
@@ -141,27 +183,33 @@ class Fanouts:
                 run.settle(agent_id, NO_ANSWER if links.get(agent_id) is targets[agent_id]
                            else GONE)
         finally:
-            del self._runs[fanout_id]
+            self.release(fanout_id)
+        listed, unlisted = _listed(run.misses.items())
         return m.FanoutDone(
             re=fanout_id, audience=audience, sent=run.sent, ok=run.ok,
-            seconds=round(time.monotonic() - started, 3),
-            misses=[m.FanoutMiss(agent_id=aid, reason=why)
-                    for aid, why in sorted(run.misses.items())])
+            seconds=round(time.monotonic() - started, 3), misses=listed,
+            counts=_counts(run.misses.values()), unlisted=unlisted)
 
 
-def unreachable(fanout_id: str, agent_ids: Iterable[str], wait: float) -> m.FanoutDone:
-    """A node's part when that node did not answer: its agents were not reached."""
-    ids = sorted(agent_ids)
+def unreachable(fanout_id: str, agent_ids: Iterable[str], wait: float,
+                reason: str = NODE_UNREACHABLE) -> m.FanoutDone:
+    """A node's part when that node did not take part: its agents were not reached."""
+    ids = set(agent_ids)
+    listed, unlisted = _listed((aid, reason) for aid in ids)
     return m.FanoutDone(re=fanout_id, audience="", sent=len(ids), ok=0, seconds=wait,
-                        misses=[m.FanoutMiss(agent_id=aid, reason=NODE_UNREACHABLE)
-                                for aid in ids])
+                        misses=listed, counts={reason: len(ids)} if ids else {},
+                        unlisted=unlisted)
 
 
 def combine(fanout_id: str, audience: str, parts: list[m.FanoutDone]) -> m.FanoutDone:
     """Add up the nodes' outcomes of one fan-out."""
-    misses = sorted((miss for part in parts for miss in part.misses),
-                    key=lambda miss: miss.agent_id)
+    listed, unlisted = _listed((miss.agent_id, miss.reason)
+                               for part in parts for miss in part.misses)
+    counts: dict[str, int] = {}
+    for part in parts:
+        for reason, n in part.counts.items():
+            counts[reason] = counts.get(reason, 0) + n
     return m.FanoutDone(
         re=fanout_id, audience=audience, sent=sum(p.sent for p in parts),
         ok=sum(p.ok for p in parts), seconds=max((p.seconds for p in parts), default=0.0),
-        misses=misses[:m.MAX_FANOUT])
+        misses=listed, counts=counts, unlisted=unlisted + sum(p.unlisted for p in parts))

@@ -134,3 +134,45 @@ async def test_a_replay_after_an_agent_restart_is_refused(
     finally:
         restarted.store.close()
         restarted.consents.close()
+
+
+def _ping(tech: Tech, audience: str = "all") -> m.Ping:
+    from proto.command import FanoutCommand, sign_fanout
+
+    now = datetime.now(UTC)
+    cmd = FanoutCommand(audience=audience, action="ping", tech=tech.name,
+                        nonce=secrets.token_bytes(16), issued_at=now,
+                        expires_at=now + timedelta(minutes=5))
+    return m.Ping(id="fo-" + secrets.token_hex(4),
+                  command=sign_fanout(cmd, certificate=tech.cert, key=tech.key))
+
+
+def test_the_agent_checks_a_fanout_ping_itself(world: tuple[Agent, Tech, Tech, Tech]) -> None:
+    """What a server cannot make the agent accept: another customer's audience, a replay
+    (also after a restart), a foreign org's certificate, a revoked key."""
+    agent, alice, bob, fake_alice = world
+    ping = _ping(alice)
+    assert agent._ping(ping) == m.Pong(re=ping.id, ok=True)  # no consent grant needed
+    assert agent._ping(_ping(bob, "customer:Li Wei")).ok  # its own customer
+    refusals = {
+        "wrong_audience": _ping(alice, "customer:Zhang San"),
+        "replayed": ping,
+        "untrusted_certificate": _ping(fake_alice),
+    }
+    for reason, bad in refusals.items():
+        pong = agent._ping(bad)
+        assert (pong.ok, pong.reason) == (False, reason), pong
+        assert pong.error and "\n" not in pong.error
+    # the nonce survives a restart of the agent, like other commands' nonces
+    again = Agent(agent.home, get_plugin_manager(autoload=False), interactive=False)
+    try:
+        assert again._ping(ping).reason == "replayed"
+    finally:
+        again.store.close()
+        again.consents.close()
+    agent.revoked = frozenset({pki.verify_tech_certificate(
+        alice.cert, org_pub=agent.org_pub, name="alice")[1]})
+    assert agent._ping(_ping(alice)).reason == "revoked"
+    log = [e.detail for e in agent.store.entries()]
+    assert sum("pinged" in d for d in log) == 2
+    assert sum(d.startswith("fan-out") for d in log) == 5  # every refusal is logged

@@ -12,7 +12,7 @@ import pytest
 
 from proto import messages as m
 from server.techclient import Profile, TechClient, TechError
-from tests.harness import Harness
+from tests.harness import Harness, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -88,6 +88,20 @@ def test_one_signed_ping_reaches_the_audience_and_each_agent_checks_it(
     b_id = json.loads((homes[1] / "agent.json").read_text())["agent_id"]
     assert code == 1 and (done["sent"], done["ok"]) == (3, 2)
     assert done["misses"] == [{"agent_id": b_id, "reason": "no_answer"}]
+    assert done["counts"] == {"no_answer": 1}
+
+    # an agent that drops its connection while a fan-out waits counts as gone at once
+    agents[1].popen.send_signal(signal.SIGSTOP)
+    relayed = len([e for e in _audit(h) if e["event"] == "fanout"])
+    ping = h.spawn("ping", "hw-tech", "--home", str(alice), "ping", "--all", "--timeout", "120",
+                   "--json")
+    wait_until(lambda: len([e for e in _audit(h) if e["event"] == "fanout"]) > relayed,
+               what="the fan-out to be relayed")
+    agents[1].popen.send_signal(signal.SIGKILL)
+    assert ping.popen.wait(150) == 1
+    done = json.loads(ping.text())
+    assert done["misses"] == [{"agent_id": b_id, "reason": "gone"}]
+    assert done["seconds"] < 120  # it ended when B went, not at its timeout
 
 
 def test_the_server_refuses_a_replayed_or_altered_fanout_before_any_agent(

@@ -20,8 +20,8 @@ class Clock:
 
 def test_admits_up_to_the_limit_then_refuses_with_a_retry_after() -> None:
     gate = HandshakeGate(2, timeout=10.0, clock=Clock())
-    assert gate.admit("a") is None and gate.admit("b") is None
-    wait = gate.admit("c")
+    assert gate.admit("a", "10.0.0.1") is None and gate.admit("b", "10.0.0.2") is None
+    wait = gate.admit("c", "10.0.0.3")
     assert wait is not None and RETRY_AFTER_MIN <= wait <= RETRY_AFTER_MAX
     assert gate.in_progress == 2 and gate.refused_total == 1
 
@@ -51,7 +51,7 @@ def test_retry_after_spreads_the_waiting_agents_over_the_time_the_server_needs()
     """100 welcomed per second and 3000 refused: the 3000 need 30 s, so come back in 30
     (reached by doubling, one step a second, so that one odd second cannot jump to 60)."""
     clock = Clock()
-    gate = HandshakeGate(100, timeout=10.0, clock=clock)
+    gate = HandshakeGate(100, timeout=10.0, clock=clock, per_peer=100)
     for second in range(6):
         clock.now = 1000.0 + second
         for i in range(100):
@@ -102,3 +102,23 @@ def test_retry_after_is_bounded() -> None:
 def test_a_limit_below_one_is_refused() -> None:
     with pytest.raises(ValueError):
         HandshakeGate(0, timeout=10.0)
+
+
+def test_one_address_holds_at_most_its_share_so_it_cannot_lock_agents_out() -> None:
+    """A client that opens connections and sends nothing fills only its half of the places;
+    agents from other addresses still get in, and the places come back when it closes."""
+    gate = HandshakeGate(4, timeout=10.0, clock=Clock())
+    assert [gate.admit(("idle", i), "203.0.113.9") for i in range(2)] == [None, None]
+    assert gate.admit(("idle", 2), "203.0.113.9") is not None  # its share is full
+    assert gate.admit("agent-1", "198.51.100.1") is None
+    assert gate.admit("agent-2", "198.51.100.2") is None
+    assert gate.admit("agent-3", "198.51.100.3") is not None  # now every place is taken
+    gate.done(("idle", 0), welcomed=False)  # its connection closed
+    assert gate.admit("agent-3", "198.51.100.3") is None
+    assert gate.in_progress == 4
+
+
+def test_the_share_of_one_address_must_fit_the_limit() -> None:
+    with pytest.raises(ValueError, match="per_peer"):
+        HandshakeGate(4, timeout=10.0, per_peer=5)
+    assert HandshakeGate(1, timeout=10.0).per_peer == 1

@@ -61,17 +61,22 @@ async def test_a_busy_server_answers_503_with_retry_after_and_the_agent_reads_it
         assert "busy" in str(refused.value) and "retry" in str(refused.value)
     finally:
         await slow.close()
-    for _ in range(100):  # the server notices the close, the slot is free again
-        if server._gate.in_progress == 0:
-            break
-        await asyncio.sleep(0.05)
+    await _slots_free(server)  # the server notices the close, the slot is free again
     ok = await open_ws(url, ctx)
     await ok.close()
+    await _slots_free(server)
     # technicians are not subject to the agents' limit
-    server._gate.limit = 1
     held = await connect(url, ssl=ctx)
     try:
         tech = await connect(f"wss://127.0.0.1:{server.port}/tech", ssl=ctx)
         await tech.close()
     finally:
         await held.close()
+
+
+async def _slots_free(server: Server) -> None:
+    for _ in range(200):
+        if server._gate.in_progress == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the handshake slot was not freed after the connection closed")
