@@ -600,9 +600,7 @@ def report(res: dict[str, Any]) -> None:
               f"frame, {answered} of {held} answered in {secs:.3f} s; server CPU {cpu:.2f} s "
               f"({cpu / max(1, held) * 1e6:.0f} us per connection)")
     for k, (secs, cpu, done) in enumerate(res.get("fanout_runs", []), 1):
-        misses: dict[str, int] = {}
-        for miss in done.misses:
-            misses[miss.reason] = misses.get(miss.reason, 0) + 1
+        misses = done.counts
         print(f"fan-out {k}: one signed ping to all: {done.ok} of {done.sent} agents answered "
               f"ok; technician's round trip {secs:.3f} s (server: first send to last answer "
               f"{done.seconds:.3f} s; goal <= 2 s for 10k); server CPU {cpu:.2f} s "
