@@ -27,21 +27,19 @@ What is measured, for each N in ``--agents``:
 
 The simulated agents speak the real protocol: TLS 1.3 with the pinned CA, hello, the
 Ed25519 challenge-proof with their own key, websocket pings every 20 s (as ``hw-agent``),
-a ``Result`` (no probes run, no findings) to every ``Request``, kept until ``Ack``ed, and a
-``Pong`` to every fan-out ``Ping`` after checking it as ``hw-agent`` does (chain to the pinned
+and a ``Pong`` to every fan-out ``Ping`` after checking it as ``hw-agent`` does (chain to the pinned
 org key, revocation, signature, audience, validity, the agent's own nonce cache) -- except
 that the agents of one process share one verdict per distinct signed bytes, as the 10k
-agents' own CPUs would each do that check in parallel. They do **not** check ``Request``
-signatures or consent grants (the real agent does; the agent's cost is not what this
-measures), keep no outbox or log, and run many agents per
+agents' own CPUs would each do that check in parallel. They run no probes, keep no outbox
+or log, and run many agents per
 process (``--workers`` processes, uvloop) so that the server is what gets measured. At most
 ``--ramp`` handshakes per worker are in flight during the first connect (a fleet does not
 start in one millisecond); reconnects after the restart are not limited: only the backoff
 spreads them.
 
 Set-up writes the agents straight into the server's store (bench only): one customer, N
-agents with deterministic Ed25519 keys (``sha256(b"hw-bench-agent" + i)``), and one open
-case per agent, inserted in bulk with the store's own table definitions after
+agents with deterministic Ed25519 keys (``sha256(b"hw-bench-agent" + i)``), inserted in
+bulk with the store's own table definitions after
 ``hw-server init`` migrated it. Enrolling 10k agents through tokens would measure
 enrollment, not connections. ``--db URL`` puts the store on PostgreSQL instead of SQLite
 (the database must exist and be empty).
@@ -61,7 +59,6 @@ import multiprocessing as mp
 import os
 import queue
 import resource
-import secrets
 import ssl
 import subprocess
 import sys
@@ -70,7 +67,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -172,17 +169,29 @@ class Counters:
     dials: int = 0
     failed_dials: int = 0
     most_attempts: int = 0
-    requests: int = 0
-    acks: int = 0
     welcomes: int = 0
     busy: int = 0  # dials answered 503 + Retry-After (the server's admission control)
     timeouts: int = 0  # dials that ran into the 10 s open timeout
     connected_ever: set[int] = field(default_factory=set)
 
 
+class Report(NamedTuple):
+    """One worker's counters, sent to the parent every REPORT_EVERY_S."""
+
+    connected: int = 0
+    connected_ever: int = 0
+    dials: int = 0
+    failed_dials: int = 0
+    most_attempts: int = 0
+    rss: int = 0
+    welcomes: int = 0
+    busy: int = 0
+    timeouts: int = 0
+
+
 async def run_agent(i: int, url: str, ctx: ssl.SSLContext, c: Counters, ramp: asyncio.Semaphore,
                     raw: bool) -> None:
-    """One simulated agent: dial, prove, answer requests, reconnect with the real backoff."""
+    """One simulated agent: dial, prove, answer pings, reconnect with the real backoff."""
     key = agent_key(i)
     agent_id = agent_id_for(raw_public(key))
     backoff = Backoff()  # hw-agent run's defaults: 1 s growing x1.6 to 60 s, full jitter
@@ -224,15 +233,7 @@ async def run_agent(i: int, url: str, ctx: ssl.SSLContext, c: Counters, ramp: as
                 async for frame in ws:
                     msg = session.receive(frame)
                     if isinstance(msg, m.Ping):
-                        c.requests += 1
                         await ws.send(session.send(check_ping(msg, replay)), text=True)
-                    elif isinstance(msg, m.Request):
-                        c.requests += 1
-                        result = m.Result(id="rs-" + secrets.token_hex(8), re=msg.id,
-                                          case=msg.case, action=msg.action, ok=True)
-                        await ws.send(session.send(result), text=True)
-                    elif isinstance(msg, m.Ack):
-                        c.acks += 1
         except (ConnectionClosed, ProtocolError, OSError):
             pass
         finally:
@@ -304,13 +305,13 @@ def worker_main(wid: int, lo: int, hi: int, url: str, cafile: str, raw: bool, ra
         c = Counters()
         sem = asyncio.Semaphore(ramp)
         me = psutil.Process()
-        out.put((wid, 0, 0, 0, 0, 0, 0, 0, me.memory_info().rss, 0, 0, 0))  # ready
+        out.put((wid, Report(rss=me.memory_info().rss)))  # ready
         await asyncio.to_thread(go.wait)
         tasks = [asyncio.create_task(run_agent(i, url, ctx, c, sem, raw)) for i in range(lo, hi)]
         while True:
-            out.put((wid, c.connected, len(c.connected_ever), c.dials, c.failed_dials,
-                     c.most_attempts, c.requests, c.acks, me.memory_info().rss, c.welcomes,
-                     c.busy, c.timeouts))
+            out.put((wid, Report(c.connected, len(c.connected_ever), c.dials, c.failed_dials,
+                                 c.most_attempts, me.memory_info().rss, c.welcomes, c.busy,
+                                 c.timeouts)))
             await asyncio.sleep(REPORT_EVERY_S)
         del tasks
 
@@ -326,7 +327,7 @@ class Fleet:
         self.q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
         self.go = ctx.Event()
         self.n = n
-        self.latest: dict[int, tuple[int, ...]] = {}
+        self.latest: dict[int, Report] = {}
         per = math.ceil(n / workers)
         self.procs = [ctx.Process(target=worker_main, daemon=True,
                                   args=(w, w * per, min(n, (w + 1) * per), url, str(cafile),
@@ -345,23 +346,23 @@ class Fleet:
     def poll(self) -> None:
         while True:
             try:
-                row = self.q.get_nowait()
+                wid, report = self.q.get_nowait()
             except queue.Empty:
                 return
-            self.latest[row[0]] = row[1:]
+            self.latest[wid] = report
 
-    def total(self, column: int) -> int:
+    def total(self, counter: str) -> int:
         self.poll()
-        return sum(r[column] for r in self.latest.values())
+        return sum(getattr(r, counter) for r in self.latest.values())
 
     def connected(self) -> int:
-        return self.total(0)
+        return self.total("connected")
 
     def wait_connected(self, n: int, timeout: float, what: str, welcomes: int = 0) -> float:
         """Seconds until ``n`` agents are connected and at least ``welcomes`` connections
         were ever welcomed (raises after ``timeout``)."""
         t0 = time.monotonic()
-        while self.connected() < n or self.total(8) < welcomes:
+        while self.connected() < n or self.total("welcomes") < welcomes:
             if time.monotonic() - t0 > timeout:
                 raise SystemExit(f"{what}: only {self.connected()} of {n} agents connected "
                                  f"after {timeout:.0f}s (the server is too slow for this "
@@ -379,16 +380,14 @@ class Fleet:
 # --------------------------------------------------------------------------- set-up
 
 
-def bulk_enroll(db_url: str, n: int) -> list[tuple[str, str]]:
-    """Write n agents and one open case each into the store; return [(agent_id, case)]."""
+def bulk_enroll(db_url: str, n: int) -> None:
+    """Write n agents of one customer into the store."""
     import sqlalchemy as sa
 
     from server import store as st
 
     now = datetime.now(UTC)
-    day = st.china_day(now)
     ids = [agent_id_for(raw_public(agent_key(i))) for i in range(n)]
-    pairs = [(a, st.case_number(day, i + 1)) for i, a in enumerate(ids)]
 
     async def write() -> None:
         store = await st.Store.open(db_url)
@@ -404,17 +403,10 @@ def bulk_enroll(db_url: str, n: int) -> list[tuple[str, str]]:
                          "public_key": raw_public(agent_key(i)), "hostname": f"bench-{i}",
                          "os": "Linux", "software": SOFTWARE, "enrolled_at": now}
                         for i in chunk])
-                    await conn.execute(sa.insert(st.cases), [
-                        {"number": pairs[i][1], "number_day": day, "number_seq": i + 1,
-                         "agent_id": ids[i], "customer_id": cid, "description": "bench",
-                         "state": "open", "opened_at": now, "updated_at": now,
-                         "open_request_id": f"bench-{i}"}
-                        for i in chunk])
         finally:
             await store.close()
 
     asyncio.run(write())
-    return pairs
 
 
 def rss(pid: int) -> int:
@@ -516,11 +508,12 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         res["rss_idle"] = idle
         res["rss"] = rss(server.popen.pid)
         res["cpu_connect_s"] = cpu_seconds(server.popen.pid)
-        res["agent_rss_total"] = fleet.total(7)
+        res["agent_rss_total"] = fleet.total("rss")
 
         if not args.no_storm:
-            dials0, failed0, welcomes0 = fleet.total(2), fleet.total(3), fleet.total(8)
-            busy0, timeouts0 = fleet.total(9), fleet.total(10)
+            dials0, failed0 = fleet.total("dials"), fleet.total("failed_dials")
+            welcomes0, busy0 = fleet.total("welcomes"), fleet.total("busy")
+            timeouts0 = fleet.total("timeouts")
             t0 = time.monotonic()
             server.stop()
             res["storm_stop_s"] = time.monotonic() - t0
@@ -531,11 +524,11 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             res["storm_back_s"] = time.monotonic() - t0
             res["storm_listen_s"] = t_listen
             res["storm_cpu_s"] = cpu_seconds(server.popen.pid)
-            res["storm_dials"] = fleet.total(2) - dials0
-            res["storm_failed"] = fleet.total(3) - failed0
-            res["storm_busy"] = fleet.total(9) - busy0
-            res["storm_timeouts"] = fleet.total(10) - timeouts0
-            res["storm_most_attempts"] = max(r[4] for r in fleet.latest.values())
+            res["storm_dials"] = fleet.total("dials") - dials0
+            res["storm_failed"] = fleet.total("failed_dials") - failed0
+            res["storm_busy"] = fleet.total("busy") - busy0
+            res["storm_timeouts"] = fleet.total("timeouts") - timeouts0
+            res["storm_most_attempts"] = max(r.most_attempts for r in fleet.latest.values())
 
         if not args.no_fanout:
             import uvloop

@@ -402,8 +402,6 @@ class Server:
         except Exception:
             log.exception("internal error on connection from %s", peer)
             await ws.close(int(CloseCode.INTERNAL_ERROR), "internal server error; retry later")
-        finally:
-            self._gate.done(ws, welcomed=False)  # no-op once the handshake reported
 
     async def _recv(self, ws: ServerConnection, session: ServerSession) -> m.AnyMessage:
         return session.receive(await ws.recv(decode=False))
@@ -491,8 +489,8 @@ class Server:
                                               customer=rec.customer)), text=True)
         log.info("agent %s enrolled for %s from %s", rec.agent_id, rec.customer, peer)
         await self._audit(event="agent.enrolled", actor=f"agent:{rec.agent_id}",
-                                      subject=rec.agent_id, now=now_utc(),
-                                      detail={"customer": rec.customer, "peer": peer})
+                          subject=rec.agent_id, now=now_utc(),
+                          detail={"customer": rec.customer, "peer": peer})
         await ws.close(int(CloseCode.NORMAL), "enrolled")
 
     async def _from_agent(self, link: AgentLink, msg: m.AnyMessage) -> None:
@@ -504,7 +502,7 @@ class Server:
             if _new:
                 log.info("case %s opened by agent %s", case.number, link.agent_id)
                 await self._audit(event="case.opened", actor=f"agent:{link.agent_id}",
-                                              subject=case.number, now=now_utc())
+                                  subject=case.number, now=now_utc())
         elif isinstance(msg, m.Pong):
             self.fanouts.answer(link.agent_id, msg)
         elif isinstance(msg, m.Result):
@@ -653,8 +651,7 @@ class Server:
                                                  server_time=now_utc())), text=True)
         log.info("technician %s connected from %s", name, peer)
         await self._audit(event="tech.login", actor=f"tech:{name}", subject=name,
-                                      now=now_utc(), detail={"peer": peer,
-                                                             "key": fingerprint})
+                          now=now_utc(), detail={"peer": peer, "key": fingerprint})
         lock = asyncio.Lock()
 
         async def reply(msg: m.AnyMessage) -> None:
@@ -973,7 +970,7 @@ class Server:
             raise
         parts = await asyncio.gather(
             self.fanouts.run_local(fanout_id, msg.command, audience, self.links,
-                                   self._link_customers, msg.timeout),
+                                   msg.timeout),
             *(self._fanout_there(node, run, audience) for node in sorted(others)))
         done = msgspec.structs.replace(combine(fanout_id, audience, list(parts)), re=msg.id)
         await self._audit(event="fanout.done", actor=f"tech:{tech}", subject=audience,
@@ -983,9 +980,6 @@ class Server:
         log.info("fan-out %s to %s by %s: %d sent, %d ok in %.3fs", fanout_id, audience, tech,
                  done.sent, done.ok, done.seconds)
         return done
-
-    async def _link_customers(self) -> dict[str, str]:
-        return {aid: link.customer for aid, link in self.links.items()}
 
     async def _fanout_forwarded(self, msg: m.Fanout) -> Forwarded:
         """This node's part of a fan-out another node checked, audited and numbered. Checked
@@ -999,8 +993,7 @@ class Server:
         except FanoutBusy:
             return Forwarded(error="busy")
         return Forwarded(fanout=await self.fanouts.run_local(
-            msg.id, msg.command, verified.command.audience, self.links,
-            self._link_customers, msg.timeout))
+            msg.id, msg.command, verified.command.audience, self.links, msg.timeout))
 
     async def _fanout_there(self, node: str, msg: m.Fanout, audience: str) -> m.FanoutDone:
         """Another node's part. If that node does not take part, its agents of the audience

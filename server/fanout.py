@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -44,6 +44,7 @@ class Target(Protocol):
     """What a fan-out needs of a live agent link (server.app.AgentLink)."""
 
     agent_id: str
+    customer: str
     ws: ServerConnection
     session: ServerSession
 
@@ -142,20 +143,13 @@ class Fanouts:
                 run.settle(agent_id, GONE)
 
     async def run_local(self, fanout_id: str, command: m.SignedCommand, audience: str,
-                        links: dict[str, Target],
-                        customer_of: Callable[[], Awaitable[dict[str, str]]],
-                        wait: float) -> m.FanoutDone:
+                        links: dict[str, Target], wait: float) -> m.FanoutDone:
         """Ping every agent in ``links`` (the live links: one replaced or dropped meanwhile
         counts ``gone``) that belongs to ``audience``; wait for the answers or ``wait``
-        seconds. ``fanout_id`` must be reserved with :meth:`reserve`; it is released here.
-        ``customer_of`` is asked (once) only for a customer audience."""
+        seconds. ``fanout_id`` must be reserved with :meth:`reserve`; it is released here."""
         try:
-            if audience == "all":
-                targets = dict(links)
-            else:
-                customers = await customer_of()
-                targets = {aid: link for aid, link in links.items()
-                           if audience_matches(audience, customers.get(aid, ""))}
+            targets = {aid: link for aid, link in links.items()
+                       if audience_matches(audience, link.customer)}
             run = _Run(targets)
             self._runs[fanout_id] = run
             started = time.monotonic()

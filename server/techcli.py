@@ -360,6 +360,9 @@ def cmd_ping(args: argparse.Namespace) -> int:
          f"in {reply.seconds:.3f}s")
     for miss in reply.misses:
         _out(f"  {miss.agent_id}  {miss.reason}")
+    if reply.unlisted:
+        _out(f"  ... and {reply.unlisted} more not listed; by reason: "
+             + ", ".join(f"{why} {n}" for why, n in sorted(reply.counts.items())))
     return 0 if reply.ok == reply.sent else 1
 
 

@@ -93,15 +93,14 @@ def test_one_signed_ping_reaches_the_audience_and_each_agent_checks_it(
     # an agent that drops its connection while a fan-out waits counts as gone at once
     agents[1].popen.send_signal(signal.SIGSTOP)
     relayed = len([e for e in _audit(h) if e["event"] == "fanout"])
-    ping = h.spawn("ping", "hw-tech", "--home", str(alice), "ping", "--all", "--timeout", "120",
+    ping = h.spawn("ping", "hw-tech", "--home", str(alice), "ping", "--all", "--timeout", "600",
                    "--json")
     wait_until(lambda: len([e for e in _audit(h) if e["event"] == "fanout"]) > relayed,
                what="the fan-out to be relayed")
     agents[1].popen.send_signal(signal.SIGKILL)
-    assert ping.popen.wait(150) == 1
+    assert ping.popen.wait(120) == 1  # it ends when B goes, not at its 600 s timeout
     done = json.loads(ping.text())
     assert done["misses"] == [{"agent_id": b_id, "reason": "gone"}]
-    assert done["seconds"] < 120  # it ended when B went, not at its timeout
 
 
 def test_the_server_refuses_a_replayed_or_altered_fanout_before_any_agent(

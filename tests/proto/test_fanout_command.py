@@ -10,6 +10,7 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from proto.certs import ssh_fingerprint
 from proto.command import (
     COMMAND_CONTEXT,
     CommandRefused,
@@ -94,7 +95,8 @@ def test_replayed_expired_and_tampered_fanouts_are_refused(
     other = msgspec.json.encode(fanout(audience="customer:Zhang San"))
     forged = SignedCommand(payload=other, certificate=cert, signature=signed.signature)
     assert refused(forged, org) is RefusalReason.BAD_SIGNATURE
-    assert refused(signed, org, revoked={_fingerprint(alice)}) is RefusalReason.REVOKED
+    assert refused(signed, org, revoked={ssh_fingerprint(alice.public_key())}) is \
+        RefusalReason.REVOKED
     mallory = Ed25519PrivateKey.generate()
     rogue = certify(asyncssh.generate_private_key("ssh-ed25519"), mallory)
     assert refused(sign_fanout(fanout(), certificate=rogue, key=mallory), org) is \
@@ -130,7 +132,3 @@ def test_only_ping_to_all_or_a_customer_can_be_signed(
         decode_fanout(SignedCommand(payload=payload, certificate=cert,
                                     signature=alice.sign(b"x")))
 
-
-def _fingerprint(key: Ed25519PrivateKey) -> str:
-    from tests.proto.test_command import ssh_key
-    return str(ssh_key(key).get_fingerprint("sha256"))
