@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit schema bench clean
+.PHONY: demo test quick lint typecheck unit schema bench clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required (set PY=python3.11)")'
@@ -26,6 +26,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q
+
+# lint, types and every test but the end-to-end ones (real processes on loopback): ~2 min
+quick: lint typecheck $(STAMP)
+	$(BIN)/pytest -q -m "not e2e"
 
 schema: $(STAMP)
 	$(BIN)/python -m proto.schema --write

@@ -6,10 +6,9 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,24 +16,9 @@ from typing import Any
 from proto.errors import TokenError
 from proto.token import decode_token
 
+from .cliargs import _home, _run
 from .errors import AgentError
-from .home import AgentHome
 from .visitcli import add_visit_commands
-
-
-def _home(args: argparse.Namespace) -> AgentHome:
-    home = getattr(args, "home", None) or os.environ.get("HW_HOME")
-    if not home:
-        raise AgentError("no home directory: pass --home DIR or set HW_HOME")
-    return AgentHome(Path(home))
-
-
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import msgspec
 
 from proto import messages as m
 
+from .cliargs import _home, _run
 from .visit import (
     VisitError,
     decide,
@@ -46,7 +47,6 @@ def _print(t: m.TicketInfo) -> None:
 
 
 def cmd_visit_show(args: argparse.Namespace) -> int:
-    from .cli import _home, _run
 
     home = _home(args)
     found = _run(visits(home))
@@ -76,7 +76,6 @@ def cmd_visit_show(args: argparse.Namespace) -> int:
 
 
 def cmd_visit_decide(args: argparse.Namespace) -> int:
-    from .cli import _home, _run
 
     kind = m.VisitDecisionKind(args.visit_command)
     home = _home(args)

@@ -423,7 +423,7 @@ def cpu_seconds(pid: int) -> float:
 
 async def fan_out(tech_home: Path, wait: float) -> tuple[float, m.FanoutDone]:
     """One signed fan-out ping to every online agent; (seconds until the answer, answer)."""
-    from server.techclient import Profile, TechClient
+    from tech.client import Profile, TechClient
 
     async with TechClient(Profile.load(tech_home)) as client:
         signed = client.sign_fanout("all")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from websockets.asyncio.client import connect  # noqa: E402
 
 from proto import messages as m  # noqa: E402
-from server.techclient import Profile, TechClient  # noqa: E402
+from tech.client import Profile, TechClient  # noqa: E402
 from tests.harness import Harness, free_port, wait_until  # noqa: E402
 
 ECHO_SERVER = """

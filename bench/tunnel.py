@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 import asyncssh  # noqa: E402
 import psutil  # noqa: E402
 
-from server import techssh  # noqa: E402
-from server.techclient import Profile  # noqa: E402
+from tech import ssh as techssh  # noqa: E402
+from tech.client import Profile  # noqa: E402
 from tests.harness import Harness, free_port  # noqa: E402
 
 DIRECT_SERVER = """

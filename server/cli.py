@@ -8,14 +8,13 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 import re
 import secrets
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,19 +24,13 @@ from sqlalchemy.engine import make_url
 from proto.token import EnrollToken, encode_token
 
 from . import pki
+from .cliargs import _home, _run
 from .config import ServerConfig, parse_listen
 from .errors import ServerError
 from .onsitecli import add_onsite_commands
 from .store import AuditCheck, AuditEntry, ContractRecord, Store, StoreError
 
 KINDS = ("individual", "small-business", "enterprise")
-
-
-def _home(args: argparse.Namespace) -> Path:
-    home = args.home or os.environ.get("HW_HOME")
-    if not home:
-        raise ServerError("no home directory: pass --home DIR or set HW_HOME")
-    return Path(home)
 
 
 class _LogFormatter(logging.Formatter):
@@ -54,14 +47,6 @@ class _LogFormatter(logging.Formatter):
             self._second = second
             self._text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
         return f"{self._text},{int(record.msecs):03d}"
-
-
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        import uvloop
-    except ImportError:  # Windows: the stock asyncio loop
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 # -- commands -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from proto.messages import SignedVisit
 from proto.receipt import verify_visit
 
 from . import pki
+from .cliargs import _home, _run
 from .config import ServerConfig
 from .errors import ServerError
 from .onsite.policy import load_home_policy
@@ -22,7 +23,6 @@ from .store import Store
 
 
 async def _with_desk(args: argparse.Namespace, work: Any) -> Any:
-    from .cli import _home
 
     cfg = ServerConfig.load(_home(args))
     store = await Store.open(cfg.db_url)
@@ -33,7 +33,6 @@ async def _with_desk(args: argparse.Namespace, work: Any) -> Any:
 
 
 def cmd_field_tech_add(args: argparse.Namespace) -> int:
-    from .cli import _run
 
     skills = [s.strip() for s in args.skills.split(",") if s.strip()]
 
@@ -48,7 +47,6 @@ def cmd_field_tech_add(args: argparse.Namespace) -> int:
 
 
 def cmd_field_tech_list(args: argparse.Namespace) -> int:
-    from .cli import _run
 
     async def work(desk: OnsiteDesk, _store: Store) -> Any:
         return await desk.field_techs()
@@ -67,7 +65,6 @@ def cmd_field_tech_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .cli import _run
 
     async def work(desk: OnsiteDesk, _store: Store) -> Any:
         return await desk.report()
@@ -90,7 +87,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_ticket_verify(args: argparse.Namespace) -> int:
     """Check the customer's signed service confirmation against the agent's enrolled key."""
-    from .cli import _run
 
     async def work(desk: OnsiteDesk, store: Store) -> Any:
         info = await desk.get(args.ticket)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from proto import messages as m
-from server.techclient import Profile, TechClient, TechError
+from tech.client import Profile, TechClient, TechError
 from tests.harness import Harness, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -164,8 +164,8 @@ def test_sftp_ten_megabytes_up_and_down(env: Env, tmp_path: Path) -> None:
 
 
 async def _asyncssh_sftp(e: Env, src: Path, back: Path) -> None:
-    from server import techssh
-    from server.techclient import Profile
+    from tech import ssh as techssh
+    from tech.client import Profile
 
     conn, pump = await techssh.connect(Profile.load(e.alice), e.case)
     async with conn, conn.start_sftp_client() as sftp:
@@ -216,8 +216,8 @@ async def _flood(e: Env) -> dict[str, int]:
     from agent.connection import dial
     from agent.home import AgentHome
     from proto import messages as m
-    from server import techssh
-    from server.techclient import Profile
+    from tech import ssh as techssh
+    from tech.client import Profile
 
     home = AgentHome(e.home)
     state = home.state()

@@ -15,7 +15,9 @@ from typing import Any
 
 from proto import messages as m
 
-from .techclient import TechClient, TechError
+from .client import TechClient
+from .common import _call, _dump, _out, _profile, _table, _when, case_number
+from .errors import TechError
 
 TICKET_RE = re.compile(r"^TK-[0-9]{8}-[0-9]{4,6}$")
 
@@ -69,7 +71,6 @@ def _money(t: m.TicketInfo, amount: int | None) -> str:
 
 
 def print_ticket(t: m.TicketInfo, out: Any) -> None:
-    from .techcli import _out, _when
 
     _out(f"{t.ticket}  {t.state.value}  case {t.case}  {t.customer}  {t.city} (tier {t.tier})")
     _out(f"  service {t.service}; reason: {t.reason}")
@@ -122,7 +123,6 @@ def print_ticket(t: m.TicketInfo, out: Any) -> None:
 
 
 def _ticket_reply(args: argparse.Namespace, reply: m.TicketDetail) -> int:
-    from .techcli import _dump
 
     if args.json:
         _dump(reply.ticket)
@@ -134,7 +134,6 @@ def _ticket_reply(args: argparse.Namespace, reply: m.TicketDetail) -> int:
 
 
 def cmd_escalate(args: argparse.Namespace) -> int:
-    from .techcli import _call
 
     reply = _call(args, lambda rid: m.EscalateCase(id=rid, case=args.case, reason=args.reason,
                                                    service=args.service))
@@ -142,7 +141,6 @@ def cmd_escalate(args: argparse.Namespace) -> int:
 
 
 def cmd_tickets(args: argparse.Namespace) -> int:
-    from .techcli import _call, _dump, _table
 
     state = m.TicketState(args.state) if args.state else None
     reply = _call(args, lambda rid: m.ListTickets(id=rid, state=state,
@@ -159,7 +157,6 @@ def cmd_tickets(args: argparse.Namespace) -> int:
 
 
 def cmd_ticket(args: argparse.Namespace) -> int:
-    from .techcli import _call
 
     action = args.ticket_action
     if action == "show":
@@ -180,7 +177,6 @@ def cmd_ticket(args: argparse.Namespace) -> int:
 def cmd_book(args: argparse.Namespace) -> int:
     """With --slot: record the customer's acceptance by phone. Without: offer the ticket's
     quote and slots to the customer through the agent (signed, needs book-visit)."""
-    from .techcli import _call, _profile
 
     if args.slot is not None:
         if not args.accepted_by:
@@ -195,6 +191,9 @@ def cmd_book(args: argparse.Namespace) -> int:
     async def go() -> Any:
         async with TechClient(profile) as client:
             detail = await client.call(m.GetTicket(id=client.new_id(), ticket=args.ticket))
+            if not isinstance(detail, m.TicketDetail):
+                raise TechError(f"the server answered {type(detail).__name__} for ticket "
+                                f"{args.ticket}; retry, or see `hw-tech ticket show`")
             t = detail.ticket
             if not t.slots:
                 raise TechError(f"ticket {t.ticket} has no proposed slots to offer "
@@ -219,7 +218,6 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 
 def add_ticket_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    from .techcli import case_number
 
     s = sub.add_parser("escalate", parents=[common], help="turn a case into an on-site "
                        "ticket (quote, slots, preparation list, checklist)")

@@ -23,15 +23,11 @@ from proto.command import Command, FanoutCommand, sign_command, sign_fanout
 from proto.errors import ProtocolError
 from proto.session import ClientSession
 
-from .errors import ServerError
+from .errors import TechError
 
 SOFTWARE = f"hw-tech/{metadata.version('helloword-support')}"
 #: How long a signed command stays valid (the agent refuses it afterwards).
 COMMAND_LIFETIME = timedelta(minutes=5)
-
-
-class TechError(ServerError):
-    """A technician command failed; the text says why and what to do."""
 
 
 @dataclass(frozen=True)

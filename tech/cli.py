@@ -8,69 +8,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import re
 import sys
-import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
-
-import msgspec
+from typing import Any
 
 from proto import messages as m
 
-from .errors import ServerError
-from .techclient import Profile, TechClient, TechError
-from .techtickets import add_ticket_commands
-
-
-def _profile(args: argparse.Namespace) -> Profile:
-    home = getattr(args, "home", None) or os.environ.get("HW_HOME")
-    if not home:
-        raise TechError("no home directory: pass --home DIR or set HW_HOME")
-    return Profile.load(Path(home))
-
-
-def _call(args: argparse.Namespace, make: Callable[[str], Any]) -> Any:
-    profile = _profile(args)
-
-    async def go() -> Any:
-        async with TechClient(profile) as client:
-            return await client.call(make(client.new_id()))
-
-    return asyncio.run(go())
-
-
-def _act(args: argparse.Namespace, action: m.Action, cmd_args: dict[str, Any],
-         make: Callable[[str, m.SignedCommand], Any]) -> Any:
-    """Sign a command for the case's agent and send the request built by ``make``."""
-    profile = _profile(args)
-
-    async def go() -> Any:
-        async with TechClient(profile) as client:
-            agent_id = await client.agent_of(args.case)
-            signed = client.sign(agent_id=agent_id, case=args.case, action=action,
-                                 args=cmd_args)
-            return await client.call(make(client.new_id(), signed))
-
-    return asyncio.run(go())
-
-
-def _dump(value: Any) -> None:
-    print(json.dumps(msgspec.to_builtins(value), ensure_ascii=False, indent=2))
-
-
-CASE_RE = re.compile(r"^HW-[0-9]{8}-[0-9]{4,6}$")
-
-
-def case_number(text: str) -> str:
-    """argparse type: a case number like HW-20261126-0007 (a usage error otherwise)."""
-    if not CASE_RE.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a case number (like "
-                                         "HW-20261126-0007; see `hw-tech cases`)")
-    return text
+from .client import TechClient
+from .common import (
+    _act,
+    _call,
+    _dump,
+    _out,
+    _profile,
+    _table,
+    _when,
+    case_number,
+)
+from .errors import TechError
+from .tickets import add_ticket_commands
 
 
 def probe_list(text: str) -> list[str]:
@@ -88,32 +45,6 @@ def timeout_seconds(text: str) -> float:
     if not 0 < value <= 600:
         raise argparse.ArgumentTypeError("--timeout takes seconds between 1 and 600")
     return value
-
-
-def _out(text: str, file: TextIO | None = None) -> None:
-    """Print a line that may hold agent-supplied text, without its control characters
-    (a hostile agent must not drive the technician's terminal with escape sequences)."""
-    print("".join(ch for ch in text if ch == "\n" or unicodedata.category(ch)[0] != "C"),
-          file=file)
-
-
-def _width(text: str) -> int:
-    """Terminal columns: CJK characters take two."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def _table(rows: list[list[str]], header: list[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    widths = [max(_width(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        _out("  ".join(str(c) + " " * (w - _width(str(c)))
-                       for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _when(dt: Any) -> str:
-    return "-" if dt is None else dt.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
@@ -287,7 +218,7 @@ def minutes(text: str) -> float:
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
-    from . import techssh
+    from . import ssh as techssh
 
     command = list(args.remote)
     if command and command[0] == "--":
@@ -296,13 +227,13 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    from . import techssh
+    from . import ssh as techssh
 
     return int(asyncio.run(techssh.proxy(_profile(args), args.case)))
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:
-    from . import techssh
+    from . import ssh as techssh
 
     exe = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).exists() else Path("hw-tech")
     print(techssh.ssh_config(_profile(args), str(exe)), end="")
@@ -310,7 +241,7 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
 
 
 def cmd_recording(args: argparse.Namespace) -> int:
-    from . import techssh
+    from . import ssh as techssh
 
     reply = asyncio.run(techssh.recording(_profile(args), args.case, args.id))
     if args.json:
@@ -487,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ServerError, OSError, TimeoutError) as exc:
+    except (TechError, OSError, TimeoutError) as exc:
         _out(f"hw-tech: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -30,7 +30,8 @@ from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
 
-from .techclient import Profile, TechClient, TechError
+from .client import Profile, TechClient
+from .errors import TechError
 
 CHUNK = 256 * 1024
 #: SSH channel window: as the agent's, so downloads are not capped by the relay's latency.

@@ -1,0 +1,95 @@
+"""What every ``hw-tech`` command shares: the profile, one call to the server, signing a
+command for a case, and printing (JSON, tables, times, agent-supplied text made safe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+
+from proto import messages as m
+
+from .client import Profile, TechClient
+from .errors import TechError
+
+
+def _profile(args: argparse.Namespace) -> Profile:
+    home = getattr(args, "home", None) or os.environ.get("HW_HOME")
+    if not home:
+        raise TechError("no home directory: pass --home DIR or set HW_HOME")
+    return Profile.load(Path(home))
+
+
+def _call(args: argparse.Namespace, make: Callable[[str], Any]) -> Any:
+    profile = _profile(args)
+
+    async def go() -> Any:
+        async with TechClient(profile) as client:
+            return await client.call(make(client.new_id()))
+
+    return asyncio.run(go())
+
+
+def _act(args: argparse.Namespace, action: m.Action, cmd_args: dict[str, Any],
+         make: Callable[[str, m.SignedCommand], Any]) -> Any:
+    """Sign a command for the case's agent and send the request built by ``make``."""
+    profile = _profile(args)
+
+    async def go() -> Any:
+        async with TechClient(profile) as client:
+            agent_id = await client.agent_of(args.case)
+            signed = client.sign(agent_id=agent_id, case=args.case, action=action,
+                                 args=cmd_args)
+            return await client.call(make(client.new_id(), signed))
+
+    return asyncio.run(go())
+
+
+def _dump(value: Any) -> None:
+    print(json.dumps(msgspec.to_builtins(value), ensure_ascii=False, indent=2))
+
+
+CASE_RE = re.compile(r"^HW-[0-9]{8}-[0-9]{4,6}$")
+
+
+def case_number(text: str) -> str:
+    """argparse type: a case number like HW-20261126-0007 (a usage error otherwise)."""
+    if not CASE_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a case number (like "
+                                         "HW-20261126-0007; see `hw-tech cases`)")
+    return text
+
+
+def _out(text: str, file: TextIO | None = None) -> None:
+    """Print a line that may hold agent-supplied text, without its control characters
+    (a hostile agent must not drive the technician's terminal with escape sequences)."""
+    print("".join(ch for ch in text if ch == "\n" or unicodedata.category(ch)[0] != "C"),
+          file=file)
+
+
+def _width(text: str) -> int:
+    """Terminal columns: CJK characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = [max(_width(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        _out("  ".join(str(c) + " " * (w - _width(str(c)))
+                       for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _when(dt: Any) -> str:
+    return "-" if dt is None else dt.astimezone().strftime("%Y-%m-%d %H:%M")
