@@ -32,7 +32,7 @@ quick: lint typecheck $(STAMP)
 	$(BIN)/pytest -q -m "not e2e"
 
 schema: $(STAMP)
-	$(BIN)/python -m proto.schema --write
+	$(BIN)/python docs/make_schema.py --write
 
 bench: $(STAMP)
 	$(BIN)/python bench/probes.py

@@ -5,20 +5,14 @@ schema of :data:`proto.messages.AnyMessage` (and of the enrollment token), so it
 exactly what :func:`proto.codec.decode` accepts. ``docs/protocol.schema.json`` is its
 committed rendering; a test fails when that file is stale.
 
-Usage::
-
-    python -m proto.schema            # print the schema
-    python -m proto.schema --write    # rewrite docs/protocol.schema.json
+Sans-I/O like the rest of ``proto``: the command line that prints or writes the file is
+``docs/make_schema.py`` (``make schema``).
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,9 +22,6 @@ from .messages import AnyMessage
 from .token import PREFIX, EnrollToken
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-
-#: Where ``--write`` puts the schema: ``docs/`` next to the ``proto`` package.
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.schema.json"
 
 
 def message_schema() -> dict[str, Any]:
@@ -88,26 +79,3 @@ def _normalise(value: Any) -> Any:
     if isinstance(value, list):
         return [_normalise(item) for item in value]
     return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print the schema, or write it to :data:`SCHEMA_PATH` with ``--write``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m proto.schema",
-        description="Print (or write) the JSON Schema of the HelloWord wire protocol.")
-    parser.add_argument("--write", action="store_true",
-                        help=f"write {SCHEMA_PATH.parent.name}/{SCHEMA_PATH.name} "
-                             "instead of printing")
-    args = parser.parse_args(argv)
-    text = render(message_schema())
-    if args.write:
-        SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
-        SCHEMA_PATH.write_text(text, encoding="utf-8")
-        print(f"wrote {SCHEMA_PATH}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
