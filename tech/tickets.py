@@ -219,7 +219,7 @@ def cmd_book(args: argparse.Namespace) -> int:
                 # no slot ahead: propose again from the field technicians on record now
                 detail = await client.call(m.EscalateCase(
                     id=client.new_id(), case=t.case, service=t.service,
-                    reason=f"proposed again to offer {t.ticket} to the customer"))
+                    reason=f"before offering {t.ticket} to the customer"))
                 if not isinstance(detail, m.TicketDetail):
                     raise TechError(f"the server answered {type(detail).__name__} when "
                                     f"proposing ticket {t.ticket} again; retry")
