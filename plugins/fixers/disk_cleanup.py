@@ -325,8 +325,14 @@ def _left_alone_text(skipped: Mapping[str, int], zh: bool = False) -> str:
                  "unreadable": "无法读取"}
         parts = [f"{n} 个文件{names[k]}" for k, n in skipped.items() if n and k in names]
         return f"未动：{'，'.join(parts)}。" if parts else ""
-    parts = [f"{n} {'file' if n == 1 else 'files'} {LEFT_ALONE[k]}"
-             for k, n in skipped.items() if n and k in LEFT_ALONE]
+    nouns = {"symlinks": ("symbolic link", "symbolic links"),
+             "unreadable": ("entry", "entries")}
+    parts = []
+    for k, n in skipped.items():
+        if n and k in LEFT_ALONE:
+            one, many = nouns.get(k, ("file", "files"))
+            what = LEFT_ALONE[k].removeprefix("symbolic links ")
+            parts.append(f"{n} {one if n == 1 else many} {what}")
     return f" Left alone: {'; '.join(parts)}." if parts else ""
 
 

@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from proto import messages as m
+from proto.timefmt import human_time
 
 from ..store import NotFound, Store, StoreError
 from .calendar import WorkCalendar
@@ -701,7 +702,8 @@ class OnsiteDesk:
                                      accepted_by="customer (signed on the agent)", actor=actor,
                                      now=now, acceptance=signed,
                                      expected_total=decision.total)
-            return booked, (f"booked {booked.booked_start} with {booked.technician}")
+            return booked, (f"booked {human_time(booked.booked_start, self.policy.hours.tz)} "
+                            f"with {booked.technician}")
         if kind is m.VisitDecisionKind.DECLINE:
             if info.state not in BOOKABLE:
                 raise TicketError(f"ticket {info.ticket} is {info.state.value}; only an offer "
