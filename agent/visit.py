@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
 from proto.receipt import sign_visit
+from proto.timefmt import human_time
 
 from .connection import Unreachable, close_text, dial
 from .errors import AgentError
@@ -74,10 +75,13 @@ def load_offer(home: Path, ticket: str) -> dict[str, Any]:
 
 
 def slot_text(start: datetime, end: datetime | None = None) -> str:
-    """An appointment in its own time zone (China time), with the offset shown."""
-    until = f"-{end:%H:%M}" if end is not None else ""
-    offset = start.strftime("%z")
-    return f"{start:%Y-%m-%d %H:%M}{until} (UTC{offset[:3]}:{offset[3:]})"
+    """An appointment in the zone it carries — the customer's city's (China time), where
+    the visit happens — with the offset shown: ``2026-12-01 10:00-12:00 +08:00``."""
+    text = human_time(start, start.tzinfo)
+    if end is None:
+        return text
+    day_time, _sp, offset = text.rpartition(" ")
+    return f"{day_time}-{end.astimezone(start.tzinfo):%H:%M} {offset}"
 
 
 def describe_offer(data: dict[str, Any]) -> list[str]:

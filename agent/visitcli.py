@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from proto import messages as m
+from proto.ticketstatus import status
 
 from .cliargs import _home, _run
 from .visit import (
@@ -28,7 +29,8 @@ from .visit import (
 def _print(t: m.TicketInfo) -> None:
     when = (f"{slot_text(t.booked_start, t.booked_end)} with technician {t.technician}"
             if t.booked_start and t.booked_end else "not booked")
-    print(f"{t.ticket}  {t.state.value}  case {t.case}  {t.service}  {t.city}: {when}")
+    print(f"{t.ticket}  {status(t, customer=True)}  case {t.case}  {t.service}  {t.city}: "
+          f"{when}")
     if t.total is not None:
         print(f"  price: {t.total} {t.currency}" + (" (free visit)" if t.free_visit else ""))
     if not t.eligible:

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from proto.timefmt import human_time
 from proto.token import EnrollToken, encode_token
 
 from . import pki
@@ -34,19 +35,23 @@ KINDS = ("individual", "small-business", "enterprise")
 
 
 class _LogFormatter(logging.Formatter):
-    """The usual ``asctime`` (``2026-11-26 12:00:00,123``), formatted once a second instead
-    of once a line: a reconnect storm logs thousands of connects a second, and strftime was
-    most of each line's cost."""
+    """The usual ``asctime`` in local time with its UTC offset (``2026-11-26 12:00:00,123
+    +08:00``), formatted once a second instead of once a line: a reconnect storm logs
+    thousands of connects a second, and strftime was most of each line's cost."""
 
     _second = -1
     _text = ""
+    _offset = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
         if second != self._second:
             self._second = second
-            self._text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
-        return f"{self._text},{int(record.msecs):03d}"
+            local = self.converter(record.created)
+            self._text = time.strftime("%Y-%m-%d %H:%M:%S", local)
+            zone = time.strftime("%z", local)
+            self._offset = f"{zone[:3]}:{zone[3:]}" if zone else "UTC"
+        return f"{self._text},{int(record.msecs):03d} {self._offset}"
 
 
 # -- commands -------------------------------------------------------------------------
@@ -206,7 +211,7 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
                         ca_sha256=pki.ca_fingerprint(cfg.path("ca.crt").read_bytes()),
                         org_pub=pki.org_public_raw(cfg.home), customer=args.customer.strip())
     print(encode_token(token))
-    print(f"single use, valid until {expires.isoformat()}; give it to {args.customer.strip()} "
+    print(f"single use, valid until {human_time(expires)}; give it to {args.customer.strip()} "
           "for `hw-agent enroll`", file=sys.stderr)
     return 0
 
@@ -243,7 +248,7 @@ def cmd_tech_add(args: argparse.Namespace) -> int:
 
     _run(add())
     print(f"technician {args.name}: key, certificate (valid until "
-          f"{issued.valid_before.date()}) and profile written to {out}")
+          f"{human_time(issued.valid_before)}) and profile written to {out}")
     print(f"next: hw-tech --home {out} agents")
     return 0
 
@@ -467,10 +472,10 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
         print("the audit log is empty" if args.subject is None
               else f"no audit entries about {args.subject}")
         return 0
-    rows = [(str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%SZ"), e.actor, e.event, e.subject,
+    rows = [(str(e.id), human_time(e.at, seconds=True), e.actor, e.event, e.subject,
              _clip(json.dumps(e.detail, ensure_ascii=False, sort_keys=True), 80))
             for e in entries]
-    header = ("ID", "AT (UTC)", "ACTOR", "EVENT", "SUBJECT", "DETAIL")
+    header = ("ID", "AT", "ACTOR", "EVENT", "SUBJECT", "DETAIL")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from proto.errors import DecodeError
 from proto.messages import SignedVisit
 from proto.receipt import verify_visit
+from proto.timefmt import human_time
 
 from . import pki
 from .cliargs import _home, _run
@@ -37,12 +38,18 @@ def cmd_field_tech_add(args: argparse.Namespace) -> int:
     skills = [s.strip() for s in args.skills.split(",") if s.strip()]
 
     async def work(desk: OnsiteDesk, _store: Store) -> Any:
-        return await desk.add_field_tech(name=args.name, base=args.base, skills=skills,
-                                         capacity=args.capacity, now=pki.now_utc())
+        now = pki.now_utc()
+        tech = await desk.add_field_tech(name=args.name, base=args.base, skills=skills,
+                                         capacity=args.capacity, now=now)
+        # offers that waited for a field technician are proposed again now
+        return tech, await desk.propose_waiting(actor="operator", now=now)
 
-    tech = _run(_with_desk(args, work))
+    tech, proposed = _run(_with_desk(args, work))
     print(f"field technician {tech.name}: base {tech.base}, skills {', '.join(tech.skills)}, "
           f"{tech.daily_capacity} visits per day")
+    for t in proposed:
+        print(f"ticket {t.ticket} (case {t.case}, {t.city}) had no slots: {len(t.slots)} "
+              f"proposed now (`hw-tech ticket show {t.ticket}`)")
     return 0
 
 
@@ -82,6 +89,9 @@ def cmd_report(args: argparse.Namespace) -> int:
           f"resolution: {'-' if mttr is None else f'{mttr} h'} (case opened -> sign-off)")
     print(f"free contract visits used: {report['free_visits_used']}; revenue: "
           f"{report['revenue']} {report['currency']}")
+    sat = report["mean_satisfaction"]
+    print(f"mean satisfaction: {'-' if sat is None else f'{sat:.2f}/5'} (follow-up calls: "
+          f"{report['satisfaction_answers']})")
     return 0
 
 
@@ -109,7 +119,7 @@ def cmd_ticket_verify(args: argparse.Namespace) -> int:
         print(f"ticket {args.ticket}: the signature is valid but names another ticket/agent")
         return 1
     print(f"ticket {args.ticket}: confirmation signed by agent {agent.agent_id} "
-          f"({agent.customer}) at {decision.at.isoformat()}: "
+          f"({agent.customer}) at {human_time(decision.at)}: "
           f"{'resolved' if decision.resolved else 'unresolved'}, root cause "
           f"{decision.root_cause.value if decision.root_cause else '-'}, fee {decision.fee} "
           f"{info.currency}: valid")
@@ -120,7 +130,8 @@ def add_onsite_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     f = sub.add_parser("field-tech", parents=[common], help="on-site field technicians "
                        "(base city, skills, daily capacity) used by dispatch")
     fsub = f.add_subparsers(dest="field_tech_command", required=True, metavar="ACTION")
-    s = fsub.add_parser("add", parents=[common], help="add a field technician")
+    s = fsub.add_parser("add", parents=[common], help="add a field technician (offers that "
+                        "had no slots are proposed again)")
     s.add_argument("name")
     s.add_argument("--base", required=True, help="base city, e.g. 成都")
     s.add_argument("--skills", required=True, metavar="A,B",
@@ -133,7 +144,8 @@ def add_onsite_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     s.set_defaults(func=cmd_field_tech_list)
 
     s = sub.add_parser("report", parents=[common], help="on-site report: first-time-fix "
-                       "rate, mean time to resolution, visits by tier, free visits, revenue")
+                       "rate, mean time to resolution, visits by tier, free visits, revenue, mean "
+                       "satisfaction")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_report)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from proto import messages as m
+from proto.timefmt import human_time
 
 from .client import TechClient
 from .common import (
@@ -196,6 +197,9 @@ def cmd_consent_request(args: argparse.Namespace) -> int:
     if args.json:
         _dump({"case": reply.case, "granted": reply.granted, "message": reply.message,
                "grant": reply.grant})
+    elif reply.granted and reply.grant is not None:  # the receipt's times, in local time
+        _out(f"{reply.case}: granted {', '.join(s.value for s in reply.grant.scopes)} until "
+             f"{human_time(reply.grant.expires_at)}")
     elif reply.granted:
         _out(f"{reply.case}: {reply.message}")
     if not reply.granted:

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import msgspec
 
 from proto import messages as m
+from proto.timefmt import human_time
 
 from .client import Profile, TechClient
 from .errors import TechError
@@ -92,4 +93,6 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 
 
 def _when(dt: Any) -> str:
-    return "-" if dt is None else dt.astimezone().strftime("%Y-%m-%d %H:%M")
+    """A time for the technician: their own local time with its UTC offset (``--json``
+    keeps UTC)."""
+    return human_time(dt)

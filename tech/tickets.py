@@ -9,17 +9,21 @@ import argparse
 import asyncio
 import re
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from proto import messages as m
+from proto.ticketstatus import OFFERED, status
+from proto.timefmt import human_time
 
 from .client import TechClient
 from .common import _call, _dump, _out, _profile, _table, _when, case_number
 from .errors import TechError
 
 TICKET_RE = re.compile(r"^TK-[0-9]{8}-[0-9]{4,6}$")
+#: States whose slots are offered to the customer.
+BOOKABLE = OFFERED
 
 
 def ticket_id(text: str) -> str:
@@ -57,13 +61,16 @@ def satisfaction(text: str) -> int:
 
 
 def slot_text(start: datetime | None, end: datetime | None = None) -> str:
-    """An appointment in its own time zone (China time), offset shown: 2026-12-01 10:00-12:00
-    (UTC+08:00)."""
+    """An appointment in the zone it carries: the customer's city's (the on-site policy's,
+    China time), where the visit happens and where the field technician will be, offset
+    shown: ``2026-12-01 10:00-12:00 +08:00``."""
     if start is None:
         return "-"
-    until = f"-{end:%H:%M}" if end is not None else ""
-    offset = start.strftime("%z")
-    return f"{start:%Y-%m-%d %H:%M}{until} (UTC{offset[:3]}:{offset[3:]})"
+    text = human_time(start, start.tzinfo)
+    if end is None:
+        return text
+    day_time, _sp, offset = text.rpartition(" ")
+    return f"{day_time}-{end.astimezone(start.tzinfo):%H:%M} {offset}"
 
 
 def _money(t: m.TicketInfo, amount: int | None) -> str:
@@ -72,7 +79,7 @@ def _money(t: m.TicketInfo, amount: int | None) -> str:
 
 def print_ticket(t: m.TicketInfo, out: Any) -> None:
 
-    _out(f"{t.ticket}  {t.state.value}  case {t.case}  {t.customer}  {t.city} (tier {t.tier})")
+    _out(f"{t.ticket}  {status(t)}  case {t.case}  {t.customer}  {t.city} (tier {t.tier})")
     _out(f"  service {t.service}; reason: {t.reason}")
     _out(f"  eligible: {'yes' if t.eligible else 'no'}; covered: "
          f"{'yes' if t.covered else 'no'}" + ("; working days provisional" if t.provisional
@@ -87,7 +94,7 @@ def print_ticket(t: m.TicketInfo, out: Any) -> None:
         _out(f"  quote: {_money(t, t.total)}" + (" (free visit)" if t.free_visit else ""))
         for i in t.price_items:
             _out(f"    {i.amount:>6}  {i.name}")
-    if t.slots and t.state in (m.TicketState.PROPOSED, m.TicketState.RESCHEDULED):
+    if t.slots and t.state in BOOKABLE:
         _out("  proposed slots:")
         for n, s in enumerate(t.slots, 1):
             flags = ", ".join(x for x, on in (("urgent", s.urgent), ("overtime", s.overtime))
@@ -133,10 +140,22 @@ def _ticket_reply(args: argparse.Namespace, reply: m.TicketDetail) -> int:
     return 0
 
 
+def _no_slots(t: m.TicketInfo) -> str:
+    """Why an eligible offer has no slot (the quote's last reason says it)."""
+    return (f"ticket {t.ticket} has no slot to offer ({t.state.value})"
+            + (f": {t.reasons[-1]}" if t.reasons else "")
+            + f"; see `hw-tech ticket show {t.ticket}`")
+
+
 def cmd_escalate(args: argparse.Namespace) -> int:
+    """Open the case's ticket, or propose its open offer again when it has no slot ahead
+    (slots from the field technicians on record now)."""
 
     reply = _call(args, lambda rid: m.EscalateCase(id=rid, case=args.case, reason=args.reason,
                                                    service=args.service))
+    t = reply.ticket
+    if t.eligible and t.state in BOOKABLE and not t.slots:
+        _out(f"hw-tech: note: {_no_slots(t)}", file=sys.stderr)
     return _ticket_reply(args, reply)
 
 
@@ -148,11 +167,12 @@ def cmd_tickets(args: argparse.Namespace) -> int:
     if args.json:
         _dump(reply.tickets)
     else:
-        _table([[t.ticket, t.state.value, t.case, t.customer, t.city,
+        _table([[t.ticket, status(t), t.case, t.customer, t.city,
+                 str(len(t.slots)) if t.state in BOOKABLE else "-",
                  slot_text(t.booked_start), t.technician or "-", _money(t, t.total)]
                 for t in reply.tickets],
-               ["TICKET", "STATE", "CASE", "CUSTOMER", "CITY", "BOOKED", "TECHNICIAN",
-                "TOTAL"])
+               ["TICKET", "STATE", "CASE", "CUSTOMER", "CITY", "SLOTS", "BOOKED",
+                "TECHNICIAN", "TOTAL"])
     return 0
 
 
@@ -195,9 +215,19 @@ def cmd_book(args: argparse.Namespace) -> int:
                 raise TechError(f"the server answered {type(detail).__name__} for ticket "
                                 f"{args.ticket}; retry, or see `hw-tech ticket show`")
             t = detail.ticket
-            if not t.slots:
-                raise TechError(f"ticket {t.ticket} has no proposed slots to offer "
-                                f"({t.state.value}); see `hw-tech ticket show {t.ticket}`")
+            if t.state in BOOKABLE and not any(s.start > datetime.now(UTC) for s in t.slots):
+                # no slot ahead: propose again from the field technicians on record now
+                detail = await client.call(m.EscalateCase(
+                    id=client.new_id(), case=t.case, service=t.service,
+                    reason=f"before offering {t.ticket} to the customer"))
+                if not isinstance(detail, m.TicketDetail):
+                    raise TechError(f"the server answered {type(detail).__name__} when "
+                                    f"proposing ticket {t.ticket} again; retry")
+                t = detail.ticket
+            if not t.slots or t.state not in BOOKABLE:
+                raise TechError(_no_slots(t) if t.state in BOOKABLE else
+                                f"ticket {t.ticket} is {t.state.value}; only a proposed or "
+                                "rescheduled ticket is offered to the customer")
             offer = {"ticket": t.ticket, "service": t.service, "currency": t.currency,
                      "items": [{"name": i.name, "amount": i.amount} for i in t.price_items],
                      "slots": [{"start": s.start.isoformat(), "end": s.end.isoformat(),

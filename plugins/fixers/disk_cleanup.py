@@ -11,6 +11,13 @@ dir (``~/.cache`` or ``$XDG_CACHE_HOME`` on Linux, ``~/Library/Caches`` on macOS
 ``%LOCALAPPDATA%\\Temp`` on Windows). Only regular files are touched: symbolic links are
 neither followed nor moved, and on POSIX a non-root agent takes only its own files.
 
+Live files are never touched, whatever ``days`` says: a file that any process has open
+(:func:`open_files`, every process psutil may inspect) or that was written, read or
+created/renamed (inode change time) less than :data:`MIN_AGE_DAYS` ago is left alone —
+another program's working files under ``/tmp`` (a test run's, a build's) often carry an
+old modification time copied from elsewhere. The plan says what it left alone and why,
+with counts; ``apply`` checks again that a file is not open just before moving it.
+
 ``apply`` moves the planned files that are unchanged since the plan into
 ``<workdir>/quarantine/<fix-id>/files/<location index>/<relative path>`` and writes
 ``manifest.json`` beside; files it cannot move are skipped and reported. ``rollback``
@@ -56,6 +63,9 @@ VERSION = "1"
 FINDING_CODES: tuple[str, ...] = ()
 ADDRESSES = frozenset({"disk.almost_full"})
 DEFAULT_DAYS = 7
+#: Policy: a file written, read or created less than this many days ago is never moved,
+#: whatever ``days`` says (a live file of another program may carry an old mtime).
+MIN_AGE_DAYS = 1.0
 MAX_DAYS = 3650
 #: At most this many files per clean-up (the plan says when there were more).
 MAX_FILES = 10_000
@@ -65,6 +75,16 @@ MAX_PATHS = 32
 MAX_CHANGE_LINES = 50
 #: At most this many skipped files are named in an outcome.
 MAX_SKIPPED_LISTED = 50
+#: At most this many left-alone files are named per reason in a plan's changes.
+MAX_LEFT_ALONE_LISTED = 5
+#: Why a file is left alone, as the plan says it (``skipped`` keys of the plan's data).
+LEFT_ALONE = {
+    "open": "open by a running program",
+    "young": f"written, read or created within the last {MIN_AGE_DAYS:g} day (safe age)",
+    "not_owned": "another user's",
+    "symlinks": "symbolic links (never followed)",
+    "unreadable": "unreadable",
+}
 QUARANTINE_DIR = "quarantine"
 MANIFEST = "manifest.json"
 FIX_ID_PATTERN = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
@@ -162,6 +182,55 @@ def _is_candidate(st: os.stat_result, cutoff: float, uid: int | None) -> bool:
     return max(st.st_mtime, st.st_atime) < cutoff
 
 
+def _inode_changed(st: os.stat_result) -> float:
+    """When the file's inode last changed (created, renamed, linked, chmod): an OS reading
+    that, unlike the modification time, a program cannot set back."""
+    return st.st_ctime
+
+
+def _young(st: os.stat_result, now: float) -> bool:
+    """Written, read or created within :data:`MIN_AGE_DAYS`."""
+    return max(st.st_mtime, st.st_atime, _inode_changed(st)) > now - MIN_AGE_DAYS * _DAY
+
+
+class OpenFiles:
+    """The files every process has open, as the OS reports them (psutil), read once.
+
+    A file counts as open when its path or its (device, inode) is among them, so a hard
+    link to an open file is open too. ``hidden`` counts processes whose files could not be
+    read (another user's, for a non-root agent: whose files it does not take anyway).
+    """
+
+    def __init__(self, paths: set[str], hidden: int = 0) -> None:
+        self.paths = paths
+        self.hidden = hidden
+        self.inodes: set[tuple[int, int]] = set()
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            self.inodes.add((st.st_dev, st.st_ino))
+
+    def __contains__(self, item: tuple[Path, os.stat_result]) -> bool:
+        path, st = item
+        return str(path) in self.paths or (st.st_dev, st.st_ino) in self.inodes
+
+
+def open_files() -> OpenFiles:
+    """Read which files the processes of this machine have open (psutil, per process)."""
+    import psutil
+
+    paths: set[str] = set()
+    hidden = 0
+    for proc in psutil.process_iter():
+        try:
+            paths.update(f.path for f in proc.open_files())
+        except (psutil.Error, OSError):
+            hidden += 1
+    return OpenFiles(paths, hidden)
+
+
 def _walk(target: Path, excluded: tuple[Path, ...], skipped: dict[str, int]
           ) -> Iterator[Path]:
     """Every non-directory entry under ``target``, never following links."""
@@ -248,8 +317,27 @@ def _uid() -> int | None:
     return None if uid == 0 else uid
 
 
+def _left_alone_text(skipped: Mapping[str, int], zh: bool = False) -> str:
+    """``Left alone: 2 files open by a running program, ...`` (empty when nothing was)."""
+    if zh:
+        names = {"open": "正被程序打开", "young": f"{MIN_AGE_DAYS:g} 天内写入、读取或创建",
+                 "not_owned": "属于其他用户", "symlinks": "符号链接（不跟随）",
+                 "unreadable": "无法读取"}
+        parts = [f"{n} 个文件{names[k]}" for k, n in skipped.items() if n and k in names]
+        return f"未动：{'，'.join(parts)}。" if parts else ""
+    nouns = {"symlinks": ("symbolic link", "symbolic links"),
+             "unreadable": ("entry", "entries")}
+    parts = []
+    for k, n in skipped.items():
+        if n and k in LEFT_ALONE:
+            one, many = nouns.get(k, ("file", "files"))
+            what = LEFT_ALONE[k].removeprefix("symbolic links ")
+            parts.append(f"{n} {one if n == 1 else many} {what}")
+    return f" Left alone: {'; '.join(parts)}." if parts else ""
+
+
 def plan(ctx: FixContext) -> FixPlan:
-    """List the old files in the clean-up locations; change nothing."""
+    """List the old files in the clean-up locations that no program uses; change nothing."""
     days = _days(ctx.args)
     roots = allowed_roots()
     targets = _targets(ctx, roots)
@@ -257,7 +345,15 @@ def plan(ctx: FixContext) -> FixPlan:
     now = time.time()
     cutoff = now - days * _DAY
     uid = _uid()
-    skipped = {"symlinks": 0, "not_owned": 0, "unreadable": 0}
+    skipped = {"symlinks": 0, "not_owned": 0, "unreadable": 0, "open": 0, "young": 0}
+    named: dict[str, list[str]] = {"open": [], "young": [], "not_owned": []}
+    live: OpenFiles | None = None  # read once, and only when some file is old enough
+
+    def leave(reason: str, path: Path) -> None:
+        skipped[reason] += 1
+        if len(named[reason]) < MAX_LEFT_ALONE_LISTED:
+            named[reason].append(str(path))
+
     files: list[dict[str, Any]] = []
     seen: set[str] = set()
     truncated = False
@@ -278,14 +374,23 @@ def plan(ctx: FixContext) -> FixPlan:
                 continue
             if uid is not None and stat.S_ISREG(st.st_mode) and st.st_uid != uid:
                 if max(st.st_mtime, st.st_atime) < cutoff:
-                    skipped["not_owned"] += 1
+                    leave("not_owned", path)
                 continue
-            if _is_candidate(st, cutoff, uid):
-                seen.add(str(path))
-                files.append({
-                    "path": str(path), "root": index, "size": st.st_size,
-                    "mtime": st.st_mtime, "age_days": int((now - st.st_mtime) // _DAY),
-                })
+            if not _is_candidate(st, cutoff, uid):
+                continue
+            seen.add(str(path))
+            if _young(st, now):
+                leave("young", path)
+                continue
+            if live is None:
+                live = open_files()
+            if (path, st) in live:
+                leave("open", path)
+                continue
+            files.append({
+                "path": str(path), "root": index, "size": st.st_size,
+                "mtime": st.st_mtime, "age_days": int((now - st.st_mtime) // _DAY),
+            })
     total = sum(int(f["size"]) for f in files)
     changes = [
         f"move {f['path']} ({human_size(f['size'])}, {f['age_days']} days old) to quarantine"
@@ -295,6 +400,11 @@ def plan(ctx: FixContext) -> FixPlan:
         rest = sorted(files, key=lambda f: -int(f["size"]))[MAX_CHANGE_LINES:]
         size = human_size(sum(int(f["size"]) for f in rest))
         changes.append(f"... and {len(rest)} more files ({size}) to quarantine")
+    for reason, paths in named.items():
+        changes += [f"leave {path} alone: {LEFT_ALONE[reason]}" for path in paths]
+        if skipped[reason] > len(paths):
+            changes.append(f"... and {skipped[reason] - len(paths)} more files left alone: "
+                           f"{LEFT_ALONE[reason]}")
     where = ", ".join(str(target) for _, target in targets) or "(no clean-up location exists)"
     if files:
         summary = (
@@ -305,9 +415,15 @@ def plan(ctx: FixContext) -> FixPlan:
             f"将 {where} 中 {days:g} 天未使用的 {len(files)} 个文件（{human_size(total)}）"
             "移入隔离区；在隔离区清除之前可以恢复。"
         )
+    elif any(skipped[k] for k in named):
+        summary = (f"No file in {where} unused for {days:g} days is safe to move: nothing "
+                   "to clean.")
+        summary_zh = f"{where} 中没有可以安全移动的 {days:g} 天未使用的文件：无需清理。"
     else:
         summary = f"No file in {where} is older than {days:g} days: nothing to clean."
         summary_zh = f"{where} 中没有超过 {days:g} 天的文件：无需清理。"
+    summary += _left_alone_text(skipped)
+    summary_zh += _left_alone_text(skipped, zh=True)
     if truncated:
         summary += f" (Only the first {MAX_FILES} files are taken; run it again for more.)"
         summary_zh += f"（仅处理前 {MAX_FILES} 个文件，可再次运行以清理更多。）"
@@ -321,11 +437,14 @@ def plan(ctx: FixContext) -> FixPlan:
             "fix_id": time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
             + "-" + secrets.token_hex(4),
             "days": days,
+            "min_age_days": MIN_AGE_DAYS,
             "roots": [str(root) for root in roots],
             "files": files,
             "total_bytes": total,
             "truncated": truncated,
             "skipped": skipped,
+            "left_alone": named,
+            "processes_not_inspected": live.hidden if live is not None else 0,
         },
     )
 
@@ -346,7 +465,8 @@ def _write_manifest(qdir: Path, manifest: Mapping[str, Any]) -> None:
 
 
 def _movable(entry: object, targets: list[tuple[int, Path]], roots: list[Path],
-             excluded: tuple[Path, ...]) -> tuple[Path, int, os.stat_result] | str:
+             excluded: tuple[Path, ...], live: OpenFiles, now: float
+             ) -> tuple[Path, int, os.stat_result] | str:
     """``(source, root index, stat)`` if the planned entry may be moved, else why not."""
     if not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str):
         return "malformed plan entry"
@@ -368,6 +488,10 @@ def _movable(entry: object, targets: list[tuple[int, Path]], roots: list[Path],
         return "no longer a regular file"
     if st.st_size != entry.get("size") or st.st_mtime != entry.get("mtime"):
         return "changed since the plan"
+    if _young(st, now):
+        return LEFT_ALONE["young"]
+    if (source, st) in live:
+        return LEFT_ALONE["open"]
     return source, index, st
 
 
@@ -391,9 +515,11 @@ def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
     moved = freed = 0
     manifest: dict[str, Any] = {"fix_id": fix_id, "created": time.time(),
                                 "roots": [str(r) for r in roots], "entries": entries}
+    live = open_files()  # a file opened since the plan is left alone too
+    now = time.time()
     try:
         for entry in files:
-            checked = _movable(entry, targets, roots, excluded)
+            checked = _movable(entry, targets, roots, excluded, live, now)
             if isinstance(checked, str):
                 path = entry.get("path") if isinstance(entry, Mapping) else None
                 skipped.append({"path": str(path), "reason": checked})

@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from proto import messages as m
+from proto.timefmt import human_time
 
 from ..store import NotFound, Store, StoreError
 from .calendar import WorkCalendar
@@ -260,8 +261,9 @@ class OnsiteDesk:
             open_id = (await conn.execute(sa.select(tickets.c.ticket_id).where(
                 tickets.c.case_number == case_number,
                 tickets.c.state.not_in([s.value for s in FINISHED])))).scalar()
-        if open_id is not None:
-            return await self.get(open_id), False
+        if open_id is not None:  # proposing again: slots from the field technicians now
+            return await self.propose_again(open_id, actor=actor, now=now,
+                                            why=f"escalated again: {reason}"), False
         findings, fixes = await self._evidence(case_number)
         preparation = self.policy.preparation.for_findings([f.code for f in findings])
         checklist = list(self.policy.checklist)
@@ -286,17 +288,8 @@ class OnsiteDesk:
             return await self._insert(values, actor, now), True
         values.update(customer_kind=ctx.customer_kind, contract_id=ctx.contract_id,
                       city=ctx.city.name, tier=ctx.city.tier)
-        slots, first = self._propose(ctx, service, now, await self._occupancy(now))
-        probe = first or self._quote(ctx, service, self._first_standard(ctx, now), now)
-        quote_json = _quote_json(probe)
+        slots, probe, quote_json = await self._proposal(ctx, service, now)
         eligible = probe.eligible
-        if eligible and not slots:
-            quote_json["reasons"].append(
-                "no field technician with this skill covers the city in the next "
-                f"{self.policy.dispatch.search_working_days} working days; the desk will "
-                "propose slots by hand (`hw-tech ticket reschedule`)")
-        if not eligible and not quote_json["alternatives"]:
-            quote_json["alternatives"] = list(REMOTE_ALTERNATIVES)
         values.update(
             eligible=eligible, covered=probe.covered, provisional=probe.provisional,
             state=(S.PROPOSED if eligible else S.NOT_ELIGIBLE).value,
@@ -304,6 +297,92 @@ class OnsiteDesk:
             total=probe.price.total if probe.price else None, free_visit=probe.free_visit,
             slots=msgspec.json.encode(slots if eligible else []).decode())
         return await self._insert(values, actor, now), True
+
+    async def _proposal(self, ctx: Context, service: str, now: datetime
+                        ) -> tuple[list[m.SlotOffer], Quote, dict[str, Any]]:
+        """Slots from the field technicians on record now, the quote they rest on (the
+        first slot's, else the earliest standard date's) and the quote's JSON."""
+        slots, first = self._propose(ctx, service, now, await self._occupancy(now))
+        probe = first or self._quote(ctx, service, self._first_standard(ctx, now), now)
+        quote_json = _quote_json(probe)
+        if probe.eligible and not slots:
+            quote_json["reasons"].append(
+                "no field technician with this skill covers the city in the next "
+                f"{self.policy.dispatch.search_working_days} working days; add one "
+                "(`hw-server field-tech add`): the ticket is proposed again then (or with "
+                "`hw-tech escalate`, `hw-tech book`, `hw-tech ticket reschedule`)")
+        if not probe.eligible and not quote_json["alternatives"]:
+            quote_json["alternatives"] = list(REMOTE_ALTERNATIVES)
+        return (slots if probe.eligible else []), probe, quote_json
+
+    @staticmethod
+    def needs_slots(info: m.TicketInfo, now: datetime) -> bool:
+        """An eligible offer (proposed or rescheduled) with no slot still ahead: proposing
+        again cannot disturb an offer the customer may be looking at."""
+        return (info.state in BOOKABLE and info.eligible
+                and not any(s.start > now for s in info.slots))
+
+    async def propose_again(self, ticket_id: str, *, actor: str, now: datetime, why: str,
+                            force: bool = False) -> m.TicketInfo:
+        """Recompute the slots of an offer from the field technicians on record now.
+
+        Done when the offer has no slot ahead (:meth:`needs_slots`; ``force``: always, for
+        a reschedule); otherwise the ticket is returned as it is. The quote's reasons are
+        recomputed with the slots (a "no field technician" reason goes once one covers
+        the city). The ticket keeps its state; its history notes the new proposal.
+        """
+        info = await self.get(ticket_id)
+        if not (force and info.state in BOOKABLE and info.eligible) and not self.needs_slots(
+                info, now):
+            return info
+        case = await self.store.get_case(info.case)
+        if case is None:
+            raise NotFound(f"the case {info.case} of ticket {ticket_id} is gone")
+        ctx = await self._context(case, now)
+        slots, probe, quote_json = await self._proposal(ctx, info.service, now)
+        note = (f"{why}: {len(slots)} slot{'s' if len(slots) != 1 else ''} proposed from the "
+                "field technicians on record" if slots else
+                f"{why}: no slot to propose ({'; '.join(quote_json['reasons'][-1:])})")
+        values: dict[str, Any] = dict(
+            slots=msgspec.json.encode(slots).decode(), updated_at=now,
+            quote=json.dumps(quote_json, ensure_ascii=False), provisional=probe.provisional,
+            free_visit=probe.free_visit, covered=probe.covered)
+        if probe.price is not None:
+            values["total"] = probe.price.total
+        async with self.store._tx(write=True) as conn:
+            done = await conn.execute(sa.update(tickets).where(
+                tickets.c.ticket_id == ticket_id, tickets.c.state == info.state.value,
+            ).values(**values))
+            if done.rowcount != 1:
+                raise TicketError(f"ticket {ticket_id} changed meanwhile; look at it again")
+            await conn.execute(sa.insert(ticket_events).values(
+                ticket_id=ticket_id, state=info.state.value, at=now, actor=actor, note=note))
+        await self.store.append_audit(event="ticket.proposed-again", actor=actor,
+                                      subject=ticket_id, now=now,
+                                      detail={"case": info.case, "slots": len(slots),
+                                              "note": note[:300]})
+        return await self.get(ticket_id)
+
+    async def propose_waiting(self, *, actor: str, now: datetime) -> list[m.TicketInfo]:
+        """Propose again every offer with no slot ahead (after a field technician is
+        added); returns those that have slots now."""
+        async with self.store._tx(write=False) as conn:
+            ids = (await conn.execute(sa.select(tickets.c.ticket_id).where(
+                tickets.c.state.in_([s.value for s in BOOKABLE]), tickets.c.eligible.is_(True)
+            ).order_by(tickets.c.created_at))).scalars().all()
+        out = []
+        for ticket_id in ids:
+            info = await self.get(ticket_id)
+            if not self.needs_slots(info, now):
+                continue
+            try:
+                again = await self.propose_again(ticket_id, actor=actor, now=now,
+                                                 why="a field technician was added")
+            except (TicketError, NotFound, UnknownCity):
+                continue  # changed meanwhile or no longer quotable: left as it is
+            if again.slots:
+                out.append(again)
+        return out
 
     def _first_standard(self, ctx: Context, now: datetime) -> datetime:
         tz = self.policy.hours.tz
@@ -568,10 +647,6 @@ class OnsiteDesk:
         elif to in (S.RESCHEDULED, S.CANCELLED):
             if not note:
                 raise TicketError(f"say why the ticket is {to.value} (--note)")
-        if to is S.RESCHEDULED:
-            case = await self.store.get_case(info.case)
-            assert case is not None
-            ctx = await self._context(case, now)
         async with self.store._tx(write=True) as conn:
             if to in (S.RESCHEDULED, S.CANCELLED):
                 await self._release(conn, ticket_id)
@@ -584,11 +659,6 @@ class OnsiteDesk:
                 raise TicketError(f"ticket {ticket_id} changed meanwhile; look at it again")
             await conn.execute(sa.insert(ticket_events).values(
                 ticket_id=ticket_id, state=to.value, at=now, actor=actor, note=event_note))
-        if to is S.RESCHEDULED:
-            slots, _q = self._propose(ctx, info.service, now, await self._occupancy(now))
-            async with self.store._tx(write=True) as conn:
-                await conn.execute(sa.update(tickets).where(tickets.c.ticket_id == ticket_id)
-                                   .values(slots=msgspec.json.encode(slots).decode()))
         if case_state is not None:
             await self.store.set_case_state(info.case, case_state[0], actor=actor, now=now,
                                             note=case_state[1])
@@ -596,6 +666,9 @@ class OnsiteDesk:
             event=f"ticket.{'signed-off' if info.state is S.ON_SITE else to.value}",
             actor=actor, subject=ticket_id, now=now,
             detail={"case": info.case, "from": info.state.value, "note": event_note[:300]})
+        if to is S.RESCHEDULED:  # new slots from the field technicians on record now
+            return await self.propose_again(ticket_id, actor=actor, now=now,
+                                            why="rescheduled", force=True)
         return await self.get(ticket_id)
 
     def settle(self, info: m.TicketInfo, *, resolved: bool, root_cause: m.RootCause) -> int:
@@ -629,7 +702,8 @@ class OnsiteDesk:
                                      accepted_by="customer (signed on the agent)", actor=actor,
                                      now=now, acceptance=signed,
                                      expected_total=decision.total)
-            return booked, (f"booked {booked.booked_start} with {booked.technician}")
+            return booked, (f"booked {human_time(booked.booked_start, self.policy.hours.tz)} "
+                            f"with {booked.technician}")
         if kind is m.VisitDecisionKind.DECLINE:
             if info.state not in BOOKABLE:
                 raise TicketError(f"ticket {info.ticket} is {info.state.value}; only an offer "
@@ -679,7 +753,7 @@ class OnsiteDesk:
 
     async def report(self) -> dict[str, Any]:
         """First-time-fix rate, mean time to resolution, visits by tier, free visits used,
-        revenue (see ``docs/operations.md#on-site-report``)."""
+        revenue, mean satisfaction (see ``docs/operations.md#on-site-report``)."""
         async with self.store._tx(write=False) as conn:
             rows = (await conn.execute(sa.select(tickets))).all()
             free_used = int((await conn.execute(sa.select(sa.func.count()).select_from(
@@ -707,6 +781,7 @@ class OnsiteDesk:
             "revenue": sum(int(r.fee or 0) for r in signed),
             "currency": self.policy.currency,
             "mean_satisfaction": round(sum(sats) / len(sats), 2) if sats else None,
+            "satisfaction_answers": len(sats),
         }
 
 

@@ -140,6 +140,8 @@ async def test_disk_cleanup_plan_apply_verify_rollback(
     temp = tmp_path / "temp"
     temp.mkdir()
     monkeypatch.setattr(disk_cleanup, "default_locations", lambda: [temp])
+    # utime cannot age the inode-change time: read it as a file that old would show it
+    monkeypatch.setattr(disk_cleanup, "_inode_changed", lambda st: st.st_mtime)
     old = temp / "old.log"
     old.write_bytes(b"x" * 4096)
     os.utime(old, (time.time() - 30 * 86400,) * 2)

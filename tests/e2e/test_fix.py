@@ -25,10 +25,13 @@ def _setup(h: Harness, tmp_path: Path) -> tuple[Path, str, Path, Path]:
         f.write_bytes(b"x" * 100_000)
         os.utime(f, (OLD, OLD))
     (sandbox / "fresh.txt").write_text("keep me")
+    aged = tmp_path / "aged.json"  # their inode-change time as old files show it
+    aged.write_text(json.dumps({str(f): OLD for f in (sandbox / "old-cache").iterdir()}))
     h.init_server()
     h.start_server()
     home = h.enroll("A")
-    h.start_agent(home, env={"TMPDIR": str(sandbox), "HOME": str(tmp_path / "home")})
+    h.start_agent(home, env={"TMPDIR": str(sandbox), "HOME": str(tmp_path / "home"),
+                             "HW_PLUGINS": "agedfiles", "HW_AGED_FILES": str(aged)})
     case = h.help(home).splitlines()[0]
     return home, case, h.add_tech("alice"), sandbox
 

@@ -76,6 +76,13 @@ def test_fan_stalled_case_goes_on_site_and_is_confirmed_and_followed_up(
     off = h.tech_json(alice, "ticket", "signoff", ticket, "--resolved", "no", "--root-cause",
                       "customer-device", "--note", "mainboard fan header burnt")
     assert off["fee"] == min(400, t["slots"][1]["total"]) and off["resolved"] is False
+    # signed off: it still is `on-site`, and reads as waiting for the customer's signature
+    assert off["state"] == "on-site" and off["confirmed"] is False
+    listed = h.run("hw-tech", "--home", str(alice), "tickets").stdout
+    assert "on-site (signed off: awaiting the customer's signed confirmation)" in listed
+    waiting = h.run("hw-agent", "--home", str(home), "visit", "show", ticket).stdout
+    assert "waiting for your signed confirmation" in waiting
+    assert "+08:00" in waiting  # the booked slot in the customer's zone, offset shown
 
     # the customer signs the confirmation on the agent; the operator verifies it later
     early = h.run("hw-server", "ticket", "verify", "--home", s, ticket, check=False)
@@ -98,7 +105,11 @@ def test_fan_stalled_case_goes_on_site_and_is_confirmed_and_followed_up(
     report = json.loads(h.run("hw-server", "report", "--home", s, "--json").stdout)
     assert report["visits"] == 1 and report["first_time_fix_rate"] == 0.0
     assert report["revenue"] == off["fee"] and report["visits_by_tier"] == {"new-1": 1}
-    audit = h.run("hw-server", "audit", "show", "--home", s, "--subject", ticket).stdout
+    text = h.run("hw-server", "report", "--home", s).stdout
+    assert "mean satisfaction: 3.00/5 (follow-up calls: 1)" in text
+    audit = h.run("hw-server", "audit", "show", "--home", s, "--subject", ticket,
+                  env={"TZ": "Asia/Shanghai"}).stdout
+    assert " +08:00 " in audit and "AT (UTC)" not in audit  # local time, offset shown
     for event in ("ticket.proposed", "ticket.booked", "ticket.signed-off", "ticket.confirmed",
                   "ticket.followed-up", "ticket.closed"):
         assert event in audit
@@ -134,3 +145,40 @@ def test_phone_acceptance_and_an_uncovered_customer(harness: Harness) -> None:
                          "--accepted-by", "phone")
     assert booked["state"] == "booked" and "phone" in booked["accepted_by"]
     assert "alice" in booked["accepted_by"]
+
+
+def test_in_readme_order_a_field_technician_added_after_escalation_gets_slots(
+        harness: Harness) -> None:
+    """Issue 12, bug 4: escalation before any field technician exists; escalate, book and
+    field-tech add propose again from the technicians on record."""
+    h = harness
+    h.init_server()
+    s = str(h.server_home)
+    h.start_server()
+    home = h.enroll("A", city="上海")
+    h.start_agent(home, env={"HW_SIMULATE": "thermal.fan_stalled"})
+    case = h.help(home).splitlines()[0]
+    alice = h.add_tech("alice")
+    h.grant(home, case, "alice", scopes="diagnostics,book-visit")
+    h.tech_json(alice, "diag", case)
+    ticket = h.tech_json(alice, "tickets")[0]
+    assert ticket["state"] == "proposed" and ticket["slots"] == []
+    listed = h.run("hw-tech", "--home", str(alice), "tickets").stdout
+    assert "proposed (no slots yet)" in listed
+    again = h.run("hw-tech", "--home", str(alice), "escalate", case, "--reason", "by hand")
+    assert again.returncode == 0 and "has no slot to offer" in again.stderr
+    assert "no field technician" in again.stderr
+    book = h.run("hw-tech", "--home", str(alice), "book", ticket["ticket"], check=False)
+    assert book.returncode == 1 and "has no slot to offer" in book.stderr
+    shown = h.tech_json(alice, "ticket", "show", ticket["ticket"])
+    notes = [e["note"] for e in shown["history"]]
+    assert any("before offering" in n and "no slot to propose" in n
+               for n in notes), notes  # book proposed again before giving up
+
+    added = h.run("hw-server", "field-tech", "add", "--home", s, "wang", "--base", "上海",
+                  "--skills", "hardware-repair").stdout
+    assert f"ticket {ticket['ticket']}" in added and "3 proposed now" in added
+    now = h.tech_json(alice, "tickets")[0]
+    assert len(now["slots"]) == 3 and now["total"] == now["slots"][0]["total"]
+    assert not any("no field technician" in r for r in now["reasons"])
+    h.run("hw-tech", "--home", str(alice), "book", ticket["ticket"])  # offered: 3 slots

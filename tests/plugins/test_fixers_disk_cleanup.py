@@ -1,11 +1,20 @@
-"""disk.cleanup in a sandbox: the allowlist is two temp dirs of the test."""
+"""disk.cleanup in a sandbox: the allowlist is two temp dirs of the test.
+
+A sandbox file is written now and aged with ``os.utime``, which cannot age its inode-change
+time (ctime); the sandbox records the ctime such a file would show (its age) and the fixer
+reads that recorded OS reading. Files made without it (``young=True``) keep the real ctime,
+as another program's working file with a copied-in old mtime does. Which files are open is
+never mocked: the tests hold them open, in this process or a child.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,15 +33,26 @@ class Sandbox:
         self.cache = self.base / "cache"
         self.outside = self.base / "outside"
         self.workdir = self.base / "home" / "fixes"
+        self.ctimes: dict[tuple[int, int], float] = {}
         for d in (self.temp, self.cache, self.outside):
             d.mkdir()
 
-    def file(self, path: Path, days_old: float, size: int = 100) -> Path:
+    def file(self, path: Path, days_old: float, size: int = 100, *, young: bool = False
+             ) -> Path:
+        """A file last used ``days_old`` ago; ``young``: created just now (real ctime)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(size))
         stamp = time.time() - days_old * DAY
         os.utime(path, (stamp, stamp))
+        st = path.stat()
+        if young:
+            self.ctimes.pop((st.st_dev, st.st_ino), None)
+        else:
+            self.ctimes[(st.st_dev, st.st_ino)] = stamp
         return path
+
+    def inode_changed(self, st: os.stat_result) -> float:
+        return self.ctimes.get((st.st_dev, st.st_ino), st.st_ctime)
 
     def ctx(self, **args: object) -> FixContext:
         return FixContext(args=args, workdir=self.workdir)
@@ -42,7 +62,23 @@ class Sandbox:
 def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
     sandbox = Sandbox(tmp_path)
     monkeypatch.setattr(disk_cleanup, "default_locations", lambda: [sandbox.temp, sandbox.cache])
+    monkeypatch.setattr(disk_cleanup, "_inode_changed", sandbox.inode_changed)
     return sandbox
+
+
+@pytest.fixture
+def held_open(box: Sandbox) -> Iterator[Path]:
+    """An old file another process (a child Python) holds open, like a test run's log."""
+    path = box.file(box.temp / "pytest-of-li" / "pytest-7" / "live.log", 30)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nf = open(sys.argv[1])\nprint('open', "
+         "flush=True)\ntime.sleep(120)", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "open"
+        yield path
+    finally:
+        child.kill()
+        child.wait()
 
 
 def planned(fix_plan: FixPlan) -> set[str]:
@@ -262,3 +298,65 @@ def test_a_directory_swapped_for_a_symlink_is_not_followed_by_the_move(box: Sand
     plain = box.file(box.temp / "e" / "f.tmp", 30)
     disk_cleanup._move_nofollow(box.temp, plain, box.base / "q" / "f.tmp")
     assert not plain.exists() and (box.base / "q" / "f.tmp").exists()
+
+
+def test_a_file_another_process_holds_open_is_left_alone_and_the_plan_says_so(
+        box: Sandbox, held_open: Path) -> None:
+    idle = box.file(box.temp / "idle.log", 30)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    assert planned(fix_plan) == {str(idle)}
+    assert fix_plan.data["skipped"]["open"] == 1
+    assert fix_plan.data["left_alone"]["open"] == [str(held_open)]
+    assert "Left alone: 1 file open by a running program" in fix_plan.summary
+    assert "1 个文件正被程序打开" in fix_plan.summary_zh
+    assert f"leave {held_open} alone: open by a running program" in fix_plan.changes
+    disk_cleanup.apply(box.ctx(), fix_plan)
+    assert held_open.exists() and not idle.exists()
+
+
+def test_a_live_file_with_an_old_mtime_is_left_alone(box: Sandbox) -> None:
+    """pytest's and builds' working files may carry an old mtime; their ctime is new."""
+    live = box.file(box.temp / "pytest-of-li" / "pytest-7" / "copied.txt", 30, young=True)
+    fix_plan = disk_cleanup.plan(box.ctx(days=1))
+    assert planned(fix_plan) == set()
+    assert fix_plan.data["skipped"]["young"] == 1 and fix_plan.data["min_age_days"] == 1
+    assert "nothing to clean" in fix_plan.summary
+    assert ("Left alone: 1 file written, read or created within the last 1 day (safe age)"
+            in fix_plan.summary)
+    assert any(line.startswith(f"leave {live} alone: written, read or created")
+               for line in fix_plan.changes)
+    assert disk_cleanup.apply(box.ctx(), fix_plan).ok and live.exists()
+
+
+def test_a_file_opened_after_the_plan_is_not_moved(box: Sandbox) -> None:
+    path = box.file(box.temp / "a.log", 9)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    assert planned(fix_plan) == {str(path)}
+    with path.open("rb"):  # this process, as the OS reports it: no mock
+        outcome = disk_cleanup.apply(box.ctx(), fix_plan)
+    assert not outcome.ok and path.exists()
+    assert outcome.details["skipped"] == [{"path": str(path),
+                                           "reason": "open by a running program"}]
+
+
+def test_left_alone_counts_beyond_the_named_ones(box: Sandbox) -> None:
+    n = disk_cleanup.MAX_LEFT_ALONE_LISTED + 2
+    for i in range(n):
+        box.file(box.temp / f"young{i}.tmp", 30, young=True)
+    fix_plan = disk_cleanup.plan(box.ctx())
+    assert fix_plan.data["skipped"]["young"] == n
+    assert fix_plan.changes[-1].startswith("... and 2 more files left alone: written")
+    assert f"Left alone: {n} files written" in fix_plan.summary
+
+
+def test_open_files_reads_this_process(tmp_path: Path) -> None:
+    path = tmp_path / "held"
+    path.write_text("x")
+    with path.open():
+        live = disk_cleanup.open_files()
+        assert (path, path.stat()) in live
+    link = tmp_path / "hard"
+    os.link(path, link)
+    with path.open():
+        assert (link, link.stat()) in disk_cleanup.open_files()  # the same inode
+    assert (path, path.stat()) not in disk_cleanup.open_files()

@@ -10,7 +10,8 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -368,7 +369,18 @@ def test_cli_verify_ok_then_broken(tmp_path: Path, capsys: pytest.CaptureFixture
                    "its contents (edited?)\n")
 
 
-def test_cli_show_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def in_shanghai(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The operator's machine is in Shanghai (an OS setting: TZ)."""
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_cli_show_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 in_shanghai: None) -> None:
     home = _init_home(tmp_path)
     entries = _with_store(home, lambda s: append_n(s, 4))
     capsys.readouterr()
@@ -382,9 +394,10 @@ def test_cli_show_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     assert server_main(["audit", "show", "--home", str(home)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ID", "AT", "(UTC)", "ACTOR", "EVENT", "SUBJECT", "DETAIL"]
+    assert lines[0].split() == ["ID", "AT", "ACTOR", "EVENT", "SUBJECT", "DETAIL"]
     assert len(lines) == 5
-    assert lines[1].split()[:5] == ["1", "2026-11-25", "02:00:00Z", "tech:alice0", "command"]
+    assert lines[1].split()[:6] == ["1", "2026-11-25", "10:00:00", "+08:00", "tech:alice0",
+                                    "command"]  # local time with its offset; JSON keeps UTC
     assert lines[4].endswith('{"action": "diag", "n": 3}')
 
     assert server_main(["audit", "show", "--home", str(home), "--subject", "nope"]) == 0

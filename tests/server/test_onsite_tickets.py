@@ -400,3 +400,58 @@ async def test_add_field_tech_refuses_bad_input(desk: OnsiteDesk) -> None:
                                   capacity=1, now=NOW)
     assert [t.name for t in await desk.field_techs()] == ["x"]
 
+
+
+# -- issue 12, bug 4: proposing again recomputes slots from the field technicians now -----
+
+
+async def test_a_field_technician_added_after_escalation_gets_the_offer_its_slots(
+        desk: OnsiteDesk, store: Store) -> None:
+    """README order: the case escalates before any field technician exists."""
+    case = await new_case(store)
+    t, _ = await desk.escalate(case, reason="fan", actor="server", now=NOW)
+    assert t.state is S.PROPOSED and t.slots == []
+    assert any("no field technician" in r for r in t.reasons)
+    same, created = await desk.escalate(case, reason="by hand", actor="tech:ann", now=NOW)
+    assert not created and same.slots == [] and "no slot to propose" in same.history[-1].note
+    await add_techs(desk)
+    waiting = await desk.propose_waiting(actor="operator", now=NOW)
+    assert [w.ticket for w in waiting] == [t.ticket]
+    again = waiting[0]
+    assert again.state is S.PROPOSED and len(again.slots) == 3
+    assert again.slots[0].start == datetime(2026, 12, 1, 10, 0, tzinfo=CN)
+    assert again.total == again.slots[0].total
+    assert not any("no field technician" in r for r in again.reasons)
+    assert "a field technician was added: 3 slots proposed" in again.history[-1].note
+    assert [e.event for e in await store.list_audit(subject=t.ticket)].count(
+        "ticket.proposed-again") == 2
+    assert await desk.propose_waiting(actor="operator", now=NOW) == []  # nothing waits now
+
+
+async def test_escalating_again_proposes_only_an_offer_without_slots_ahead(
+        desk: OnsiteDesk, store: Store) -> None:
+    case = await new_case(store)
+    t, _ = await desk.escalate(case, reason="fan", actor="server", now=NOW)
+    await add_techs(desk)
+    again, created = await desk.escalate(case, reason="by hand", actor="tech:ann", now=NOW)
+    assert not created and again.ticket == t.ticket and len(again.slots) == 3
+    # an offer with slots ahead stays as it is: the customer may be looking at it
+    kept, _ = await desk.escalate(case, reason="once more", actor="tech:ann", now=NOW)
+    assert kept.slots == again.slots and len(kept.history) == len(again.history)
+    # once every slot has passed, escalating again proposes new ones
+    later = again.slots[-1].start + timedelta(hours=1)
+    fresh, _ = await desk.escalate(case, reason="slots passed", actor="tech:ann", now=later)
+    assert len(fresh.slots) == 3 and all(s.start > later for s in fresh.slots)
+
+
+async def test_reschedule_of_an_offer_without_slots_proposes_from_the_technicians_now(
+        desk: OnsiteDesk, store: Store) -> None:
+    case = await new_case(store)
+    t, _ = await desk.escalate(case, reason="fan", actor="server", now=NOW)
+    await add_techs(desk)
+    r = await desk.move(t.ticket, S.RESCHEDULED, actor="tech:ann", now=NOW,
+                        note="a technician joined")
+    assert r.state is S.RESCHEDULED and len(r.slots) == 3
+    assert not any("no field technician" in x for x in r.reasons)
+    assert [h.state for h in r.history] == ["proposed", "rescheduled", "rescheduled"]
+    assert "rescheduled: 3 slots proposed" in r.history[-1].note
