@@ -24,8 +24,8 @@ from websockets.exceptions import ConnectionClosed
 from proto import messages as m
 from proto.receipt import sign_visit
 
-from .connection import Unreachable, close_text, dial
-from .errors import AgentError
+from .connection import close_text, dial
+from .errors import AgentError, Unreachable
 from .home import AgentHome
 from .localstore import LocalStore
 
