@@ -43,6 +43,19 @@ class Terminal:
                 except OSError:  # the process ended
                     raise AssertionError(f"agent ended; terminal shows:\n{self.seen}") from None
 
+    def drain(self) -> str:
+        """Everything the agent has written so far that was not read yet (no waiting)."""
+        start = len(self.seen)
+        while select.select([self.master], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.seen += chunk.decode(errors="replace")
+        return self.seen[start:]
+
     def type(self, line: str) -> None:
         os.write(self.master, line.encode() + b"\n")
 
@@ -217,5 +230,46 @@ def test_approve_on_the_control_socket_answers_the_fix_prompt_on_screen(
         p = h.run("hw-agent", "consent", "decline", "--home", str(home), "--case", case,
                   check=False)
         assert p.returncode == 1 and "no fix is waiting" in p.stderr
+    finally:
+        term.close()
+
+
+def test_the_customer_window_shows_our_lines_only(harness: Harness, tmp_path: Path) -> None:
+    """Bug 7: no asyncssh chatter or deprecation warnings per SSH command, and no log line
+    lands inside a question on screen."""
+    h = harness
+    h.init_server()
+    h.start_server()
+    home = h.enroll("A")
+    user_home = tmp_path / "customer-home"
+    user_home.mkdir()
+    term = Terminal(h, home, env={"HOME": str(user_home), "SHELL": "/bin/sh"})
+    try:
+        term.expect("connected to wss://")
+        case = h.help(home).splitlines()[0]
+        alice = h.add_tech("alice")
+        h.grant(home, case, "alice", scopes="shell")
+        p = h.run("hw-tech", "--home", str(alice), "ssh", case, "--", "echo", "ok")
+        assert p.stdout == "ok\n"
+        term.expect(f"the remote session of alice on case {case} is closed")
+        term.drain()
+        shown = term.seen
+        assert "technician alice opened a remote session (shell)" in shown
+        for noise in ("asyncssh", "CryptographyDeprecationWarning", "SSH connection",
+                      "Beginning auth", "Auth for user"):
+            assert noise not in shown, f"{noise!r} in the customer's window:\n{shown}"
+        # A log line while a question is on screen waits until it is answered.
+        ask = h.spawn("ask", "hw-tech", "--home", str(alice), "consent-request", case,
+                      "--scopes", "diagnostics")
+        term.expect("allow diagnostics? [y/N]")
+        refused = h.run("hw-tech", "--home", str(alice), "fix", case, "disk.cleanup",
+                        check=False)
+        assert refused.returncode == 1 and "no_consent" in refused.stderr
+        # The agent logged the refusal before it answered: had it been written, it is here.
+        assert "refused fix" not in term.drain(), "a log line inside the question"
+        term.type("y")
+        assert ask.popen.wait(60) == 0
+        term.expect("-> granted diagnostics until ")
+        term.expect("refused fix")
     finally:
         term.close()
