@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from proto.errors import TokenError
+from proto.timefmt import human_time
 from proto.token import decode_token
 
 from .cliargs import _home, _run
@@ -39,16 +40,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .backoff import Backoff
     from .client import Agent
     from .consent import Policy
+    from .terminal import LocalFormatter, Terminal
 
     home = _home(args)
     home.state()
     policy = Policy.load(Path(args.policy) if args.policy else None)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    # The customer's window shows our one-line messages: never a library's debug chatter
+    # (asyncssh logs ~17 INFO lines per SSH command), never over a question being asked.
+    terminal = Terminal() if sys.stdin.isatty() else None
+    if terminal is not None:
+        handler = terminal.log_handler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(LocalFormatter("%(asctime)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
     backoff = Backoff(minimum=args.retry_min, cap=args.retry_max)
 
     async def main() -> None:
-        agent = Agent(home, get_plugin_manager(), backoff=backoff, policy=policy)
+        agent = Agent(home, get_plugin_manager(), backoff=backoff, policy=policy,
+                      terminal=terminal)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,11 +99,16 @@ def _control(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any
     return reply
 
 
+def _when(text: str) -> str:
+    """A UTC time from the agent's JSON as the customer reads it (local, with offset)."""
+    return human_time(datetime.fromisoformat(text))
+
+
 def _print_grant(g: dict[str, Any]) -> None:
     state = "revoked" if g.get("revoked_at") else ("active" if g.get("active", True)
                                                    else "expired")
     print(f"{g['case']}  {g['tech']:<12} {','.join(g['scopes']):<24} {state:<8} until "
-          f"{g['expires_at'][:19]}  ({g['via']}, {g['receipt_id']})")
+          f"{_when(g['expires_at'])}  ({g['via']}, {g['receipt_id']})")
 
 
 def cmd_consent_grant(args: argparse.Namespace) -> int:
@@ -103,6 +119,8 @@ def cmd_consent_grant(args: argparse.Namespace) -> int:
         print(json.dumps(reply["grant"], ensure_ascii=False, indent=2))
     else:
         _print_grant(reply["grant"])
+        if reply.get("answered"):
+            print(f"this answers the request {args.tech} is waiting on")
     return 0
 
 
@@ -115,25 +133,31 @@ def cmd_consent_deny(args: argparse.Namespace) -> int:
 def cmd_consent_status(args: argparse.Namespace) -> int:
     reply = _control(args, {"op": "status"})
     if args.json:
-        print(json.dumps({k: reply.get(k, []) for k in ("grants", "pending", "sessions",
-                                                        "connected")},
+        print(json.dumps({k: reply.get(k, []) for k in ("grants", "pending", "approvals",
+                                                        "sessions", "connected")},
                          ensure_ascii=False, indent=2))
         return 0
     print("connected to the support server" if reply["connected"] else
           "not connected to the support server")
     for a in reply.get("approvals", []):
         undo = "can be undone" if a["reversible"] else "cannot be undone"
-        print(f"fix waiting for your approval on case {a['case']}: {a['summary']} ({undo})")
+        print(f"fix waiting for your approval on case {a['case']}: {a['summary']} ({undo}); "
+              f"no answer by {_when(a['deadline'])} is a no")
         for change in a["changes"][:20]:
             print(f"    - {change}")
         print(f"  approve: hw-agent consent approve --case {a['case']}   decline: hw-agent "
               f"consent decline --case {a['case']}")
     for sess in reply.get("sessions", []):
         print(f"remote session open: {sess['tech']} on case {sess['case']} ({sess['scopes']}) "
-              f"since {sess['since'][:19]}; end it: hw-agent consent revoke --case "
+              f"since {_when(sess['since'])}; end it: hw-agent consent revoke --case "
               f"{sess['case']}")
     for p in reply["pending"]:
-        print(f"waiting for your answer: {p['tech']} asks for access to case {p['case']}")
+        print(f"waiting for your answer: {p['tech']} asks for access to case {p['case']} "
+              f"({', '.join(p['scopes'])} for {p['minutes']} min); no answer by "
+              f"{_when(p['deadline'])} is a no")
+        print(f"  grant: hw-agent consent grant --case {p['case']} --tech {p['tech']} "
+              f"--scopes {','.join(p['scopes'])}   decline: hw-agent consent deny --case "
+              f"{p['case']}")
     if not reply["grants"]:
         print("no grants")
     for g in reply["grants"]:
@@ -180,7 +204,7 @@ def cmd_log(args: argparse.Namespace) -> int:
                           for e in entries], ensure_ascii=False, indent=2))
     else:
         for e in entries:
-            print(f"{e.at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  {e.event:<10} {e.detail}")
+            print(f"{human_time(e.at, seconds=True)}  {e.event:<10} {e.detail}")
     return 0
 
 
@@ -258,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # asyncssh (imported later, lazily) trips cryptography's deprecations: ours only, please.
+    import warnings
+
+    from cryptography.utils import CryptographyDeprecationWarning
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning,
+                            module=r"asyncssh(\.|$)")
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import re
 import secrets
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +28,9 @@ from proto.command import (
     verify_fanout,
 )
 from proto.errors import CloseCode, ProtocolError
+from proto.gate import Allowed, GatedAction, Refusal, decide
 from proto.receipt import sign_receipt
+from proto.timefmt import human_time
 
 from .backoff import STABLE_AFTER, Backoff
 from .connection import Link, close_text, dial
@@ -47,12 +48,13 @@ from .errors import Refused, Unreachable
 from .fixrunner import FixError, apply_fix, list_fixers, plan_fix
 from .home import AgentHome
 from .localstore import LocalCase, LocalStore
+from .pending import Answer, Ask, Kind, Pending
 from .runner import list_probes, run_probes, sanitize_readings
-from .tunnel import Tunnels
+from .terminal import Terminal
+from .tunnel import MAX_SESSIONS, TunnelHost, Tunnels
 from .visit import describe_offer, save_offer
 
 log = logging.getLogger("hw.agent")
-
 
 
 def now_utc() -> datetime:
@@ -64,7 +66,9 @@ class Agent:
 
     def __init__(self, home: AgentHome, pm: pluggy.PluginManager, *,
                  backoff: Backoff | None = None, policy: Policy | None = None,
-                 interactive: bool | None = None) -> None:
+                 terminal: Terminal | None = None) -> None:
+        """``terminal``: the customer's terminal, where consent requests and fix plans are
+        also asked (``None``: no terminal; the control socket answers, or nobody)."""
         self.home = home
         self.state = home.state()
         self.key = home.key()
@@ -73,7 +77,7 @@ class Agent:
         self.store = LocalStore(home.db_path)
         self.consents = ConsentStore(home.db_path, agent_id=self.state.agent_id)
         self.policy = policy or Policy()
-        self.interactive = sys.stdin.isatty() if interactive is None else interactive
+        self.terminal = terminal
         self.pm = pm
         self.backoff = backoff or Backoff()
         self.link: Link | None = None
@@ -86,13 +90,41 @@ class Agent:
         self._work = asyncio.Semaphore(2)
         self._tasks: dict[asyncio.Task[None], str] = {}  # running request -> its case
         self._revoking: set[str] = set()
-        self._pending: dict[tuple[str, str], tuple[str, asyncio.Future[Grant | None]]] = {}
-        self._prompt = asyncio.Lock()
-        self._approvals: dict[str, tuple[m.FixPlanInfo, asyncio.Future[bool]]] = {}
+        self.pending = Pending(self.consents, self.policy, now_utc)
+        self._questions: set[asyncio.Task[None]] = set()  # terminal prompts on the screen
         self._applying: set[asyncio.Task[Any]] = set()  # fixes past approval: never cut off
         self._fix_lock = asyncio.Lock()  # one fix at a time on this machine
         self._server_offset: float | None = None
-        self.tunnels = Tunnels(self)
+        self.tunnels = Tunnels(TunnelHost(
+            host_key=self.key,
+            gate=lambda case, tech, fingerprint: self.gate(
+                m.Action.TUNNEL, case=case, tech=tech, fingerprint=fingerprint),
+            key_revoked=lambda fingerprint: fingerprint in self.revoked,
+            revoking=lambda case: case in self._revoking,
+            dial=self._dial_tunnel,
+            log=lambda event, detail: self.store.log(event, detail, now=now_utc()),
+            say=self._say,
+            deliver=lambda msg: self._deliver(msg.id, msg),
+            recordings_dir=self.home.path / "recordings"))
+
+    def gate(self, action: GatedAction, *, case: str, tech: str, fingerprint: str
+             ) -> Allowed[Grant] | Refusal:
+        """The consent gate (:func:`proto.gate.decide`) on the customer's grants, now."""
+        return decide(action, case=case, tech=tech, fingerprint=fingerprint,
+                      grants=self.consents.all(), now=now_utc())
+
+    async def _dial_tunnel(self, req: m.Request) -> Link:
+        # Several server nodes: dial the technician's node if it is one of ours.
+        urls = [req.via] if req.via in self.state.urls else self.state.urls
+        return await dial(urls, self.ctx, agent_id=self.state.agent_id, key=self.key,
+                          mode=m.Mode.TUNNEL, tunnel=req.id)
+
+    def _say(self, line: str) -> None:
+        """A line for the customer: in the terminal if there is one, else in the log."""
+        if self.terminal is not None:
+            self.terminal.say(line)
+        else:
+            log.info("%s", line)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve, reconnect with jittered backoff, until ``stop`` is set.
@@ -106,10 +138,10 @@ class Agent:
         finally:
             if control is not None:
                 control.close()
-            for task in list(self._tasks):
+            for task in [*self._tasks, *self._questions]:
                 task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._tasks or self._questions:
+                await asyncio.gather(*self._tasks, *self._questions, return_exceptions=True)
             self.store.close()
             self.consents.close()
 
@@ -255,17 +287,16 @@ class Agent:
         self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
         if req.action is m.Action.CONSENT:
             return await self._consent_request(req, verified)
+        decision = self.gate(req.action, case=req.case, tech=cmd.tech, fingerprint=fingerprint)
+        if isinstance(decision, Refusal):
+            return self._refuse(req, decision.text)
+        grant = decision.grant
         if req.action is m.Action.TUNNEL:  # runs until the SSH session ends
-            return await self.tunnels.serve(req, cmd.tech, fingerprint)
-        scope = m.ACTION_SCOPE[req.action]
-        assert scope is not None
-        grant = self.consents.active(case=req.case, tech=cmd.tech, fingerprint=fingerprint,
-                                     scope=scope, now=now)
-        if grant is None:
-            return self._refuse(req, (
-                f"no_consent: the customer has not granted {cmd.tech} the {scope.value} scope "
-                f"on case {req.case} (or the grant expired or was revoked); ask with "
-                f"`hw-tech consent-request {req.case} --scopes {scope.value}`"))
+            if self.tunnels.full:
+                return self._refuse(req, (
+                    f"busy: {MAX_SESSIONS} remote sessions are already open on this computer; "
+                    "close one, then retry"))
+            return await self.tunnels.serve(req, cmd.tech, fingerprint, decision.scopes)
         if req.action is m.Action.FIX:
             return await self._fix(req, cmd.tech, fingerprint, cmd.args, grant)
         if req.action is m.Action.BOOK_VISIT:
@@ -314,8 +345,8 @@ class Agent:
         lines = describe_offer(data)
         self.store.log("offer", f"{tech} offered an on-site visit {ticket} on {req.case}: "
                        + "; ".join(line.strip() for line in lines[1:-1]), now=now_utc())
-        if self.interactive:
-            print("\nHelloWord support: " + "\n".join(lines), flush=True)
+        if self.terminal is not None:
+            self.terminal.say("\nHelloWord support: " + "\n".join(lines))
         log.info("on-site offer %s for %s received from %s", ticket, req.case, tech)
         return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
                         action=req.action, ok=True)
@@ -354,11 +385,11 @@ class Agent:
                 case=req.case, tech=cmd.tech, scopes=scopes, duration=duration, now=now_utc(),
                 via="policy", policy=self.policy, tech_fingerprint=fingerprint,
                 fix_needs_approval=self.policy.fix_approval)
-        elif self.interactive:
-            grant = await self._prompt_terminal(what, req.case, cmd.tech, fingerprint, scopes,
-                                                duration, True)
         else:
-            grant = await self._wait_for_grant(req, cmd.tech, fingerprint, what)
+            ask = self.pending.ask_consent(case=req.case, tech=cmd.tech, fingerprint=fingerprint,
+                                           scopes=scopes, duration=duration, what=what,
+                                           wait=self._answer_within(req))
+            grant = (await self._ask(ask)).grant
         if grant is None:
             self.store.log("declined", what, now=now_utc())
             return self._refusal(req, "declined: the customer did not grant this request "
@@ -408,7 +439,7 @@ class Agent:
             return result(m.FixReport(decision=m.FixDecision.DRY_RUN, plan=info), True)
         decision = m.FixDecision.NOT_REQUIRED
         if grant.fix_needs_approval:
-            if req.case in self._approvals:
+            if self.pending.fix_for(req.case) is not None:
                 return result(m.FixReport(
                     decision=m.FixDecision.NOT_POSSIBLE, plan=info,
                     outcome="another fix on this case is waiting for the customer's decision; "
@@ -419,8 +450,8 @@ class Agent:
                 return result(m.FixReport(decision=m.FixDecision.DECLINED, plan=info), False)
             decision = m.FixDecision.APPROVED
             # The grant may have been revoked or have expired while the customer decided.
-            if self.consents.active(case=req.case, tech=tech, fingerprint=fingerprint,
-                                    scope=m.Scope.FIX, now=now_utc()) is None:
+            if isinstance(self.gate(m.Action.FIX, case=req.case, tech=tech,
+                                    fingerprint=fingerprint), Refusal):
                 return result(m.FixReport(
                     decision=m.FixDecision.NOT_POSSIBLE, plan=info,
                     outcome="the grant for fixes ended before the fix could start"), False)
@@ -444,72 +475,41 @@ class Agent:
             details=sanitize_readings(dict(outcome.details))), outcome.ok)
 
     async def _approve(self, req: m.Request, tech: str, plan: m.FixPlanInfo) -> bool:
-        """The customer approves or declines a fix plan: terminal, or the control socket."""
+        """The customer approves or declines a fix plan: terminal or control socket, first
+        answer wins; no answer in time is a no."""
         what = (f"technician {tech} proposes on case {req.case}: {plan.summary}"
                 f" ({'can be undone' if plan.reversible else 'cannot be undone'})")
         self.store.log("fix-asked", what, now=now_utc())
-        if self.interactive:
-            loop = asyncio.get_running_loop()
-            async with self._prompt:
-                print(f"\nHelloWord support: {what}", flush=True)
-                for change in plan.changes[:50]:
-                    print(f"    - {change}", flush=True)
-                answer = await loop.run_in_executor(None, input, "  apply this fix? [y/N] ")
-            return answer.strip().lower() in ("y", "yes", "是")
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._approvals[req.case] = (plan, future)
-        wait = max(1.0, min(self.policy.prompt_timeout_s, req.timeout - 2.0))
-        log.info("fix plan waiting %.0fs for `hw-agent consent approve --case %s`: %s", wait,
-                 req.case, what)
-        try:
-            return await asyncio.wait_for(future, wait)
-        except TimeoutError:
-            return False
-        finally:
-            if self._approvals.get(req.case, (None, None))[1] is future:
-                del self._approvals[req.case]
+        ask = self.pending.ask_fix(case=req.case, tech=tech, plan=plan, what=what,
+                                   wait=self._answer_within(req))
+        return (await self._ask(ask)).yes
 
-    async def _wait_for_grant(self, req: m.Request, tech: str, fingerprint: str, what: str
-                              ) -> Grant | None:
-        """No terminal: wait for `hw-agent consent grant` on the control socket, then deny."""
-        future: asyncio.Future[Grant | None] = asyncio.get_running_loop().create_future()
-        key = (req.case, tech)
-        self._pending[key] = (fingerprint, future)
-        wait = max(1.0, min(self.policy.prompt_timeout_s, req.timeout - 2.0))
-        log.info("consent request: %s; waiting %.0fs for `hw-agent consent grant --case %s "
-                 "--tech %s --scopes ...`", what, wait, req.case, tech)
-        try:
-            return await asyncio.wait_for(future, wait)
-        except TimeoutError:
-            return None
-        finally:
-            if self._pending.get(key, (None, None))[1] is future:
-                del self._pending[key]
+    def _answer_within(self, req: m.Request) -> float:
+        """Seconds a customer has to answer: the policy's prompt timeout, and an answer
+        must reach the technician before their request times out."""
+        return max(1.0, min(self.policy.prompt_timeout_s, req.timeout - 2.0))
 
-    async def _prompt_terminal(self, what: str, case: str, tech: str, fingerprint: str,
-                               scopes: list[m.Scope], duration: timedelta, fix_approval: bool
-                               ) -> Grant | None:
-        """Ask yes/no per scope in the agent's terminal."""
-        loop = asyncio.get_running_loop()
-        async with self._prompt:
-            print(f"\nHelloWord support: {what}.", flush=True)
-            allowed: list[m.Scope] = []
-            for scope in scopes:
-                answer = await loop.run_in_executor(
-                    None, input, f"  allow {scope.value}? [y/N] ")
-                if answer.strip().lower() in ("y", "yes", "是"):
-                    allowed.append(scope)
-        if not allowed:
-            return None
-        return self.consents.grant(case=case, tech=tech, scopes=allowed, duration=duration,
-                                   now=now_utc(), via="terminal", policy=self.policy,
-                                   tech_fingerprint=fingerprint,
-                                   fix_needs_approval=fix_approval)
+    async def _ask(self, ask: Ask) -> Answer:
+        """Put ``ask`` to the customer on every channel; the first answer (or the deadline)."""
+        wait = (ask.deadline - ask.asked_at).total_seconds()
+        if self.terminal is not None:
+            question = (self.terminal.ask_consent if ask.kind is Kind.CONSENT
+                        else self.terminal.ask_fix)
+            task = asyncio.create_task(question(self.pending, ask))
+            self._questions.add(task)
+            task.add_done_callback(self._questions.discard)
+        elif ask.kind is Kind.CONSENT:
+            log.info("consent request: %s; waiting %.0fs for `hw-agent consent grant --case %s "
+                     "--tech %s --scopes ...`", ask.what, wait, ask.case, ask.tech)
+        else:
+            log.info("fix plan waiting %.0fs for `hw-agent consent approve --case %s`: %s",
+                     wait, ask.case, ask.what)
+        return await self.pending.wait(ask)
 
     @staticmethod
     def _describe(g: Grant) -> str:
         return (f"{g.tech} may {', '.join(s.value for s in g.scopes)} on {g.case} until "
-                f"{g.expires_at.isoformat(timespec='seconds')} ({g.via}, {g.receipt_id})")
+                f"{human_time(g.expires_at)} ({g.via}, {g.receipt_id})")
 
     async def _deliver(self, msg_id: str, msg: m.Result | m.ConsentUpdate | m.Recording
                        ) -> None:
@@ -540,45 +540,45 @@ class Agent:
                 raise ConsentError("a grant needs --case and --tech")
             scopes = parse_scopes(str(request.get("scopes", "")))
             duration = parse_duration(str(request.get("for", f"{DEFAULT_MINUTES}m")))
-            pending = self._pending.pop((case, tech), None)
-            grant = self.consents.grant(
-                case=case, tech=tech, scopes=scopes, duration=duration, now=now,
-                via="control", policy=self.policy,
-                tech_fingerprint=pending[0] if pending else "",
-                fix_needs_approval=bool(request.get("fix_approval", True)))
-            if pending is not None and not pending[1].done():
-                pending[1].set_result(grant)  # the receipt travels in the request's result
-            else:
+            fix_approval = bool(request.get("fix_approval", True))
+            ask = self.pending.consent_for(case, tech)
+            grant = None if ask is None else self.pending.grant(
+                ask, scopes=scopes, duration=duration, via="control",
+                fix_needs_approval=fix_approval)
+            if grant is None:  # no request waiting: a grant of its own, receipt on its own
+                grant = self.consents.grant(
+                    case=case, tech=tech, scopes=scopes, duration=duration, now=now,
+                    via="control", policy=self.policy, fix_needs_approval=fix_approval)
                 self.store.log("granted", self._describe(grant), now=now)
                 await self._send_receipt(grant)
-            return {"ok": True, "grant": _grant_json(grant)}
+            # else: it answers the waiting request; the receipt travels in its result
+            return {"ok": True, "grant": _grant_json(grant), "answered": ask is not None}
         if op == "deny":
             case = str(request.get("case", ""))
-            denied = [k for k in self._pending if k[0] == case or not case]
-            for k in denied:
-                fut = self._pending.pop(k)[1]
-                if not fut.done():
-                    fut.set_result(None)
-            return {"ok": True, "denied": len(denied)}
+            denied = 0
+            for ask in self.pending.open():
+                if ask.kind is Kind.CONSENT and (ask.case == case or not case):
+                    denied += self.pending.decline(ask, via="control")
+            return {"ok": True, "denied": denied}
         if op in ("approve", "decline"):
             case = str(request.get("case", ""))
-            waiting = self._approvals.pop(case, None)
-            if waiting is None or waiting[1].done():
+            fix = self.pending.fix_for(case)
+            if fix is None or not self.pending.decide(fix, approve=op == "approve",
+                                                      via="control"):
                 raise ConsentError(f"no fix is waiting for your approval on case {case!r}")
-            waiting[1].set_result(op == "approve")
-            return {"ok": True, "fix": waiting[0].fixer, "approved": op == "approve"}
+            assert fix.plan is not None
+            return {"ok": True, "fix": fix.plan.fixer, "approved": op == "approve"}
         if op == "status":
+            asks = self.pending.open()
             return {"ok": True, "grants": [_grant_json(g, now) for g in self.consents.all()],
-                    "pending": [{"case": c, "tech": t} for c, t in self._pending],
-                    "approvals": [{"case": c, "fixer": p.fixer, "summary": p.summary,
-                                   "reversible": p.reversible, "changes": p.changes}
-                                  for c, (p, _f) in self._approvals.items()],
+                    "pending": [_ask_json(a) for a in asks if a.kind is Kind.CONSENT],
+                    "approvals": [_ask_json(a) for a in asks if a.kind is Kind.FIX],
                     "sessions": [{"id": k, **v} for k, v in self.tunnels.sessions.items()],
                     "connected": self.link is not None}
         if op == "revoke":
-            case = request.get("case") or None
-            revoked = self.consents.revoke(case=case, now=now)
-            cases = {g.case for g in revoked} if case is None else {str(case)}
+            only = str(request["case"]) if request.get("case") else None
+            revoked = self.consents.revoke(case=only, now=now)
+            cases = {g.case for g in revoked} if only is None else {only}
             self._revoking |= cases
             try:
                 running = [t for t, c in self._tasks.items() if c in cases]
@@ -609,6 +609,19 @@ def _grant_json(g: Grant, now: datetime | None = None) -> dict[str, Any]:
         "revoked_at": g.revoked_at.isoformat() if g.revoked_at else None}
     if now is not None:
         out["active"] = g.active(now)
+    return out
+
+
+def _ask_json(a: Ask) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": a.id, "kind": a.kind.value, "case": a.case, "tech": a.tech, "what": a.what,
+        "asked_at": a.asked_at.isoformat(), "deadline": a.deadline.isoformat()}
+    if a.kind is Kind.CONSENT:
+        out |= {"tech_fingerprint": a.fingerprint, "scopes": [s.value for s in a.scopes],
+                "minutes": int(a.duration.total_seconds() // 60)}
+    elif a.plan is not None:
+        out |= {"fixer": a.plan.fixer, "summary": a.plan.summary,
+                "reversible": a.plan.reversible, "changes": a.plan.changes}
     return out
 
 

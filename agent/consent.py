@@ -1,9 +1,10 @@
-"""The customer's consent: grants the agent enforces itself (``docs/security.md#consent``).
+"""The customer's consent: the grants the agent keeps (``docs/security.md#consent``).
 
 A grant names a case, a technician (name, and the key fingerprint from their certificate
 when known), scopes and an expiry. It lives in ``agent.db`` next to the local log; only the
 customer creates or revokes one (terminal prompt, control socket, or the local policy
-file). Nothing the server sends can widen a grant or the policy.
+file). Nothing the server sends can widen a grant or the policy. Which grant lets a command
+act is decided by the consent gate, :func:`proto.gate.decide`; this module only stores.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from proto.gate import is_active
 from proto.messages import ConsentGrant, Scope
 
 from .errors import AgentError
@@ -138,7 +140,8 @@ class Grant:
     agent_id: str = field(default="", compare=False)
 
     def active(self, now: datetime) -> bool:
-        return self.revoked_at is None and now < self.expires_at
+        """Not revoked, not expired (what a grant allows: :func:`proto.gate.decide`)."""
+        return is_active(self, now)
 
     def as_wire(self) -> ConsentGrant:
         return ConsentGrant(
@@ -197,16 +200,6 @@ class ConsentStore:
     def all(self) -> list[Grant]:
         rows = self._db.execute("SELECT * FROM grants ORDER BY granted_at")
         return [self._row(r) for r in rows]
-
-    def active(self, *, case: str, tech: str, fingerprint: str, scope: Scope, now: datetime
-               ) -> Grant | None:
-        """The grant that lets ``tech`` (this key) act in ``scope`` on ``case`` now, if any."""
-        matching = [g for g in self.all()
-                    if g.case == case and g.tech == tech and g.active(now) and scope in g.scopes
-                    and (not g.tech_fingerprint or g.tech_fingerprint == fingerprint)]
-        # Several grants may match: if any asks for per-fix approval, approval it is.
-        matching.sort(key=lambda g: not g.fix_needs_approval)
-        return matching[0] if matching else None
 
     def remember_nonce(self, nonce: bytes, expires_at: datetime, now: datetime) -> None:
         """Persist a used command nonce until its command expires (replay across restarts)."""

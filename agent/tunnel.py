@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncssh
 from cryptography.hazmat.primitives import serialization
@@ -41,12 +41,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
+from proto.gate import Allowed, Refusal
 
-from .connection import Link, dial
+from .connection import Link
+from .consent import Grant
 from .errors import AgentError
-
-if TYPE_CHECKING:
-    from .client import Agent
 
 log = logging.getLogger("hw.agent.tunnel")
 
@@ -539,43 +538,60 @@ class TunnelSession:
 # -- the agent's side of a tunnel request -------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TunnelHost:
+    """What the agent gives its tunnels: narrow callbacks, never the agent itself."""
+
+    host_key: Ed25519PrivateKey
+    #: the consent gate for ``tunnel`` now: ``(case, tech, fingerprint)`` -> decision
+    gate: Callable[[str, str, str], Allowed[Grant] | Refusal]
+    #: whether the operator revoked this technician key (the latest ``revocations``)
+    key_revoked: Callable[[str], bool]
+    #: whether the customer is revoking consent on this case right now
+    revoking: Callable[[str], bool]
+    #: dial the tunnel connection for this request (raises :class:`AgentError`)
+    dial: Callable[[m.Request], Awaitable[Link]]
+    #: an entry in the customer's local log: ``(event, detail)``
+    log: Callable[[str, str], None]
+    #: a line in the customer's terminal
+    say: Callable[[str], None]
+    #: send a recording with the case, through the durable outbox
+    deliver: Callable[[m.Recording], Awaitable[None]]
+    recordings_dir: Path
+
+
 class Tunnels:
     """Open tunnel sessions of one agent (shown by ``hw-agent consent status``)."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, host: TunnelHost) -> None:
+        self.host = host
         self.sessions: dict[str, dict[str, str]] = {}
 
-    def _scopes(self, case: str, tech: str, fingerprint: str) -> frozenset[m.Scope]:
-        now = now_utc()
-        return frozenset(s for s in m.TUNNEL_SCOPES if self.agent.consents.active(
-            case=case, tech=tech, fingerprint=fingerprint, scope=s, now=now) is not None)
+    @property
+    def full(self) -> bool:
+        """:data:`MAX_SESSIONS` sessions are open: a new one is refused (busy)."""
+        return len(self.sessions) >= MAX_SESSIONS
 
-    async def serve(self, req: m.Request, tech: str, fingerprint: str) -> m.Result:
-        """Check the grant, dial the tunnel connection, serve SSH until the session ends."""
-        a = self.agent
-        scopes = self._scopes(req.case, tech, fingerprint)
-        if scopes and len(self.sessions) >= MAX_SESSIONS:
-            return a._refuse(req, f"busy: {MAX_SESSIONS} remote sessions are already open on "
-                             "this computer; close one, then retry")
-        if not scopes:
-            return a._refuse(req, (
-                f"no_consent: the customer has not granted {tech} the shell or files scope on "
-                f"case {req.case} (or the grant expired or was revoked); ask with "
-                f"`hw-tech consent-request {req.case} --scopes shell` (or files)"))
+    def _still_allowed(self, case: str, tech: str, fingerprint: str,
+                       scopes: frozenset[m.Scope]) -> str | None:
+        """Why the session must end now, or ``None`` while the gate still allows it."""
+        if self.host.key_revoked(fingerprint):
+            return "the technician's key was revoked"
+        decision = self.host.gate(case, tech, fingerprint)
+        if isinstance(decision, Refusal) or not scopes <= decision.scopes:
+            return "the customer's grant was revoked or expired"
+        return None
 
-        def still_allowed() -> str | None:
-            if fingerprint in a.revoked:
-                return "the technician's key was revoked"
-            if not scopes <= self._scopes(req.case, tech, fingerprint):
-                return "the customer's grant was revoked or expired"
-            return None
+    async def serve(self, req: m.Request, tech: str, fingerprint: str,
+                    scopes: frozenset[m.Scope]) -> m.Result:
+        """Dial the tunnel connection and serve SSH until the session ends.
 
+        The caller has verified the command and asked the gate (``scopes`` are the tunnel
+        scopes it allows) and checked :attr:`full`.
+        """
+        h = self.host
         try:
-            # Several server nodes: dial the technician's node if it is one of ours.
-            urls = [req.via] if req.via in a.state.urls else a.state.urls
-            link = await dial(urls, a.ctx, agent_id=a.state.agent_id, key=a.key,
-                              mode=m.Mode.TUNNEL, tunnel=req.id)
+            link = await h.dial(req)
         except AgentError as exc:
             return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
                             action=req.action, ok=False, error_code=m.ErrorCode.AGENT_OFFLINE,
@@ -584,33 +600,24 @@ class Tunnels:
         since = now_utc()
         self.sessions[req.id] = {"case": req.case, "tech": tech, "scopes": names,
                                  "since": since.isoformat()}
-        a.store.log("session-open", f"{tech} opened a remote session ({names}) on {req.case}",
-                    now=since)
-        _say(f"HelloWord support: technician {tech} opened a remote session ({names}) on case "
-             f"{req.case}; end it with `hw-agent consent revoke --case {req.case}`")
+        h.log("session-open", f"{tech} opened a remote session ({names}) on {req.case}")
+        h.say(f"HelloWord support: technician {tech} opened a remote session ({names}) on "
+              f"case {req.case}; end it with `hw-agent consent revoke --case {req.case}`")
         reason = "the session ended"
         try:
             reason = await TunnelSession(TunnelParams(
-                link=link, host_key=a.key, case=req.case, tech=tech, fingerprint=fingerprint,
-                scopes=scopes, still_allowed=still_allowed,
-                log=lambda event, detail: a.store.log(event, detail, now=now_utc()),
-                deliver=lambda msg: a._deliver(msg.id, msg),
-                recordings_dir=a.home.path / "recordings")).run()
+                link=link, host_key=h.host_key, case=req.case, tech=tech,
+                fingerprint=fingerprint, scopes=scopes,
+                still_allowed=lambda: self._still_allowed(req.case, tech, fingerprint, scopes),
+                log=h.log, deliver=h.deliver, recordings_dir=h.recordings_dir)).run()
         except asyncio.CancelledError:
-            reason = ("the customer revoked consent" if req.case in a._revoking
+            reason = ("the customer revoked consent" if h.revoking(req.case)
                       else "the agent is stopping")
             raise
         finally:
             del self.sessions[req.id]
-            a.store.log("session-closed", f"remote session of {tech} on {req.case} closed: "
-                        f"{reason}", now=now_utc())
-            _say(f"HelloWord support: the remote session of {tech} on case {req.case} is "
-                 f"closed ({reason})")
+            h.log("session-closed", f"remote session of {tech} on {req.case} closed: {reason}")
+            h.say(f"HelloWord support: the remote session of {tech} on case {req.case} is "
+                  f"closed ({reason})")
         return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
                         action=req.action, ok=True, error=f"session closed: {reason}"[:4000])
-
-
-def _say(line: str) -> None:
-    """A line in the agent's terminal (and its log), so the customer sees the session."""
-    log.info("%s", line)
-    print(line, flush=True)

@@ -25,8 +25,8 @@ from proto import messages as m
 from proto.receipt import sign_visit
 from proto.timefmt import human_time
 
-from .connection import Unreachable, close_text, dial
-from .errors import AgentError
+from .connection import close_text, dial
+from .errors import AgentError, Unreachable
 from .home import AgentHome
 from .localstore import LocalStore
 

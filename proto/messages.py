@@ -102,18 +102,6 @@ class Scope(StrEnum):
     BOOK_VISIT = "book-visit"
 
 
-#: The scope an action needs in an active grant; ``None``: no grant needed (asking for one).
-ACTION_SCOPE: dict[Action, Scope | None] = {
-    Action.DIAG: Scope.DIAGNOSTICS, Action.CONSENT: None, Action.FIX: Scope.FIX,
-    Action.PLUGINS: Scope.DIAGNOSTICS, Action.BOOK_VISIT: Scope.BOOK_VISIT,
-    Action.TUNNEL: Scope.SHELL}
-"""``tunnel`` is the exception: it needs ``shell`` *or* ``files`` (:data:`TUNNEL_SCOPES`);
-the agent then checks each SSH channel (shell/exec need ``shell``, SFTP needs ``files``)."""
-
-#: Scopes that let a technician open an SSH tunnel (``docs/protocol.md#tunnels``).
-TUNNEL_SCOPES: frozenset[Scope] = frozenset({Scope.SHELL, Scope.FILES})
-
-
 class FixDecision(StrEnum):
     """What became of a fix request (``docs/protocol.md#fixes``)."""
 

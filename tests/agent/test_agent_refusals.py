@@ -62,7 +62,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Agent, Tech, Tech, Tech]]:
                        ca_sha256=pki.ca_fingerprint((home / "ca.crt").read_bytes()).hex(),
                        org_pub=pki.org_public_raw(org).hex(), enrolled_at=NOW.isoformat())
     AgentHome(home).save(state, Ed25519PrivateKey.generate())
-    agent = Agent(AgentHome(home), get_plugin_manager(autoload=False), interactive=False)
+    agent = Agent(AgentHome(home), get_plugin_manager(autoload=False))
     alice = make_tech(org, tmp_path / "alice", "alice")
     bob = make_tech(org, tmp_path / "bob", "bob")
     fake_alice = make_tech(rogue, tmp_path / "fake", "alice")
@@ -127,7 +127,7 @@ async def test_a_replay_after_an_agent_restart_is_refused(
     agent, alice, _, _ = world
     signed = alice.sign()
     assert (await agent._act(request(signed))).ok
-    restarted = Agent(agent.home, agent.pm, interactive=False)
+    restarted = Agent(agent.home, agent.pm)
     try:
         result = await restarted._act(request(signed))
         assert result.error.startswith("replayed:")
@@ -164,7 +164,7 @@ def test_the_agent_checks_a_fanout_ping_itself(world: tuple[Agent, Tech, Tech, T
         assert (pong.ok, pong.reason) == (False, reason), pong
         assert pong.error and "\n" not in pong.error
     # the nonce survives a restart of the agent, like other commands' nonces
-    again = Agent(agent.home, get_plugin_manager(autoload=False), interactive=False)
+    again = Agent(agent.home, get_plugin_manager(autoload=False))
     try:
         assert again._ping(ping).reason == "replayed"
     finally:
