@@ -12,25 +12,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from proto import messages as m
+
+from .errors import BusError, NodeUnreachable
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+
+__all__ = ["MAX_PAYLOAD", "SUBJECT", "Bus", "BusError", "Forward", "Forwarded", "Handler",
+           "LocalBus", "NatsBus", "NodeUnreachable"]
 
 log = logging.getLogger("hw.server.bus")
 
 SUBJECT = "hw.node.{node}"
 #: NATS refuses larger messages by default (max_payload 1 MB).
 MAX_PAYLOAD = 1024 * 1024
-
-
-class BusError(Exception):
-    """The bus could not deliver a request; the message says what to do."""
-
-
-class NodeUnreachable(BusError):
-    """No node answers for that node id (it stopped or lost its bus connection)."""
 
 
 class Forward(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -98,7 +98,7 @@ class NatsBus:
     def __init__(self, url: str, node_id: str) -> None:
         self.url = url
         self.node_id = node_id
-        self._nc: object | None = None
+        self._nc: NatsClient | None = None
 
     @classmethod
     async def connect(cls, url: str, node_id: str) -> NatsBus:
@@ -158,7 +158,7 @@ class NatsBus:
         if self._nc is not None:
             await self._client().drain()
 
-    def _client(self):  # type: ignore[no-untyped-def]
+    def _client(self) -> NatsClient:
         assert self._nc is not None
         return self._nc
 

@@ -11,22 +11,42 @@ outcome (how many answered, who did not and why) is audited once when the fan-ou
 With several nodes, the technician's node forwards the fan-out over the bus to every node
 that holds agents (:mod:`server.bus`); each node pings its own agents and answers with its
 counts, which the first node adds up.
+
+:class:`Fanouts` counts the answers of the fan-outs running on this node; :class:`FanoutService`
+serves a technician's :class:`~proto.messages.Fanout` (check, audit, every node's part, the
+sum) and this node's part of one another node forwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+import msgspec
 from websockets.asyncio.server import ServerConnection, broadcast
 
 from proto import codec
 from proto import messages as m
-from proto.command import audience_matches
+from proto.command import (
+    CommandRefused,
+    RefusalReason,
+    ReplayCache,
+    audience_matches,
+    verify_fanout,
+)
 from proto.session import ServerSession, State, speaks
+
+from .bus import Forward, Forwarded
+from .errors import BusError, FanoutBusy
+from .node import Node, now_utc
+
+__all__ = ["GONE", "MAX_RUNNING", "MISSES_LISTED_BYTES", "NODE_BUSY", "NODE_UNREACHABLE",
+           "NO_ANSWER", "UNSUPPORTED", "FanoutBusy", "FanoutService", "Fanouts", "Target",
+           "combine", "unreachable"]
 
 log = logging.getLogger("hw.server.fanout")
 
@@ -41,16 +61,12 @@ NODE_BUSY = "node_busy"
 
 
 class Target(Protocol):
-    """What a fan-out needs of a live agent link (server.app.AgentLink)."""
+    """What a fan-out needs of a live agent link (:class:`server.node.AgentLink`)."""
 
     agent_id: str
     customer: str
     ws: ServerConnection
     session: ServerSession
-
-
-class FanoutBusy(Exception):
-    """Too many fan-outs are running on this node."""
 
 
 class _Run:
@@ -143,7 +159,7 @@ class Fanouts:
                 run.settle(agent_id, GONE)
 
     async def run_local(self, fanout_id: str, command: m.SignedCommand, audience: str,
-                        links: dict[str, Target], wait: float) -> m.FanoutDone:
+                        links: Mapping[str, Target], wait: float) -> m.FanoutDone:
         """Ping every agent in ``links`` (the live links: one replaced or dropped meanwhile
         counts ``gone``) that belongs to ``audience``; wait for the answers or ``wait``
         seconds. ``fanout_id`` must be reserved with :meth:`reserve`; it is released here."""
@@ -207,3 +223,103 @@ def combine(fanout_id: str, audience: str, parts: list[m.FanoutDone]) -> m.Fanou
         re=fanout_id, audience=audience, sent=sum(p.sent for p in parts),
         ok=sum(p.ok for p in parts), seconds=max((p.seconds for p in parts), default=0.0),
         misses=listed, counts=counts, unlisted=unlisted + sum(p.unlisted for p in parts))
+
+
+#: Nonces of fan-outs one node remembers (a replayed one is refused before any agent).
+REPLAY_ENTRIES = 10_000
+
+
+class FanoutService:
+    """Serves fan-outs on this node: a technician's, and this node's part of another's."""
+
+    def __init__(self, node: Node, fanouts: Fanouts) -> None:
+        self.node = node
+        self.fanouts = fanouts
+        #: nonces of fan-outs accepted here (a replayed one is refused before any agent)
+        self._replay = ReplayCache(max_entries=REPLAY_ENTRIES)
+
+    async def run(self, tech: str, key: str, msg: m.Fanout) -> m.AnyMessage:
+        """Check a fan-out once, audit it once, ping the audience on every node, add up."""
+        node = self.node
+        now = now_utc()
+        try:
+            verified = verify_fanout(msg.command, org_pub=node.org_pub, now=now, customer=None,
+                                     revoked=node.revoked)
+            if verified.command.tech != tech or verified.cert.fingerprint != key:
+                raise CommandRefused(RefusalReason.WRONG_TECHNICIAN,
+                                     "the command is not signed with the key the connected "
+                                     f"technician {tech} logged in with")
+            fanout_id = "fo-" + secrets.token_hex(8)
+            self.fanouts.reserve(fanout_id)  # before the nonce is used up: busy is no refusal
+            try:  # only now, once it is the technician's own and will run, use up the nonce
+                self._replay.check_and_add(verified.command.nonce,
+                                           expires_at=verified.command.expires_at, now=now)
+            except CommandRefused:
+                self.fanouts.release(fanout_id)
+                raise
+        except FanoutBusy as exc:
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc))
+        except CommandRefused as exc:
+            await node.audit(event="fanout", actor=f"tech:{tech}", subject="fanout", now=now,
+                             detail={"request": msg.id, "verdict": "refused",
+                                     "reason": exc.reason.value})
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
+                           message=f"{exc.reason.value}: {exc.message}")
+        audience = verified.command.audience
+        run = m.Fanout(id=fanout_id, command=msg.command, timeout=msg.timeout)
+        try:
+            await node.audit(event="fanout", actor=f"tech:{tech}", subject=audience, now=now,
+                             detail={"fanout": fanout_id, "request": msg.id,
+                                     "verdict": "relayed", "action": verified.command.action})
+            others = (await node.presence.nodes(now) - {node.node_id}
+                      if node.presence is not None else set())
+        except BaseException:
+            self.fanouts.release(fanout_id)
+            raise
+        parts = await asyncio.gather(
+            self.fanouts.run_local(fanout_id, msg.command, audience, node.links, msg.timeout),
+            *(self._there(where, run, audience) for where in sorted(others)))
+        done = msgspec.structs.replace(combine(fanout_id, audience, list(parts)), re=msg.id)
+        await node.audit(event="fanout.done", actor=f"tech:{tech}", subject=audience,
+                         now=now_utc(), detail={"fanout": fanout_id, "sent": done.sent,
+                                                "ok": done.ok, "misses": done.counts,
+                                                "nodes": 1 + len(others)})
+        log.info("fan-out %s to %s by %s: %d sent, %d ok in %.3fs", fanout_id, audience, tech,
+                 done.sent, done.ok, done.seconds)
+        return done
+
+    async def serve_forward(self, msg: m.Fanout) -> Forwarded:
+        """This node's part of a fan-out another node checked, audited and numbered. Checked
+        again here (not the nonce: every node sees the same one) before any agent sees it."""
+        node = self.node
+        try:
+            verified = verify_fanout(msg.command, org_pub=node.org_pub, now=now_utc(),
+                                     customer=None, revoked=node.revoked)
+            self.fanouts.reserve(msg.id)
+        except CommandRefused as exc:
+            return Forwarded(error=f"refused: {exc.reason.value}")
+        except FanoutBusy:
+            return Forwarded(error="busy")
+        return Forwarded(fanout=await self.fanouts.run_local(
+            msg.id, msg.command, verified.command.audience, node.links, msg.timeout))
+
+    async def _there(self, where: str, msg: m.Fanout, audience: str) -> m.FanoutDone:
+        """Node ``where``'s part. If that node does not take part, its agents of the
+        audience (by their presence leases) are reported ``node_unreachable`` (or
+        ``node_busy``), not left out."""
+        node = self.node
+        try:
+            answer = await node.bus.request(where, Forward(fanout=msg), wait=msg.timeout + 5)
+            if answer.fanout is not None:
+                return answer.fanout
+            why = answer.error
+        except (TimeoutError, BusError) as exc:
+            why = type(exc).__name__
+        log.warning("fan-out %s: node %s did not take part (%s)", msg.id, where, why)
+        assert node.presence is not None
+        held = await node.presence.agents_on(where, now_utc())
+        if audience != "all":
+            held &= {a.agent_id for a in await node.store.list_agents(
+                customer=audience.removeprefix("customer:"))}
+        return unreachable(msg.id, held, msg.timeout,
+                           NODE_BUSY if why == "busy" else NODE_UNREACHABLE)

@@ -1,0 +1,372 @@
+"""The agent gateway: ``/agent`` connections, from the handshake to the last message.
+
+An agent connects to enroll (once, with a token), to ``run`` (its long-lived session: the
+server relays technicians' requests on it, :mod:`server.relay`), for a short ``call``
+(``hw-agent help``, consent commands, visits) or as the agent's end of an SSH tunnel
+(:mod:`server.tunnel`). On ``run`` and ``call`` sessions the agent opens cases and sends
+results, consent receipts, visit decisions and session recordings; this module stores them
+and answers the request waiting for a result (:class:`server.pending.PendingRequests`).
+Protocol decisions live in :mod:`proto.session`; what a result does to its case in
+:mod:`server.cases`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from proto import messages as m
+from proto.errors import AuthenticationFailed, CloseCode, DecodeError, RemoteProtocolError
+from proto.receipt import verify_receipt, verify_visit
+from proto.session import ServerSession
+
+from .admission import HandshakeGate
+from .cases import GUARDED, CaseState, case_state_after, decide, parse_state, unresolved_findings
+from .fanout import Fanouts
+from .node import AgentLink, Node, close_reason, now_utc, recv
+from .onsite.tickets import FINISHED, TicketError
+from .store import NotFound, ResultRecord, StoreError, TokenRefused
+from .tunnel import TunnelBroker, store_recording
+
+log = logging.getLogger("hw.server")
+
+_reports = msgspec.json.Decoder(list[m.ProbeReport])
+_fix_report = msgspec.json.Decoder(m.FixReport)
+_encoder = msgspec.json.Encoder()
+#: Tickets of one agent read when a fix would resolve one of its cases (newest first).
+TICKETS_READ = 500
+
+
+def secret_hash(secret: bytes) -> bytes:
+    """How enrollment secrets are stored: only their SHA-256."""
+    return hashlib.sha256(b"helloword-enroll-v1\0" + secret).digest()
+
+
+def agent_id_for(public_key: bytes) -> str:
+    """``ag-`` + 20 hex chars of SHA-256 of the raw Ed25519 public key."""
+    return "ag-" + hashlib.sha256(public_key).hexdigest()[:20]
+
+
+def result_payload(msg: m.Result) -> bytes:
+    """What is stored of a result: the fix report for fixes, the probe reports otherwise."""
+    if msg.action is m.Action.FIX:
+        return _encoder.encode(msg.fix) if msg.fix is not None else b""
+    return _encoder.encode(msg.reports)
+
+
+def stored_result(rec: ResultRecord) -> m.StoredResult:
+    """A stored row back as the wire struct (fix results keep their report as payload)."""
+    action = m.Action(rec.action)
+    fix = _fix_report.decode(rec.payload) if action is m.Action.FIX and rec.payload else None
+    reports = _reports.decode(rec.payload) if action is not m.Action.FIX and rec.payload else []
+    return m.StoredResult(msg_id=rec.msg_id, request_id=rec.request_id, action=action,
+                          ok=rec.ok, received_at=rec.received_at, reports=reports,
+                          error=rec.error, fix=fix)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownAgent:
+    """What a connect needs of an enrolled, unrevoked agent (cached for every agent)."""
+
+    agent_id: str
+    customer: str
+    public_key: bytes
+
+
+class AgentDirectory:
+    """The enrolled, unrevoked agents, from memory: a reconnect storm must not be one store
+    read per agent (the read cost about as much server CPU as the rest of the handshake)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._agents: dict[str, KnownAgent] = {}
+        #: agents revoked in the store (re-read with the technicians' revocations)
+        self.revoked: set[str] = set()
+
+    async def load(self) -> None:
+        """Cache every enrolled, unrevoked agent (before listening); agents enrolled later
+        are read on their first connect."""
+        customers: dict[str, str] = {}  # one string per customer, not per agent
+        for rec in await self.node.store.list_agents():
+            if rec.revoked_at is None and rec.agent_id not in self.revoked:
+                customer = customers.setdefault(rec.customer, rec.customer)
+                self._agents[rec.agent_id] = KnownAgent(rec.agent_id, customer, rec.public_key)
+
+    async def get(self, agent_id: str) -> KnownAgent | None:
+        """The enrolled, unrevoked agent (``None``: unknown or revoked). Revoked agents
+        leave the cache when :meth:`set_revoked` learns of them."""
+        if agent_id in self.revoked:
+            return None
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            rec = await self.node.store.get_agent(agent_id)
+            if rec is None or rec.revoked_at is not None:
+                return None
+            agent = self._agents[agent_id] = KnownAgent(rec.agent_id, rec.customer,
+                                                        rec.public_key)
+        return agent
+
+    def set_revoked(self, revoked: set[str]) -> None:
+        self.revoked = revoked
+        for agent_id in revoked & self._agents.keys():
+            del self._agents[agent_id]
+
+
+class AgentGateway:
+    """Serves ``/agent`` connections of this node."""
+
+    def __init__(self, node: Node, agents: AgentDirectory, gate: HandshakeGate,
+                 fanouts: Fanouts, tunnels: TunnelBroker) -> None:
+        self.node = node
+        self.agents = agents
+        self.gate = gate
+        self.fanouts = fanouts
+        self.tunnels = tunnels
+        #: agent id -> when last seen (connect/disconnect), written in batches
+        self.seen: dict[str, datetime] = {}
+
+    async def serve(self, ws: ServerConnection, session: ServerSession, peer: str) -> None:
+        """One agent connection: handshake (or enrollment), then its messages until bye."""
+        node = self.node
+        async with asyncio.timeout(node.cfg.handshake_timeout):
+            first = await recv(ws, session)
+            if isinstance(first, m.Enroll):
+                await self._enroll(ws, session, first, peer)
+                return
+            if not isinstance(first, m.Hello):
+                return  # bye before hello: nothing to do
+            if first.role is not m.Role.AGENT:
+                raise session.reject(RemoteProtocolError("technicians connect to /tech"))
+            agent = await self.agents.get(session.identity)
+            if agent is None:
+                raise session.reject(AuthenticationFailed(
+                    "unknown or revoked agent; enroll again with a new token"))
+            await ws.send(session.challenge(secrets.token_bytes(32), now_utc()), text=True)
+            proof = await recv(ws, session)
+            if not isinstance(proof, m.Proof):
+                return  # bye instead of a proof
+            session.verify(proof, Ed25519PublicKey.from_public_bytes(agent.public_key))
+            await ws.send(session.send(m.Welcome(session_id=secrets.token_hex(8),
+                                                 identity=agent.agent_id,
+                                                 server_time=now_utc())), text=True)
+            self.gate.done(ws, welcomed=True)
+        assert session.hello is not None
+        if session.hello.mode is m.Mode.TUNNEL:  # the agent's end of an SSH tunnel
+            assert session.hello.tunnel is not None  # the session checked it
+            await self.tunnels.agent_arrived(session.hello.tunnel, agent.agent_id, ws)
+            return
+        link = AgentLink(agent.agent_id, agent.public_key, ws, session, peer, agent.customer)
+        run = session.hello.mode is m.Mode.RUN
+        if run:
+            old = node.links.get(agent.agent_id)
+            node.links[agent.agent_id] = link
+            if old is not None:
+                await old.ws.close(int(CloseCode.REPLACED),
+                                   "replaced by a newer connection of the same agent")
+            if node.presence is not None:
+                await node.presence.claim(agent.agent_id, now_utc())
+            self.seen[agent.agent_id] = now_utc()
+            await link.send(m.Revocations(fingerprints=node.revoked))
+            log.info("agent %s (%s) connected from %s", agent.agent_id, agent.customer, peer)
+        else:
+            log.info("agent %s (%s) call from %s", agent.agent_id, agent.customer, peer)
+        try:
+            while True:
+                msg = await recv(ws, session)
+                if isinstance(msg, m.Bye):
+                    break
+                await self._from_agent(link, msg)
+        finally:
+            node.pending.gone(link)
+            if run and node.links.get(agent.agent_id) is link:
+                self.fanouts.gone(agent.agent_id)
+                del node.links[agent.agent_id]
+                if node.presence is not None:
+                    await node.presence.release(agent.agent_id)
+                self.seen[agent.agent_id] = now_utc()
+                if not node.stopping:
+                    log.info("agent %s disconnected from %s", agent.agent_id, peer)
+
+    async def push_revocations(self) -> None:
+        """Send the current revoked technician keys to every connected agent."""
+        for link in list(self.node.links.values()):
+            try:
+                await link.send(m.Revocations(fingerprints=self.node.revoked))
+            except ConnectionClosed:
+                pass
+
+    async def _enroll(self, ws: ServerConnection, session: ServerSession, msg: m.Enroll,
+                      peer: str) -> None:
+        agent_id = agent_id_for(msg.public_key)
+        try:
+            rec = await self.node.store.redeem_enroll_token(
+                secret_hash=secret_hash(msg.secret), now=now_utc(), agent_id=agent_id,
+                public_key=msg.public_key, hostname=msg.hostname, os=msg.os,
+                software=msg.software)
+        except (TokenRefused, StoreError) as exc:
+            log.info("enrollment from %s refused: %s", peer, exc)
+            await ws.send(session.send(m.Error(re=None, code=m.ErrorCode.REFUSED,
+                                               message=str(exc))), text=True)
+            await ws.close(int(CloseCode.ENROLL_REFUSED), close_reason(str(exc)))
+            return
+        assert session.version is not None
+        await ws.send(session.send(m.Enrolled(version=session.version, agent_id=rec.agent_id,
+                                              customer=rec.customer)), text=True)
+        log.info("agent %s enrolled for %s from %s", rec.agent_id, rec.customer, peer)
+        await self.node.audit(event="agent.enrolled", actor=f"agent:{rec.agent_id}",
+                              subject=rec.agent_id, now=now_utc(),
+                              detail={"customer": rec.customer, "peer": peer})
+        await ws.close(int(CloseCode.NORMAL), "enrolled")
+
+    async def _from_agent(self, link: AgentLink, msg: m.AnyMessage) -> None:
+        if isinstance(msg, m.OpenCase):
+            case, new = await self.node.store.open_case(agent_id=link.agent_id,
+                                                         description=msg.description,
+                                                         request_id=msg.id, now=now_utc())
+            await link.send(m.CaseOpened(re=msg.id, case=case.number, opened_at=case.opened_at))
+            if new:
+                log.info("case %s opened by agent %s", case.number, link.agent_id)
+                await self.node.audit(event="case.opened", actor=f"agent:{link.agent_id}",
+                                      subject=case.number, now=now_utc())
+        elif isinstance(msg, m.Pong):
+            self.fanouts.answer(link.agent_id, msg)
+        elif isinstance(msg, m.Result):
+            await self._result(link, msg)
+        elif isinstance(msg, m.ConsentUpdate):
+            await self._consent_update(link, msg)
+        elif isinstance(msg, m.GetVisits | m.VisitUpdate):
+            await link.send(await self._visits(link, msg))
+        elif isinstance(msg, m.Recording):
+            await link.send(await store_recording(self.node.store, link.agent_id, msg))
+        elif isinstance(msg, m.Error):
+            log.info("agent %s reported error %s", link.agent_id, msg.code.value)
+
+    async def _result(self, link: AgentLink, msg: m.Result) -> None:
+        """Store first (exactly once), then answer the waiting technician, then ack."""
+        now = now_utc()
+        state = case_state_after(msg)
+        if state in GUARDED:  # rare (a verified fix): only then read what could hold it
+            state = await self._guarded_state(link, msg)
+        try:
+            new = await self._store_result(
+                msg_id=msg.id, request_id=msg.re, case=msg.case, agent_id=link.agent_id,
+                action=msg.action.value, ok=msg.ok, payload=result_payload(msg),
+                error=msg.error, now=now, case_state=None if state is None else state.value,
+                audit_detail={"action": msg.action.value, "request": msg.re,
+                              "result": msg.id, "ok": msg.ok, "error": msg.error[:300]})
+        except NotFound as exc:
+            # A result for a case that is not this agent's: refuse it for good.
+            await link.send(m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc)))
+            return
+        # Any other store error propagates: the connection closes without an ack, and the
+        # agent resends the result from its outbox after reconnecting.
+        if msg.receipt is not None:
+            await self._receipt(link, msg.receipt, None)
+        if new and state is CaseState.NEEDS_ONSITE:
+            await self._escalate(msg.case)
+        self.node.pending.answer(msg.re, link, msg.case, msg, now)
+        await link.send(m.Ack(re=msg.id))
+
+    async def _guarded_state(self, link: AgentLink, msg: m.Result) -> CaseState | None:
+        """The state a result that would resolve its case leads to (:func:`cases.decide`):
+        reads the case, its results and its agent's tickets."""
+        store = self.node.store
+        case = await store.get_case(msg.case)
+        if case is None or case.agent_id != link.agent_id:
+            return None  # storing it is refused (NotFound): read nothing more
+        history = [stored_result(r) for r in await store.list_results(msg.case)]
+        tickets = await self.node.desk.tickets(agent_id=link.agent_id, limit=TICKETS_READ)
+        ticket_open = any(t.case == msg.case and t.state not in FINISHED for t in tickets)
+        decision = decide(parse_state(case.state), msg, unresolved_findings(history),
+                          ticket_open)
+        if decision.held_by:
+            log.info("case %s stays %s after result %s: still open: %s", msg.case, case.state,
+                     msg.id, ", ".join(decision.held_by))
+        return decision.state
+
+    async def _store_result(self, **result: Any) -> bool:
+        """Store a result exactly once, in the next group-committed batch."""
+        store = self.node.store
+        return bool(await self.node.writer.submit(
+            lambda conn: store.store_result_in(conn, **result)))
+
+    async def _escalate(self, case: str) -> None:
+        """A case that needs an on-site visit becomes a ticket at once (never twice)."""
+        try:
+            ticket, created = await self.node.desk.escalate(
+                case, actor="server", now=now_utc(),
+                reason="automatic: remote support found a hardware fault it cannot fix")
+        except (StoreError, ValueError, KeyError):
+            log.exception("could not escalate case %s; escalate by hand with "
+                          "`hw-tech escalate %s`", case, case)
+            return
+        if created:
+            log.info("case %s escalated to on-site ticket %s (%s)", case, ticket.ticket,
+                     ticket.state.value)
+
+    async def _visits(self, link: AgentLink, msg: m.GetVisits | m.VisitUpdate
+                      ) -> m.AnyMessage:
+        """The customer's side of on-site tickets: list them, or apply a signed decision."""
+        desk = self.node.desk
+        message = ""
+        if isinstance(msg, m.VisitUpdate):
+            try:
+                decision = verify_visit(msg.signed, Ed25519PublicKey.from_public_bytes(
+                    link.public_key))
+                if decision.agent_id != link.agent_id:
+                    raise DecodeError("the decision names another agent")
+                _ticket, message = await desk.customer_decision(
+                    decision, msg.signed, agent_id=link.agent_id, now=now_utc())
+            except DecodeError as exc:
+                return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
+                               message=f"visit decision refused: {exc.reason}")
+            except (TicketError, NotFound) as exc:
+                return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc))
+        visits = [await desk.get(t.ticket)
+                  for t in await desk.tickets(agent_id=link.agent_id, limit=20)]
+        return m.VisitList(re=msg.id, visits=visits, message=message)
+
+    async def _consent_update(self, link: AgentLink, msg: m.ConsentUpdate) -> None:
+        if await self._receipt(link, msg.receipt, msg.id) is not None:
+            await link.send(m.Ack(re=msg.id))
+
+    async def _receipt(self, link: AgentLink, receipt: m.SignedReceipt, update_id: str | None
+                       ) -> m.ConsentGrant | None:
+        """Verify a receipt with the agent's enrolled key and store it once."""
+        try:
+            grant = verify_receipt(receipt, Ed25519PublicKey.from_public_bytes(
+                link.public_key))
+            if grant.agent_id != link.agent_id:
+                raise DecodeError("receipt names another agent")
+        except DecodeError as exc:
+            await link.send(m.Error(re=update_id, code=m.ErrorCode.REFUSED,
+                                    message=f"consent receipt refused: {exc.reason}"))
+            return None
+        await self._store_receipt(link.agent_id, update_id or grant.receipt_id, receipt, grant)
+        return grant
+
+    async def _store_receipt(self, agent_id: str, receipt_id: str, receipt: m.SignedReceipt,
+                             grant: m.ConsentGrant) -> None:
+        now = now_utc()
+        new = await self.node.store.store_consent_receipt(
+            receipt_id=receipt_id, agent_id=agent_id, case=grant.case, tech=grant.tech,
+            scopes=",".join(sc.value for sc in grant.scopes), payload=receipt.payload,
+            signature=receipt.signature, granted_at=grant.granted_at,
+            expires_at=grant.expires_at, revoked_at=grant.revoked_at, now=now)
+        if new:
+            await self.node.audit(
+                event="consent.revoked" if grant.revoked_at else "consent.granted",
+                actor=f"agent:{agent_id}", subject=grant.case, now=now,
+                detail={"receipt": receipt_id, "tech": grant.tech, "via": grant.via,
+                        "scopes": [sc.value for sc in grant.scopes],
+                        "expires_at": grant.expires_at.isoformat()})
