@@ -34,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from proto import messages as m
 from proto.timefmt import human_time
 
+from ..cases import MOVES as CASE_MOVES
+from ..cases import Event as CaseEvent
 from ..store import NotFound, Store, StoreError
 from .calendar import WorkCalendar
 from .coverage import City, UnknownCity, nearest_base, resolve_city
@@ -641,9 +643,11 @@ class OnsiteDesk:
                           followup_at=now)
             event_note = (f"follow-up: {'resolved' if resolved else 'NOT resolved'}, "
                           f"satisfaction {satisfaction}/5" + (f"; {note}" if note else ""))
-            case_state = (("closed", "on-site visit confirmed resolved at follow-up")
+            case_state = ((CASE_MOVES[CaseEvent.FOLLOWUP_RESOLVED].value,
+                           "on-site visit confirmed resolved at follow-up")
                           if resolved and info.resolved else
-                          ("reopened", f"follow-up of {ticket_id}: not resolved; reopened"))
+                          (CASE_MOVES[CaseEvent.FOLLOWUP_NOT_RESOLVED].value,
+                           f"follow-up of {ticket_id}: not resolved; reopened"))
         elif to in (S.RESCHEDULED, S.CANCELLED):
             if not note:
                 raise TicketError(f"say why the ticket is {to.value} (--note)")
