@@ -123,10 +123,13 @@ def test_customer_approves_a_fix_plan_in_the_terminal(harness: Harness, tmp_path
     junk.write_bytes(b"x" * 1000)
     old = time.time() - 30 * 86400
     os.utime(junk, (old, old))
+    aged = tmp_path / "aged.json"  # its inode-change time as an old file shows it (agedfiles)
+    aged.write_text(json.dumps({str(junk): old}))
     h.init_server()
     h.start_server()
     home = h.enroll("A")
-    term = Terminal(h, home, env={"TMPDIR": str(sandbox), "HOME": str(tmp_path / "home")})
+    term = Terminal(h, home, env={"TMPDIR": str(sandbox), "HOME": str(tmp_path / "home"),
+                                  "HW_PLUGINS": "agedfiles", "HW_AGED_FILES": str(aged)})
     try:
         term.expect("connected to wss://")
         case = h.help(home).splitlines()[0]
@@ -204,10 +207,13 @@ def test_approve_on_the_control_socket_answers_the_fix_prompt_on_screen(
     junk.write_bytes(b"x" * 1000)
     old = time.time() - 30 * 86400
     os.utime(junk, (old, old))
+    aged = tmp_path / "aged.json"  # its inode-change time as an old file shows it (agedfiles)
+    aged.write_text(json.dumps({str(junk): old}))
     h.init_server()
     h.start_server()
     home = h.enroll("A")
-    term = Terminal(h, home, env={"TMPDIR": str(sandbox), "HOME": str(tmp_path / "home")})
+    term = Terminal(h, home, env={"TMPDIR": str(sandbox), "HOME": str(tmp_path / "home"),
+                                  "HW_PLUGINS": "agedfiles", "HW_AGED_FILES": str(aged)})
     try:
         term.expect("connected to wss://")
         case = h.help(home).splitlines()[0]
