@@ -385,6 +385,7 @@ def bulk_enroll(db_url: str, n: int) -> None:
     import sqlalchemy as sa
 
     from server import store as st
+    from server.store import schema
 
     now = datetime.now(UTC)
     ids = [agent_id_for(raw_public(agent_key(i))) for i in range(n)]
@@ -393,12 +394,12 @@ def bulk_enroll(db_url: str, n: int) -> None:
         store = await st.Store.open(db_url)
         try:
             async with store._write_engine.begin() as conn:
-                cid = (await conn.execute(sa.insert(st.customers).values(
+                cid = (await conn.execute(sa.insert(schema.customers).values(
                     name="Bench Ltd", kind="enterprise", city="上海", created_at=now
-                ).returning(st.customers.c.id))).scalar_one()
+                ).returning(schema.customers.c.id))).scalar_one()
                 for lo in range(0, n, 2000):
                     chunk = range(lo, min(n, lo + 2000))
-                    await conn.execute(sa.insert(st.agents), [
+                    await conn.execute(sa.insert(schema.agents), [
                         {"agent_id": ids[i], "customer_id": cid,
                          "public_key": raw_public(agent_key(i)), "hostname": f"bench-{i}",
                          "os": "Linux", "software": SOFTWARE, "enrolled_at": now}
