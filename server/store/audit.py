@@ -9,6 +9,7 @@ or deletes audit entries.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -22,6 +23,7 @@ from .errors import StoreError
 from .records import AuditCheck, AuditEntry
 from .rows import audit_computed_hash, audit_raw_select, audit_select, raw_bytes, to_audit_entry
 from .schema import as_utc, audit
+from .sqlitewriter import SqliteBatch, sqlite_time
 
 __all__ = ["AuditStore", "append_entry"]
 
@@ -83,6 +85,33 @@ async def append_entry(
     )
 
 
+_SQLITE_HEAD: Final = "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1"
+_SQLITE_APPEND: Final = ("INSERT INTO audit (id, at, actor, event, subject, detail, prev_hash, "
+                         "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def append_entry_sqlite(
+    db: sqlite3.Connection,
+    *,
+    event: str,
+    actor: str,
+    subject: str,
+    detail_json: str,
+    now: datetime,
+) -> AuditEntry:
+    """:func:`append_entry` on the SQLite fast path (:mod:`.sqlitewriter`), within the
+    batch's BEGIN IMMEDIATE transaction: the same entry, the same chain."""
+    last = db.execute(_SQLITE_HEAD).fetchone()
+    entry_id = 1 if last is None else int(last[0]) + 1
+    prev_hash = _audit.GENESIS if last is None else bytes(last[1])
+    digest = _audit.entry_hash(prev_hash=prev_hash, id=entry_id, at=now, actor=actor,
+                               event=event, subject=subject, detail_json=detail_json)
+    db.execute(_SQLITE_APPEND, (entry_id, sqlite_time(now), actor, event, subject, detail_json,
+                                prev_hash, digest))
+    return AuditEntry(id=entry_id, at=now, actor=actor, event=event, subject=subject,
+                      detail=json.loads(detail_json), prev_hash=prev_hash, hash=digest)
+
+
 class AuditStore(StoreBase):
     """The audit log."""
 
@@ -121,7 +150,7 @@ class AuditStore(StoreBase):
 
     async def append_audit_in(
         self,
-        conn: AsyncConnection,
+        conn: AsyncConnection | SqliteBatch,
         *,
         event: str,
         actor: str,
@@ -136,17 +165,29 @@ class AuditStore(StoreBase):
             detail_json = _audit.canonical_detail(detail)
         except ValueError as exc:
             raise StoreError(str(exc)) from None
+        if isinstance(conn, SqliteBatch):
+            return append_entry_sqlite(conn.db, event=event, actor=actor, subject=subject,
+                                       detail_json=detail_json, now=now)
         return await append_entry(
             conn, event=event, actor=actor, subject=subject, detail_json=detail_json, now=now
         )
 
     async def run_batch(
-        self, jobs: Sequence[Callable[[AsyncConnection], Awaitable[Any]]]
+        self, jobs: Sequence[Callable[[Any], Awaitable[Any]]]
     ) -> list[Any]:
         """Run write jobs in ONE transaction (group commit) and return each job's value, or
         the ``NotFound``/``StoreError`` it raised (such jobs raise before writing anything,
         so the others still commit). Any other failure rolls the whole batch back and
-        propagates: then nothing of it is stored, and the callers retry."""
+        propagates: then nothing of it is stored, and the callers retry.
+
+        A job is called with the batch's connection and may only pass it to the store's
+        ``*_in`` methods (:meth:`append_audit_in`, :meth:`store_result_in`): on a SQLite
+        file it is not an ``AsyncConnection`` but the fast path's :class:`SqliteBatch`, and
+        the whole batch runs on plain sqlite3 (:mod:`.sqlitewriter`)."""
+        writer = self._sqlite_writer
+        if writer is not None and self._write_lock is not None:
+            async with self._write_lock:
+                return await writer.run(jobs)
         out: list[Any] = []
         async with self._tx(write=True) as conn:
             for job in jobs:

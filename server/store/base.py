@@ -27,6 +27,7 @@ from .engine import (
     safe_url,
 )
 from .errors import StoreError
+from .sqlitewriter import SqliteWriter
 
 
 class StoreBase:
@@ -46,6 +47,11 @@ class StoreBase:
         # cut concurrent writes to ~70 transactions/s (bench/agents.py fan-out). Other
         # processes still meet the busy timeout. PostgreSQL needs no such lock.
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if dialect == "sqlite" else None
+        # A SQLite file: group-committed batches (run_batch) take the fast path.
+        url = engine.url
+        self._sqlite_writer: SqliteWriter | None = (
+            SqliteWriter(url.database) if dialect == "sqlite" and url.database
+            and url.database != ":memory:" and not url.query else None)
 
     @classmethod
     async def open(cls, url: str) -> Self:
@@ -75,7 +81,9 @@ class StoreBase:
         return store
 
     async def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and the fast path's writer thread)."""
+        if self._sqlite_writer is not None:
+            await self._sqlite_writer.close()
         await self._engine.dispose()
 
     async def __aenter__(self) -> Self:

@@ -9,6 +9,7 @@ SQLite), with the unique (day, seq) as the last word. Results are inserted with
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
@@ -18,13 +19,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import audit as _audit
-from .audit import append_entry
+from .audit import append_entry, append_entry_sqlite
 from .base import StoreBase
 from .engine import pg_xact_lock
 from .errors import NotFound, StoreError
 from .records import CaseEventRecord, CaseRecord, ResultRecord
 from .rows import case_select, result_select, to_case, to_result
 from .schema import agents, as_utc, case_events, cases, results
+from .sqlitewriter import SqliteBatch, sqlite_time
 
 __all__ = ["CASE_NUMBER_ATTEMPTS", "CaseStore", "case_number", "china_day"]
 
@@ -46,6 +48,38 @@ def china_day(at: datetime) -> str:
 def _not_agents_case(agent_id: str, case: str) -> NotFound:
     return NotFound(f"agent {agent_id!r} has no case {case!r}; an agent can only send "
                     "results for its own cases")
+
+
+_SQLITE_CASE: Final = "SELECT id, state FROM cases WHERE number = ? AND agent_id = ?"
+_SQLITE_RESULT: Final = (
+    "INSERT INTO results (msg_id, request_id, case_id, agent_id, action, ok, payload, error, "
+    "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (msg_id) DO NOTHING")
+_SQLITE_CASE_STATE: Final = "UPDATE cases SET state = ?, updated_at = ? WHERE id = ?"
+_SQLITE_CASE_EVENT: Final = ("INSERT INTO case_events (case_id, state, at, actor, note) "
+                             "VALUES (?, ?, ?, ?, ?)")
+
+
+def _store_result_sqlite(
+    db: sqlite3.Connection, *, msg_id: str, request_id: str, case: str, agent_id: str,
+    action: str, ok: bool, payload: bytes, error: str, now: datetime,
+    case_state: str | None, detail_json: str | None,
+) -> bool:
+    """:meth:`CaseStore.store_result_in` on the SQLite fast path (:mod:`.sqlitewriter`):
+    the same rows, the same checks, in the batch's transaction."""
+    found = db.execute(_SQLITE_CASE, (case, agent_id)).fetchone()
+    if found is None:
+        raise _not_agents_case(agent_id, case)
+    case_id, state = found
+    at = sqlite_time(now)
+    inserted = db.execute(_SQLITE_RESULT, (msg_id, request_id, case_id, agent_id, action,
+                                           1 if ok else 0, payload, error, at)).rowcount == 1
+    if inserted and detail_json is not None:
+        append_entry_sqlite(db, event="result", actor=f"agent:{agent_id}", subject=case,
+                            detail_json=detail_json, now=now)
+    if inserted and case_state is not None and state != case_state:
+        db.execute(_SQLITE_CASE_STATE, (case_state, at, case_id))
+        db.execute(_SQLITE_CASE_EVENT, (case_id, case_state, at, agent_id, f"result {msg_id}"))
+    return inserted
 
 
 class CaseStore(StoreBase):
@@ -249,7 +283,7 @@ class CaseStore(StoreBase):
 
     async def store_result_in(
         self,
-        conn: AsyncConnection,
+        conn: AsyncConnection | SqliteBatch,
         *,
         msg_id: str,
         request_id: str,
@@ -271,6 +305,11 @@ class CaseStore(StoreBase):
                            else _audit.canonical_detail(audit_detail))
         except ValueError as exc:
             raise StoreError(str(exc)) from None
+        if isinstance(conn, SqliteBatch):
+            return _store_result_sqlite(
+                conn.db, msg_id=msg_id, request_id=request_id, case=case, agent_id=agent_id,
+                action=action, ok=ok, payload=payload, error=error, now=now,
+                case_state=case_state, detail_json=detail_json)
         found = (
             await conn.execute(
                 sa.select(cases.c.id, cases.c.state).where(
