@@ -27,7 +27,7 @@ from .engine import (
     safe_url,
 )
 from .errors import StoreError
-from .sqlitewriter import SqliteWriter
+from .sqlitewriter import SqliteReader, SqliteWriter
 
 
 class StoreBase:
@@ -47,11 +47,13 @@ class StoreBase:
         # cut concurrent writes to ~70 transactions/s (bench/agents.py fan-out). Other
         # processes still meet the busy timeout. PostgreSQL needs no such lock.
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if dialect == "sqlite" else None
-        # A SQLite file: group-committed batches (run_batch) take the fast path.
+        # A SQLite file: group-committed batches (run_batch) take the fast path,
+        # So do the point reads of the command path (SqliteReader).
         url = engine.url
-        self._sqlite_writer: SqliteWriter | None = (
-            SqliteWriter(url.database) if dialect == "sqlite" and url.database
-            and url.database != ":memory:" and not url.query else None)
+        fast = bool(dialect == "sqlite" and url.database and url.database != ":memory:"
+                    and not url.query)
+        self._sqlite_writer = SqliteWriter(str(url.database)) if fast else None
+        self._sqlite_reader = SqliteReader(str(url.database)) if fast else None
 
     @classmethod
     async def open(cls, url: str) -> Self:
@@ -84,6 +86,8 @@ class StoreBase:
         """Close every pooled connection (and the fast path's writer thread)."""
         if self._sqlite_writer is not None:
             await self._sqlite_writer.close()
+        if self._sqlite_reader is not None:
+            self._sqlite_reader.close()
         await self._engine.dispose()
 
     async def __aenter__(self) -> Self:

@@ -26,7 +26,7 @@ from .errors import NotFound, StoreError
 from .records import CaseEventRecord, CaseRecord, ResultRecord
 from .rows import case_select, result_select, to_case, to_result
 from .schema import agents, as_utc, case_events, cases, results
-from .sqlitewriter import SqliteBatch, sqlite_time
+from .sqlitewriter import SqliteBatch, SqliteBusy, sqlite_time, utc_from_sqlite
 
 __all__ = ["CASE_NUMBER_ATTEMPTS", "CaseStore", "case_number", "china_day"]
 
@@ -55,6 +55,10 @@ _SQLITE_RESULT: Final = (
     "INSERT INTO results (msg_id, request_id, case_id, agent_id, action, ok, payload, error, "
     "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (msg_id) DO NOTHING")
 _SQLITE_CASE_STATE: Final = "UPDATE cases SET state = ?, updated_at = ? WHERE id = ?"
+_SQLITE_GET_CASE: Final = (
+    "SELECT cases.number, cases.agent_id, customers.name, cases.description, cases.state, "
+    "cases.opened_at, cases.updated_at FROM cases JOIN customers "
+    "ON cases.customer_id = customers.id WHERE cases.number = ?")
 _SQLITE_CASE_EVENT: Final = ("INSERT INTO case_events (case_id, state, at, actor, note) "
                              "VALUES (?, ?, ?, ?, ?)")
 
@@ -176,6 +180,16 @@ class CaseStore(StoreBase):
 
     async def get_case(self, number: str) -> CaseRecord | None:
         """The case ``number``, or ``None``."""
+        if self._sqlite_reader is not None:  # on the command path: the case's agent
+            try:
+                found = self._sqlite_reader.fetchone(_SQLITE_GET_CASE, (number,))
+            except SqliteBusy:
+                pass
+            else:
+                return None if found is None else CaseRecord(
+                    number=found[0], agent_id=found[1], customer=found[2],
+                    description=found[3], state=found[4],
+                    opened_at=utc_from_sqlite(found[5]), updated_at=utc_from_sqlite(found[6]))
         async with self._tx(write=False) as conn:
             row = (await conn.execute(case_select.where(cases.c.number == number))).one_or_none()
         return None if row is None else to_case(row)

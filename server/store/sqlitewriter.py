@@ -8,12 +8,14 @@ writes of the server (the audit entry of every command, every result with its au
 and case state) are instead run as whole batches by :class:`SqliteWriter` on a plain sqlite3
 connection with fixed SQL: one ``BEGIN IMMEDIATE`` ... ``COMMIT`` per batch.
 
-The batch runs on the event loop's own thread. A hop to a writer thread and back cost more
-server CPU (about 0.4 ms per batch, measured with bench/rtt.py: GIL hand-offs and wake-ups)
-than the commit's fsync blocks the loop (0.2-0.3 ms here), and under load one fsync covers
-a whole batch. Only when another process holds SQLite's write lock (``hw-server`` commands
-run by an operator, another node) does the batch move to the writer's thread, where it waits
-on the usual busy timeout without blocking the loop: the loop's own attempt never waits.
+The batch's statements run on the event loop's own thread (microseconds each: no thread hop
+per statement, and the jobs' Python stays off the writer thread, so no GIL ping-pong); only
+its ``COMMIT``, which waits for the fsync (0.2-2 ms here), goes to the writer's thread: one
+hop per batch, and the loop keeps serving connections meanwhile, so under load the next
+batch fills up while this one is made durable (committing on the loop thread blocked it for
+every fsync: 10,000 commands in flight took 32 s). When another process holds SQLite's
+write lock (``hw-server`` commands run by an operator), the loop's attempt does not wait:
+the whole batch moves to the writer's thread and waits there on the usual busy timeout.
 
 Durability is the same as the async path's: the same database file in WAL mode, committed
 with ``synchronous=FULL`` (the WAL is fsynced at every commit), so a value is only returned
@@ -36,12 +38,56 @@ from typing import Any
 from .engine import SQLITE_BUSY_TIMEOUT_MS
 from .errors import StoreError
 
-__all__ = ["SqliteBatch", "SqliteWriter", "run_jobs", "sqlite_time"]
+__all__ = ["SqliteBatch", "SqliteBusy", "SqliteReader", "SqliteWriter", "run_jobs",
+           "sqlite_time", "utc_from_sqlite"]
 
 def sqlite_time(value: datetime) -> str:
     """An aware datetime as SQLAlchemy's SQLite ``DateTime`` stores it (UTC, microseconds)."""
     # isoformat is several times faster than strftime; "+00:00" cut off
     return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+
+
+def utc_from_sqlite(text: str) -> datetime:
+    """A ``UTCDateTime`` as stored on SQLite, read back as SQLAlchemy does: aware UTC."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+class SqliteBusy(Exception):
+    """SQLite said busy and the caller asked not to wait: take the other path."""
+
+
+class SqliteReader:
+    """A read connection for the few point reads on the command path (a case's agent), on
+    the loop's thread: in WAL mode a read neither waits for writers nor blocks them, and an
+    indexed lookup costs microseconds here against milliseconds through aiosqlite."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def fetchone(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The first row of a query, read in its own snapshot (autocommit).
+
+        Raises:
+            SqliteBusy: SQLite could not read at once (e.g. recovering a WAL index).
+        """
+        if self._db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=0")
+            db.execute("PRAGMA query_only=ON")
+            self._db = db
+        try:
+            row: tuple[Any, ...] | None = self._db.execute(sql, params).fetchone()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise SqliteBusy from exc
+            raise
+        return row
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 class SqliteBatch:
@@ -58,8 +104,8 @@ class SqliteBatch:
 
 
 class SqliteWriter:
-    """One sqlite3 connection to the store's file (opened on first use) that runs batches on
-    the loop's thread, or in its own thread while another process holds the write lock."""
+    """One sqlite3 connection to the store's file (opened on first use) and one thread for
+    its commits (and for batches that must wait for another process's write lock)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -83,12 +129,17 @@ class SqliteWriter:
         The caller holds the store's write lock, so batches never overlap."""
         db = self._connect()
         try:
-            return run_jobs(db, jobs)
+            out = run_jobs(db, jobs, commit=False)
         except _Busy:
-            pass
-        self.waited += 1
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run_waiting, db, jobs)
+            self.waited += 1
+            return await asyncio.wrap_future(self._pool.submit(self._run_waiting, db, jobs))
+        done = self._pool.submit(_commit, db)
+        try:
+            await asyncio.shield(asyncio.wrap_future(done))
+        except asyncio.CancelledError:
+            done.result()  # the connection is not free before its commit has ended
+            raise
+        return out
 
     @staticmethod
     def _run_waiting(db: sqlite3.Connection, jobs: Sequence[Callable[[Any], Any]]
@@ -116,14 +167,15 @@ class _Busy(Exception):
 
 
 def run_jobs(db: sqlite3.Connection, jobs: Sequence[Callable[[Any], Any]], *,
-             wait: bool = False) -> list[Any]:
+             wait: bool = False, commit: bool = True) -> list[Any]:
     """Run the jobs of one batch in ONE transaction on ``db``.
 
     Each job is called with a :class:`SqliteBatch` and must return a coroutine that
     finishes without suspending (the store's ``*_in`` methods do, on this path). A job's
     ``StoreError`` (raised before it wrote anything) is its value; anything else rolls the
     whole batch back and propagates. Unless ``wait``, a write lock held elsewhere raises
-    :class:`_Busy` before any job ran.
+    :class:`_Busy` before any job ran. Without ``commit`` the transaction is left open for
+    :func:`_commit`.
     """
     batch = SqliteBatch(db)
     out: list[Any] = []
@@ -137,17 +189,33 @@ def run_jobs(db: sqlite3.Connection, jobs: Sequence[Callable[[Any], Any]], *,
         try:
             for job in jobs:
                 out.append(_run_to_end(job(batch)))
+            if commit:
+                db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    except sqlite3.OperationalError as exc:
+        raise _unavailable(exc) from exc
+    return out
+
+
+def _commit(db: sqlite3.Connection) -> None:
+    """COMMIT the batch :func:`run_jobs` left open (in the writer's thread: the fsync)."""
+    try:
+        try:
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
     except sqlite3.OperationalError as exc:
-        raise StoreError(
-            f"the store is unavailable or busy ({type(exc).__name__}); "
-            "retry, and check the database if it keeps happening"
-        ) from exc
-    return out
+        raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> StoreError:
+    return StoreError(f"the store is unavailable or busy ({type(exc).__name__}); "
+                      "retry, and check the database if it keeps happening")
 
 
 def _run_to_end(coro: Any) -> Any:

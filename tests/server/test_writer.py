@@ -207,3 +207,25 @@ async def test_a_job_that_waits_inside_a_sqlite_batch_is_refused_and_stores_noth
     finally:
         await writer.close()
     assert await sqlite_store.list_audit() == []
+
+
+async def test_a_case_read_on_the_fast_path_equals_the_sqlalchemy_read(
+        sqlite_store: Store) -> None:
+    await enroll(sqlite_store, "ag-1")
+    shanghai = timezone(timedelta(hours=8))
+    case, _ = await sqlite_store.open_case(agent_id="ag-1", description="hot 热",
+                                           request_id="o1", now=T0.astimezone(shanghai))
+    await sqlite_store.set_case_state(case.number, "waiting", actor="tech:a",
+                                      now=T0 + timedelta(seconds=1, microseconds=3))
+    assert sqlite_store._sqlite_reader is not None
+    fast = await sqlite_store.get_case(case.number)
+    missing = await sqlite_store.get_case("HW-20261126-9999")
+    reader, sqlite_store._sqlite_reader = sqlite_store._sqlite_reader, None
+    try:
+        assert await sqlite_store.get_case(case.number) == fast  # the SQLAlchemy path
+    finally:
+        sqlite_store._sqlite_reader = reader
+    assert missing is None and fast is not None
+    assert (fast.state, fast.description, fast.agent_id) == ("waiting", "hot 热", "ag-1")
+    assert fast.opened_at == T0 and fast.updated_at == T0 + timedelta(seconds=1, microseconds=3)
+    assert fast.opened_at.utcoffset() == timedelta(0)
