@@ -157,8 +157,8 @@ class SqliteWriter:
 
     async def close(self) -> None:
         """Close the connection (after whatever batch is running) and end the thread."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._close_db)
+        if self._db is not None:
+            await asyncio.wrap_future(self._pool.submit(self._close_db))
         self._pool.shutdown(wait=True)
 
 
