@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS log (
 # rows already there) instead of _SCHEMA, so old and new databases take the same path.
 _LOG_HASH_COLUMNS = ("prev_hash", "hash")
 _LOG_DOMAIN = b"helloword-agent-log-v1"
+# The newest id, and the newest hash (rows from before the chain have none).
+_LOG_HEAD = ("SELECT (SELECT max(id) FROM log), "
+             "(SELECT hash FROM log WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1)")
 HASH_SIZE = 32
 GENESIS = bytes(HASH_SIZE)
 
@@ -180,11 +183,9 @@ class LocalStore:
         """Append an entry to the hash-chained log (never secrets: the customer reads it)."""
         at = _rfc3339(now)
         with self._write() as db:
-            (last_id,) = db.execute("SELECT max(id) FROM log").fetchone()
-            head = db.execute("SELECT hash FROM log WHERE hash IS NOT NULL "
-                              "ORDER BY id DESC LIMIT 1").fetchone()
+            last_id, head = db.execute(_LOG_HEAD).fetchone()  # one statement: hot path
             entry_id = 1 if last_id is None else int(last_id) + 1
-            prev = GENESIS if head is None else bytes(head[0])
+            prev = GENESIS if head is None else bytes(head)
             digest = log_hash(prev_hash=prev, id=entry_id, at=_ts(at), event=event,
                               detail=detail)
             db.execute("INSERT INTO log (id, at, event, detail, prev_hash, hash) "

@@ -24,13 +24,23 @@ What is measured, for each N in ``--agents``:
    ``fanout_done``. Reported, for ``--fanouts`` pings in a row: how many answered ok, the
    technician's round trip, the server's own first-send-to-last-answer time, and the
    server's CPU. Goal (issue 7): <= 2 s for 10k.
+4. **One-agent commands in flight** (``--diag``): N concurrent signed ``RunDiag`` requests,
+   one per agent (each signed by the technician's key for that agent and its case), sent
+   through the technician gateway over ceil(N/16) technician connections (the server admits
+   16 requests in flight per connection); timed from the first send to the last
+   ``DiagDone``. Every request is verified, audited before it leaves, relayed, answered,
+   stored with its audit entry and acknowledged the way a real one is. Reported: the time,
+   the answers by kind, the server's CPU per command. Goal (issue 12): <= 20 s for 10k
+   (207 s before fan-out existed).
 
 The simulated agents speak the real protocol: TLS 1.3 with the pinned CA, hello, the
 Ed25519 challenge-proof with their own key, websocket pings every 20 s (as ``hw-agent``),
 and a ``Pong`` to every fan-out ``Ping`` after checking it as ``hw-agent`` does (chain to the pinned
 org key, revocation, signature, audience, validity, the agent's own nonce cache) -- except
 that the agents of one process share one verdict per distinct signed bytes, as the 10k
-agents' own CPUs would each do that check in parallel. They run no probes, keep no outbox
+agents' own CPUs would each do that check in parallel. To a ``Request`` they answer a
+``Result`` (no probes run) without checking the command or a consent grant (the real agent
+does, on its own CPU; ``bench/rtt.py`` measures that path). They run no probes, keep no outbox
 or log, and run many agents per
 process (``--workers`` processes, uvloop) so that the server is what gets measured. At most
 ``--ramp`` handshakes per worker are in flight during the first connect (a fleet does not
@@ -38,8 +48,8 @@ start in one millisecond); reconnects after the restart are not limited: only th
 spreads them.
 
 Set-up writes the agents straight into the server's store (bench only): one customer, N
-agents with deterministic Ed25519 keys (``sha256(b"hw-bench-agent" + i)``), inserted in
-bulk with the store's own table definitions after
+agents with deterministic Ed25519 keys (``sha256(b"hw-bench-agent" + i)``) and one open case
+each, inserted in bulk with the store's own table definitions after
 ``hw-server init`` migrated it. Enrolling 10k agents through tokens would measure
 enrollment, not connections. ``--db URL`` puts the store on PostgreSQL instead of SQLite
 (the database must exist and be empty).
@@ -59,6 +69,7 @@ import multiprocessing as mp
 import os
 import queue
 import resource
+import secrets
 import ssl
 import subprocess
 import sys
@@ -234,6 +245,10 @@ async def run_agent(i: int, url: str, ctx: ssl.SSLContext, c: Counters, ramp: as
                     msg = session.receive(frame)
                     if isinstance(msg, m.Ping):
                         await ws.send(session.send(check_ping(msg, replay)), text=True)
+                    elif isinstance(msg, m.Request):  # --diag: answer at once, no probes
+                        result = m.Result(id="rs-" + secrets.token_hex(8), re=msg.id,
+                                          case=msg.case, action=msg.action, ok=True)
+                        await ws.send(session.send(result), text=True)
         except (ConnectionClosed, ProtocolError, OSError):
             pass
         finally:
@@ -380,33 +395,44 @@ class Fleet:
 # --------------------------------------------------------------------------- set-up
 
 
-def bulk_enroll(db_url: str, n: int) -> None:
-    """Write n agents of one customer into the store."""
+def bulk_enroll(db_url: str, n: int) -> list[tuple[str, str]]:
+    """Write n agents of one customer and one open case each into the store; return
+    [(agent_id, case)]."""
     import sqlalchemy as sa
 
     from server import store as st
+    from server.store import schema
 
     now = datetime.now(UTC)
+    day = st.china_day(now)
     ids = [agent_id_for(raw_public(agent_key(i))) for i in range(n)]
+    pairs = [(a, st.case_number(day, i + 1)) for i, a in enumerate(ids)]
 
     async def write() -> None:
         store = await st.Store.open(db_url)
         try:
             async with store._write_engine.begin() as conn:
-                cid = (await conn.execute(sa.insert(st.customers).values(
+                cid = (await conn.execute(sa.insert(schema.customers).values(
                     name="Bench Ltd", kind="enterprise", city="上海", created_at=now
-                ).returning(st.customers.c.id))).scalar_one()
+                ).returning(schema.customers.c.id))).scalar_one()
                 for lo in range(0, n, 2000):
                     chunk = range(lo, min(n, lo + 2000))
-                    await conn.execute(sa.insert(st.agents), [
+                    await conn.execute(sa.insert(schema.agents), [
                         {"agent_id": ids[i], "customer_id": cid,
                          "public_key": raw_public(agent_key(i)), "hostname": f"bench-{i}",
                          "os": "Linux", "software": SOFTWARE, "enrolled_at": now}
+                        for i in chunk])
+                    await conn.execute(sa.insert(schema.cases), [
+                        {"number": pairs[i][1], "number_day": day, "number_seq": i + 1,
+                         "agent_id": ids[i], "customer_id": cid, "description": "bench",
+                         "state": "open", "opened_at": now, "updated_at": now,
+                         "open_request_id": f"bench-{i}"}
                         for i in chunk])
         finally:
             await store.close()
 
     asyncio.run(write())
+    return pairs
 
 
 def rss(pid: int) -> int:
@@ -434,6 +460,51 @@ async def fan_out(tech_home: Path, wait: float) -> tuple[float, m.FanoutDone]:
     return secs, done
 
 
+#: requests in flight per technician connection (server.app.TECH_CONCURRENCY)
+TECH_CONCURRENCY = 16
+
+
+async def diag_all(tech_home: Path, pairs: list[tuple[str, str]], server_pid: int
+                   ) -> tuple[float, float, dict[str, int]]:
+    """One signed diag request per agent, all in flight at once over ceil(N/16) technician
+    connections; (seconds until the last answer, server CPU seconds, answers by kind)."""
+    from proto import codec
+    from tech.client import Profile, TechClient
+
+    profile = Profile.load(tech_home)
+    groups = [pairs[i:i + TECH_CONCURRENCY] for i in range(0, len(pairs), TECH_CONCURRENCY)]
+    clients: list[TechClient] = []
+    try:
+        for _ in groups:  # connected and signed before the clock starts
+            client = TechClient(profile)
+            await client.__aenter__()
+            clients.append(client)
+        frames = [[codec.encode(m.RunDiag(
+            id=f"dq-{g}-{k}", case=case, timeout=300.0,
+            command=clients[g].sign(agent_id=agent, case=case, action=m.Action.DIAG,
+                                    args={"probes": ["noop"]})))
+            for k, (agent, case) in enumerate(group)] for g, group in enumerate(groups)]
+        tally: dict[str, int] = {}
+
+        async def one(client: TechClient, batch: list[bytes]) -> None:
+            assert client.ws is not None
+            for frame in batch:
+                await client.ws.send(frame, text=True)
+            for _ in batch:
+                reply = client.session.receive(await client.ws.recv(decode=False))
+                kind = ("ok" if isinstance(reply, m.DiagDone) and reply.result.ok else
+                        reply.code.value if isinstance(reply, m.Error) else type(reply).__name__)
+                tally[kind] = tally.get(kind, 0) + 1
+
+        cpu0 = cpu_seconds(server_pid)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(c, b) for c, b in zip(clients, frames, strict=True)))
+        return time.perf_counter() - t0, cpu_seconds(server_pid) - cpu0, tally
+    finally:
+        for client in clients:
+            await client.__aexit__()
+
+
 # --------------------------------------------------------------------------- one level
 
 
@@ -449,7 +520,7 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         settings = {"db": args.db} if args.db else {}
         h.init_server(**settings)
         t = time.perf_counter()
-        bulk_enroll(_db_url(h), n)
+        pairs = bulk_enroll(_db_url(h), n)
         res["enroll_s"] = time.perf_counter() - t
         tech = h.add_tech("bench")
         from server.pki import org_public_raw
@@ -540,6 +611,11 @@ def level(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 runs.append((secs, cpu_seconds(server.popen.pid) - cpu0, done))
                 time.sleep(1.0)
             res["fanout_runs"] = runs
+
+        if args.diag:
+            import uvloop
+
+            res["diag"] = uvloop.run(diag_all(tech, pairs, server.popen.pid))
     finally:
         if fleet is not None:
             fleet.stop()
@@ -598,6 +674,12 @@ def report(res: dict[str, Any]) -> None:
               f"ok; technician's round trip {secs:.3f} s (server: first send to last answer "
               f"{done.seconds:.3f} s; goal <= 2 s for 10k); server CPU {cpu:.2f} s "
               f"({cpu / max(1, done.sent) * 1e6:.0f} us per agent); misses {misses}")
+    if "diag" in res:
+        secs, cpu, tally = res["diag"]
+        print(f"one-agent diag commands: {n} signed RunDiag in flight at once (one per agent, "
+              f"{math.ceil(n / TECH_CONCURRENCY)} technician connections): all answered in "
+              f"{secs:.2f} s (goal <= 20 s for 10k; 207 s before fan-out existed); answers "
+              f"{tally}; server CPU {cpu:.2f} s ({cpu / n * 1e3:.2f} ms per command)")
 
 
 def main() -> int:
@@ -613,6 +695,8 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-storm", action="store_true")
     parser.add_argument("--no-fanout", action="store_true")
+    parser.add_argument("--diag", action="store_true",
+                        help="also send one signed diag request to every agent at once")
     parser.add_argument("--fanouts", type=int, default=3,
                         help="fan-out pings to send, one after another (default 3)")
     args = parser.parse_args()

@@ -6,7 +6,10 @@ the result is stored once in the server's SQLite store and audited on both sides
 
 Starts a real hw-server and hw-agent (processes, TLS, SQLite store) and a raw `websockets`
 TLS echo server (a process too), then times N sequential requests of each from one client
-process. Prints p50/p99 of both and the ratio. Goal (issue 2): p50 <= 4x the raw echo.
+process. Prints p50/p99 of each, the ratios, and the CPU time each process spent per
+request (``/proc``: user + system time of the hw-server, hw-agent and relay processes over the
+timed requests, divided by their number). Goals (issue 12): p50 <= 3x the raw two-hop relay
+of the same run; hw-server CPU <= 0.5 ms per command.
 
     .venv/bin/python bench/rtt.py [--requests 2000]
 """
@@ -78,12 +81,39 @@ except ImportError:
 """
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds the process ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+class CpuMeter:
+    """CPU seconds a few processes spend between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.used: dict[str, float] = {}
+        self.system: dict[str, float] = {}
+        self._at: dict[str, tuple[float, float]] = {}
+
+    def start(self) -> None:
+        self._at = {name: cpu_times(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> None:
+        for name, pid in self.pids.items():
+            user, system = cpu_times(pid)
+            self.used[name] = user + system - sum(self._at[name])
+            self.system[name] = system - self._at[name][1]
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def time_echo(port: int, cafile: Path, n: int, data: bytes) -> list[float]:
+async def time_echo(port: int, cafile: Path, n: int, data: bytes, meter: CpuMeter | None = None
+                    ) -> list[float]:
     """Sequential round trips of one frame (a real signed RunDiag) to ``port``."""
     import ssl
 
@@ -93,11 +123,15 @@ async def time_echo(port: int, cafile: Path, n: int, data: bytes) -> list[float]
             await ws.send(data, text=True)
             await ws.recv(decode=False)
         out = []
+        if meter is not None:
+            meter.start()
         for _ in range(n):
             t0 = time.perf_counter()
             await ws.send(data, text=True)
             await ws.recv(decode=False)
             out.append(time.perf_counter() - t0)
+        if meter is not None:
+            meter.stop()
         return out
 
 
@@ -111,7 +145,7 @@ def sample_frame(tech: Path, case: str) -> bytes:
     return codec.encode(m.RunDiag(id="tq-000000000000", case=case, command=signed))
 
 
-async def time_rtt(tech: Path, case: str, n: int) -> list[float]:
+async def time_rtt(tech: Path, case: str, n: int, meter: CpuMeter) -> list[float]:
     """Signed, consent-checked diag round trips; each command is signed inside the timing."""
     async with TechClient(Profile.load(tech)) as client:
         agent_id = await client.agent_of(case)
@@ -124,11 +158,13 @@ async def time_rtt(tech: Path, case: str, n: int) -> list[float]:
         for i in range(50):
             await client.call(diag(f"w{i}"))
         out = []
+        meter.start()
         for i in range(n):
             t0 = time.perf_counter()
             reply = await client.call(diag(f"r{i}"))
             out.append(time.perf_counter() - t0)
             assert isinstance(reply, m.DiagDone) and reply.result.ok
+        meter.stop()
         return out
 
 
@@ -142,9 +178,9 @@ def main() -> int:
         echo = relay = None
         try:
             h.init_server()
-            h.start_server()
+            server = h.start_server()
             home = h.enroll("A")
-            h.start_agent(home, env={"HW_PLUGINS": "noopprobe"})
+            agent = h.start_agent(home, env={"HW_PLUGINS": "noopprobe"})
             case = h.help(home).splitlines()[0]
             tech = h.add_tech("bench")
             h.grant(home, case, "bench", duration="8h")
@@ -168,9 +204,11 @@ def main() -> int:
                 pass
             frame = sample_frame(tech, case)
             base = loop_run(time_echo(port, h.server_home / "ca.crt", args.requests, frame))
+            relay_cpu = CpuMeter({"relay": relay.pid, "echo": echo.pid})
             hop2 = loop_run(time_echo(relay_port, h.server_home / "ca.crt", args.requests,
-                                      frame))
-            ours = loop_run(time_rtt(tech, case, args.requests))
+                                      frame, relay_cpu))
+            ours_cpu = CpuMeter({"server": server.popen.pid, "agent": agent.popen.pid})
+            ours = loop_run(time_rtt(tech, case, args.requests, ours_cpu))
         finally:
             for proc in (echo, relay):
                 if proc is not None:
@@ -186,9 +224,19 @@ def main() -> int:
           "path's shape, no work)")
     print(f"signed, consent-checked    p50 {pct(ours, .5) * ms:7.3f} ms   p99 "
           f"{pct(ours, .99) * ms:7.3f} ms   mean {statistics.fmean(ours) * ms:.3f} ms")
-    ratio = pct(ours, .5) / pct(base, .5)
-    print(f"ratio p50: {ratio:.2f}x the raw echo (goal <= 4x); "
-          f"{pct(ours, .5) / pct(hop2, .5):.2f}x the raw two-hop relay")
+    ratio = pct(ours, .5) / pct(hop2, .5)
+    print(f"ratio p50: {ratio:.2f}x the raw two-hop relay (goal <= 3x: "
+          f"{'met' if ratio <= 3 else 'not met'}); {pct(ours, .5) / pct(base, .5):.2f}x the "
+          "raw echo")
+    n = args.requests
+    per = {name: used / n * ms for name, used in {**relay_cpu.used, **ours_cpu.used}.items()}
+    kernel = {name: used / n * ms for name, used in {**relay_cpu.system, **ours_cpu.system}.items()}
+    print(f"CPU per request (of it in the kernel): hw-server {per['server']:.3f} ms "
+          f"({kernel['server']:.3f}; goal <= 0.5 ms: "
+          f"{'met' if per['server'] <= 0.5 else 'not met'}), hw-agent {per['agent']:.3f} ms "
+          f"({kernel['agent']:.3f}); baseline: relay process {per['relay']:.3f} ms "
+          f"({kernel['relay']:.3f}), echo process {per['echo']:.3f} ms ({kernel['echo']:.3f})")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

@@ -7,11 +7,17 @@ the raw organisation public key at enrollment and checks every certificate again
 
 Sans-I/O: the caller passes ``now``; nothing here reads the clock. Parsing uses
 ``cryptography``'s public SSH API, so a certificate is checked exactly as given.
+
+Verified chains are cached by the certificate's exact text and the organisation key: parsing
+and the organisation's signature (half the cost of checking a signed command) are done once
+per certificate, while the principal and the validity period are checked on every call (and
+revocation by the callers, :mod:`proto.command`, every time too).
 """
 
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -28,6 +34,9 @@ from cryptography.hazmat.primitives.serialization import (
 
 #: Longest certificate line accepted before any parsing (an Ed25519 certificate is ~600 bytes).
 MAX_CERTIFICATE_LENGTH = 16 * 1024
+
+#: Verified certificates remembered (see the module docstring); a few per technician.
+CACHE_SIZE = 256
 
 _MAX_TIMESTAMP = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
 """OpenSSH writes 2**64 - 1 for "forever"; datetime stops at year 9999."""
@@ -126,6 +135,17 @@ def _utc(timestamp: int) -> datetime:
     return datetime.fromtimestamp(min(timestamp, _MAX_TIMESTAMP), UTC)
 
 
+@dataclass(frozen=True)
+class _Chain:
+    """What a certificate whose chain verified says, whoever asks and whenever."""
+
+    info: CertInfo
+    principals: frozenset[bytes]
+
+
+_verified: OrderedDict[tuple[str, bytes], _Chain] = OrderedDict()
+
+
 def verify_user_certificate(text: str, *, org_pub: bytes, principal: str, now: datetime
                             ) -> CertInfo:
     """Check an OpenSSH user certificate against the organisation key.
@@ -151,6 +171,29 @@ def verify_user_certificate(text: str, *, org_pub: bytes, principal: str, now: d
         raise ValueError("verify_user_certificate() needs a timezone-aware `now`")
     if not isinstance(text, str) or len(text) > MAX_CERTIFICATE_LENGTH:
         raise _refused(CertReason.MALFORMED)
+    chain = _verified.get((text, org_pub))
+    if chain is None:
+        chain = _verify_chain(text, org_pub=org_pub, principal=principal, now=now)
+        _verified[(text, org_pub)] = chain
+        if len(_verified) > CACHE_SIZE:
+            _verified.popitem(last=False)
+    try:
+        wanted = principal.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: names no certificate can list
+        raise _refused(CertReason.WRONG_PRINCIPAL) from None
+    if wanted not in chain.principals:
+        raise _refused(CertReason.WRONG_PRINCIPAL)
+    info = chain.info
+    if now < info.valid_after:
+        raise _refused(CertReason.NOT_YET_VALID, info.valid_after)
+    if now >= info.valid_before:
+        raise _refused(CertReason.EXPIRED, info.valid_before)
+    return info
+
+
+def _verify_chain(text: str, *, org_pub: bytes, principal: str, now: datetime) -> _Chain:
+    """Every check of :func:`verify_user_certificate`, in its order, on a certificate not
+    seen before; the result keeps what the time-independent checks established."""
     try:
         cert = load_ssh_public_identity(text.strip().encode("utf-8"))
     except Exception:  # cryptography raises ValueError, UnsupportedAlgorithm, ...
@@ -183,11 +226,11 @@ def verify_user_certificate(text: str, *, org_pub: bytes, principal: str, now: d
     key = cert.public_key()
     if not isinstance(key, Ed25519PublicKey):
         raise _refused(CertReason.NOT_ED25519)
-    return CertInfo(
+    return _Chain(CertInfo(
         public_key=key,
         fingerprint=ssh_fingerprint(key),
         serial=cert.serial,
         key_id=cert.key_id.decode("utf-8", errors="replace"),
         valid_after=valid_after,
         valid_before=valid_before,
-    )
+    ), frozenset(cert.valid_principals))

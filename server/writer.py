@@ -8,6 +8,10 @@ a lone write still commits at once (a batch of one). A caller gets its own job's
 its own ``NotFound``/``StoreError``; a failure of the transaction itself reaches every caller
 of that batch (nothing of it was stored, and each retries as before: an agent resends from
 its outbox).
+
+A job gets the batch's connection and may only hand it to the store's ``*_in`` methods: on
+SQLite it is the fast path's :class:`server.store.sqlitewriter.SqliteBatch` (plain sqlite3,
+``server/store/sqlitewriter.py``), on PostgreSQL an ``AsyncConnection``.
 """
 
 from __future__ import annotations
@@ -17,13 +21,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from .store import Store, StoreError
 
 log = logging.getLogger("hw.server.writer")
 
-Job = Callable[[AsyncConnection], Awaitable[Any]]
+#: a write job: called with the batch's connection (see the module docstring)
+Job = Callable[[Any], Awaitable[Any]]
 #: Jobs committed together at most (bounds a transaction's size and the wait of the last).
 MAX_BATCH = 500
 

@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server import audit as audit_module
-from server import store as store_module
 from server.audit import GENESIS, ChainChecker, canonical_detail, entry_hash, rfc3339_utc
 from server.cli import main as server_main
-from server.store import AuditCheck, AuditEntry, Store, StoreError
+from server.store import AuditCheck, AuditEntry, Store, StoreError, schema
+from server.store import audit as store_audit
 
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 PG_URL = os.environ.get("HW_TEST_POSTGRES_URL", "")
@@ -83,7 +83,7 @@ async def tamper(store: Store, statement: sa.Executable) -> None:
         assert getattr(result, "rowcount", 1) != 0, "the tampering statement changed nothing"
 
 
-AUDIT = store_module.audit
+AUDIT = schema.audit
 
 
 # --------------------------------------------------------------------------- encoding
@@ -196,7 +196,7 @@ async def test_verify_an_empty_and_an_intact_log(store: Store) -> None:
 
 
 async def test_verify_reads_in_batches(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "_AUDIT_VERIFY_BATCH", 2)
+    monkeypatch.setattr(store_audit, "_AUDIT_VERIFY_BATCH", 2)
     entries = await append_n(store, 5)
     await tamper(store, sa.update(AUDIT).where(AUDIT.c.id == 5).values(actor="x"))
     check = await store.verify_audit()

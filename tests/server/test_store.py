@@ -28,7 +28,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server import presence as _presence  # noqa: F401  (its table joins METADATA)
-from server import store as store_module
 from server.onsite import tables as _onsite_tables  # noqa: F401  (its tables join METADATA)
 from server.store import (
     MIGRATIONS_DIR,
@@ -38,7 +37,9 @@ from server.store import (
     Store,
     StoreError,
     TokenRefused,
+    schema,
 )
+from server.store import engine as engine_module
 from tests import postgres
 
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # 10:00 on 2026-11-25 in China
@@ -227,7 +228,7 @@ async def test_concurrent_first_open_migrates_once(url: str) -> None:
 
 async def test_migrations_match_the_store_tables(store: Store) -> None:
     def diff(sync_conn: Connection) -> list[object]:
-        return list(compare_metadata(MigrationContext.configure(sync_conn), store_module.METADATA))
+        return list(compare_metadata(MigrationContext.configure(sync_conn), schema.METADATA))
 
     async with store._engine.connect() as conn:
         assert await conn.run_sync(diff) == []
@@ -281,7 +282,7 @@ async def test_open_waits_for_a_lock_that_blocks_switching_to_wal(
     blocker.execute("CREATE TABLE blocker (x INTEGER)")
     blocker.execute("BEGIN IMMEDIATE")
     blocker.execute("INSERT INTO blocker VALUES (1)")
-    real_switch = store_module._switch_to_wal
+    real_switch = engine_module._switch_to_wal
     attempts: list[str] = []
 
     def switch_then_unblock(sync_conn: Connection) -> str:
@@ -294,7 +295,7 @@ async def test_open_waits_for_a_lock_that_blocks_switching_to_wal(
             if blocker.in_transaction:
                 blocker.execute("ROLLBACK")
 
-    monkeypatch.setattr(store_module, "_switch_to_wal", switch_then_unblock)
+    monkeypatch.setattr(engine_module, "_switch_to_wal", switch_then_unblock)
     try:
         s = await Store.open(url_for(db))
     finally:
@@ -983,10 +984,10 @@ async def test_migration_0002_carries_over_revoked_technicians(url: str) -> None
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(store_module._run_migrations, "0001")
+            await conn.run_sync(engine_module.run_migrations, "0001")
             for name, fp, revoked in (("old", "SHA256:old", T0), ("ok", "SHA256:ok", None)):
                 await conn.execute(
-                    sa.insert(store_module.technicians).values(
+                    sa.insert(schema.technicians).values(
                         name=name, key_fingerprint=fp, valid_before=LATER, added_at=T0,
                         revoked_at=revoked))
     finally:
