@@ -346,7 +346,9 @@ def plan(ctx: FixContext) -> FixPlan:
     cutoff = now - days * _DAY
     uid = _uid()
     skipped = {"symlinks": 0, "not_owned": 0, "unreadable": 0, "open": 0, "young": 0}
-    named: dict[str, list[str]] = {"open": [], "young": [], "not_owned": []}
+    # Named in the plan: this user's own files only. Other users' files are counted, never
+    # named: their paths are theirs, not the technician's to read.
+    named: dict[str, list[str]] = {"open": [], "young": []}
     live: OpenFiles | None = None  # read once, and only when some file is old enough
 
     def leave(reason: str, path: Path) -> None:
@@ -374,7 +376,7 @@ def plan(ctx: FixContext) -> FixPlan:
                 continue
             if uid is not None and stat.S_ISREG(st.st_mode) and st.st_uid != uid:
                 if max(st.st_mtime, st.st_atime) < cutoff:
-                    leave("not_owned", path)
+                    skipped["not_owned"] += 1
                 continue
             if not _is_candidate(st, cutoff, uid):
                 continue
@@ -415,7 +417,7 @@ def plan(ctx: FixContext) -> FixPlan:
             f"将 {where} 中 {days:g} 天未使用的 {len(files)} 个文件（{human_size(total)}）"
             "移入隔离区；在隔离区清除之前可以恢复。"
         )
-    elif any(skipped[k] for k in named):
+    elif any(skipped[k] for k in ("open", "young", "not_owned")):
         summary = (f"No file in {where} unused for {days:g} days is safe to move: nothing "
                    "to clean.")
         summary_zh = f"{where} 中没有可以安全移动的 {days:g} 天未使用的文件：无需清理。"

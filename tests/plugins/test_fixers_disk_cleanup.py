@@ -360,3 +360,24 @@ def test_open_files_reads_this_process(tmp_path: Path) -> None:
     with path.open():
         assert (link, link.stat()) in disk_cleanup.open_files()  # the same inode
     assert (path, path.stat()) not in disk_cleanup.open_files()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="giving a file to another user needs root")
+def test_another_users_old_file_is_counted_never_named(
+        box: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other users' paths are theirs: the technician's plan counts them and names none.
+
+    The agent runs as user 4141 here (its uid is an OS reading); root gives the files out.
+    """
+    monkeypatch.setattr(disk_cleanup, "_uid", lambda: 4141)
+    theirs = box.file(box.temp / "someone-else" / "diary.txt", 30)
+    os.chown(theirs, 4242, 4242)
+    mine = box.file(box.temp / "old.bin", 30)
+    os.chown(mine, 4141, 4141)
+    plan = disk_cleanup.plan(box.ctx())
+    text = "\n".join([plan.summary, plan.summary_zh, *plan.changes, json.dumps(plan.data)])
+    assert "diary.txt" not in text and "someone-else" not in text
+    assert plan.data["skipped"]["not_owned"] == 1
+    assert "another user's" in plan.summary
+    assert [f["path"] for f in plan.data["files"]] == [str(mine)]
