@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -35,14 +34,12 @@ from .cases import GUARDED, CaseState, case_state_after, decide, parse_state, un
 from .fanout import Fanouts
 from .node import AgentLink, Node, close_reason, now_utc, recv
 from .onsite.tickets import FINISHED, TicketError
-from .store import NotFound, ResultRecord, StoreError, TokenRefused
+from .results import result_payload, stored_result
+from .store import NotFound, StoreError, TokenRefused
 from .tunnel import TunnelBroker, store_recording
 
 log = logging.getLogger("hw.server")
 
-_reports = msgspec.json.Decoder(list[m.ProbeReport])
-_fix_report = msgspec.json.Decoder(m.FixReport)
-_encoder = msgspec.json.Encoder()
 #: Tickets of one agent read when a fix would resolve one of its cases (newest first).
 TICKETS_READ = 500
 
@@ -55,23 +52,6 @@ def secret_hash(secret: bytes) -> bytes:
 def agent_id_for(public_key: bytes) -> str:
     """``ag-`` + 20 hex chars of SHA-256 of the raw Ed25519 public key."""
     return "ag-" + hashlib.sha256(public_key).hexdigest()[:20]
-
-
-def result_payload(msg: m.Result) -> bytes:
-    """What is stored of a result: the fix report for fixes, the probe reports otherwise."""
-    if msg.action is m.Action.FIX:
-        return _encoder.encode(msg.fix) if msg.fix is not None else b""
-    return _encoder.encode(msg.reports)
-
-
-def stored_result(rec: ResultRecord) -> m.StoredResult:
-    """A stored row back as the wire struct (fix results keep their report as payload)."""
-    action = m.Action(rec.action)
-    fix = _fix_report.decode(rec.payload) if action is m.Action.FIX and rec.payload else None
-    reports = _reports.decode(rec.payload) if action is not m.Action.FIX and rec.payload else []
-    return m.StoredResult(msg_id=rec.msg_id, request_id=rec.request_id, action=action,
-                          ok=rec.ok, received_at=rec.received_at, reports=reports,
-                          error=rec.error, fix=fix)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,61 +32,20 @@ from proto.session import ServerSession
 
 from . import pki
 from .admission import HandshakeGate
-from .agent_gateway import (
-    AgentDirectory,
-    AgentGateway,
-    KnownAgent,
-    agent_id_for,
-    result_payload,
-    secret_hash,
-    stored_result,
-)
+from .agent_gateway import AgentDirectory, AgentGateway
 from .bus import Bus, Forward, Forwarded, LocalBus, NatsBus
 from .bus import _safe as _safe_bus
-from .cases import CaseState, case_state_after
 from .config import ServerConfig, parse_listen
-from .errors import AgentGone
 from .fanout import Fanouts, FanoutService
-from .node import AgentLink, Node, close_reason, now_utc
+from .node import Node, close_reason, now_utc
 from .onsite.policy import load_home_policy
 from .onsite.tickets import OnsiteDesk
 from .presence import Presence
-from .relay import Relay, Relayed
+from .relay import Relay
 from .store import Store, StoreError
-from .tech_gateway import (
-    LIST_LIMIT,
-    RESULTS_LIMIT,
-    SERVER_CONCURRENCY,
-    TECH_CONCURRENCY,
-    TechGateway,
-)
+from .tech_gateway import TechGateway
 from .tunnel import TUNNEL_WRITE_LIMIT, TunnelBroker
 from .writer import Writer
-
-__all__ = [
-    "LISTEN_BACKLOG",
-    "LIST_LIMIT",
-    "MAX_HANDSHAKES",
-    "RESULTS_LIMIT",
-    "REVOCATION_REFRESH_S",
-    "SEEN_FLUSH_S",
-    "SERVER_CONCURRENCY",
-    "TECH_CONCURRENCY",
-    "AgentGone",
-    "AgentLink",
-    "CaseState",
-    "KnownAgent",
-    "Relayed",
-    "Server",
-    "agent_id_for",
-    "case_state_after",
-    "now_utc",
-    "result_payload",
-    "run_server",
-    "secret_hash",
-    "server_ssl_context",
-    "stored_result",
-]
 
 log = logging.getLogger("hw.server")
 

@@ -190,7 +190,7 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
     secret = secrets.token_bytes(32)
 
     async def add() -> None:
-        from .app import secret_hash
+        from .agent_gateway import secret_hash
 
         store = await Store.open(cfg.db_url)
         try:

@@ -23,12 +23,12 @@ from proto.errors import AuthenticationFailed, FrameTooLarge, RemoteProtocolErro
 from proto.session import ServerSession, speaks
 
 from . import pki
-from .agent_gateway import stored_result
 from .errors import CertificateRefused
 from .fanout import FanoutService
 from .node import Node, now_utc, recv
 from .onsite.tickets import TicketError
 from .relay import Relay
+from .results import stored_result
 from .store import CaseRecord, NotFound, StoreError
 from .tunnel import get_recording, open_tunnel
 
