@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import termios
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TextIO
@@ -42,6 +43,9 @@ class Terminal:
         self._out = stdout or sys.stdout
         self._err = stderr or sys.stderr
         self._held: list[tuple[TextIO, str]] | None = None
+        # Log records come from any thread (probe and executor threads log too): holding,
+        # appending and releasing take this lock, so no line is lost in the hand-over.
+        self._held_lock = threading.Lock()
         self._questions = asyncio.Lock()
 
     # -- output ------------------------------------------------------------------------
@@ -55,11 +59,12 @@ class Terminal:
         self._write(self._err, line + "\n")
 
     def _write(self, stream: TextIO, text: str) -> None:
-        if self._held is not None:
-            self._held.append((stream, text))
-            return
-        stream.write(text)
-        stream.flush()
+        with self._held_lock:
+            if self._held is not None:
+                self._held.append((stream, text))
+                return
+            stream.write(text)
+            stream.flush()
 
     def log_handler(self) -> logging.Handler:
         """A logging handler writing one line per record here (held while a question is
@@ -70,13 +75,16 @@ class Terminal:
     async def _question(self) -> AsyncIterator[None]:
         """One question at a time; other output waits until it is answered."""
         async with self._questions:
-            self._held = []
+            with self._held_lock:
+                self._held = []
             try:
                 yield
             finally:
-                held, self._held = self._held, None
-                for stream, text in held:
-                    self._write(stream, text)
+                with self._held_lock:
+                    held, self._held = self._held, None
+                    for stream, text in held:  # in order, before any later line
+                        stream.write(text)
+                        stream.flush()
 
     def _show(self, text: str) -> None:
         """Write part of the question itself (never held)."""
