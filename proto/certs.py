@@ -20,7 +20,6 @@ import base64
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -32,6 +31,8 @@ from cryptography.hazmat.primitives.serialization import (
     ssh_key_fingerprint,
 )
 
+from .errors import CertificateError, CertReason
+
 #: Longest certificate line accepted before any parsing (an Ed25519 certificate is ~600 bytes).
 MAX_CERTIFICATE_LENGTH = 16 * 1024
 
@@ -40,33 +41,6 @@ CACHE_SIZE = 256
 
 _MAX_TIMESTAMP = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
 """OpenSSH writes 2**64 - 1 for "forever"; datetime stops at year 9999."""
-
-
-class CertReason(StrEnum):
-    """Why a certificate was refused (stable strings: they appear in logs and docs)."""
-
-    MALFORMED = "malformed"
-    NOT_USER = "not_user_certificate"
-    UNTRUSTED = "untrusted_issuer"
-    BAD_SIGNATURE = "bad_signature"
-    WRONG_PRINCIPAL = "wrong_principal"
-    NOT_YET_VALID = "not_yet_valid"
-    EXPIRED = "expired"
-    NOT_ED25519 = "not_ed25519"
-    UNSUPPORTED_OPTION = "unsupported_critical_option"
-
-
-class CertificateError(Exception):
-    """A certificate that does not check out.
-
-    ``reason`` is the machine-readable cause; ``message`` (also ``str(exc)``) says what
-    happened and what to do. It never contains key material or certificate bytes.
-    """
-
-    def __init__(self, reason: CertReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import heapq
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -25,7 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from msgspec import Meta
 
-from .certs import CertificateError, CertInfo, CertReason, verify_user_certificate
+from .certs import CertInfo, verify_user_certificate
+from .errors import CertificateError, CertReason, CommandRefused, RefusalReason
 from .messages import CaseNumber, Id, Name, Nonce, SignedCommand, Timestamp
 
 __all__ = [
@@ -89,67 +89,6 @@ class FanoutCommand(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     expires_at: Timestamp
 
 
-class RefusalReason(StrEnum):
-    """Why a command was refused (stable strings: they appear in logs and docs)."""
-
-    MALFORMED = "malformed"
-    BAD_SIGNATURE = "bad_signature"
-    UNTRUSTED_CERTIFICATE = "untrusted_certificate"
-    CERTIFICATE_EXPIRED = "certificate_expired"
-    WRONG_TECHNICIAN = "wrong_technician"
-    REVOKED = "revoked"
-    EXPIRED = "expired"
-    NOT_YET_VALID = "not_yet_valid"
-    LIFETIME_TOO_LONG = "lifetime_too_long"
-    WRONG_AGENT = "wrong_agent"
-    WRONG_CASE = "wrong_case"
-    WRONG_ACTION = "wrong_action"
-    REPLAYED = "replayed"
-    BUSY = "busy"
-    WRONG_AUDIENCE = "wrong_audience"
-
-
-_MESSAGES: dict[RefusalReason, str] = {
-    RefusalReason.MALFORMED:
-        "the signed command could not be decoded; send it again from an up-to-date hw-tech",
-    RefusalReason.BAD_SIGNATURE:
-        "the command's signature does not match its contents and the technician's "
-        "certificate, so it was altered on the way; sign and send it again",
-    RefusalReason.UNTRUSTED_CERTIFICATE:
-        "the technician certificate does not chain to the organisation key this agent "
-        "trusts; sign with a certificate from this organisation (`hw-server tech add`)",
-    RefusalReason.CERTIFICATE_EXPIRED:
-        "the technician certificate is outside its validity period; ask an operator for a "
-        "new one (`hw-server tech add`) or check the clocks",
-    RefusalReason.WRONG_TECHNICIAN:
-        "the command names a technician the certificate is not issued to; sign as yourself",
-    RefusalReason.REVOKED:
-        "the technician certificate that signed the command has been revoked; ask an operator "
-        "for a new one (`hw-server tech add`)",
-    RefusalReason.EXPIRED:
-        "the command expired before the agent could run it; sign and send it again",
-    RefusalReason.NOT_YET_VALID:
-        "the command is dated in the future beyond the allowed clock skew; correct the "
-        "technician's or the agent's clock and send it again",
-    RefusalReason.LIFETIME_TOO_LONG:
-        "the command stays valid for longer than the 10 minutes allowed; sign it again with "
-        "an earlier expiry",
-    RefusalReason.WRONG_AGENT:
-        "the command is addressed to another agent; send it to the agent that owns the case",
-    RefusalReason.WRONG_CASE:
-        "the command was signed for another case; sign it again for this case",
-    RefusalReason.WRONG_ACTION:
-        "the signed action differs from the action requested; sign the action you request",
-    RefusalReason.REPLAYED:
-        "this command was already received once (same nonce); sign a new command to repeat "
-        "the action",
-    RefusalReason.BUSY:
-        "too many commands are in flight on this agent; retry shortly",
-    RefusalReason.WRONG_AUDIENCE:
-        "the fan-out command is addressed to another customer's agents; sign it for the "
-        "audience you mean (`hw-tech ping --all` or `--customer NAME`)",
-}
-
 _FROM_CERT: dict[CertReason, RefusalReason] = {
     CertReason.MALFORMED: RefusalReason.MALFORMED,
     CertReason.NOT_USER: RefusalReason.MALFORMED,
@@ -162,21 +101,6 @@ _FROM_CERT: dict[CertReason, RefusalReason] = {
     CertReason.EXPIRED: RefusalReason.CERTIFICATE_EXPIRED,
 }
 """How a certificate refusal surfaces; the certificate's own, more precise message is kept."""
-
-
-class CommandRefused(Exception):
-    """A command the agent will not run.
-
-    ``reason`` is the machine-readable cause; ``message`` (also ``str(exc)``) is one
-    sentence saying what was wrong and what to do. It never contains payload or key bytes.
-    A refusal caused by the certificate chains the :class:`~proto.certs.CertificateError`.
-    """
-
-    def __init__(self, reason: RefusalReason, message: str | None = None) -> None:
-        message = message if message is not None else _MESSAGES[reason]
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)

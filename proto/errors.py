@@ -11,13 +11,17 @@ The tree splits *our* misuse from the *peer's* garbage, as h11 does::
         ├── UnexpectedMessage     a valid message not allowed in the current state
         └── AuthenticationFailed  a bad proof of key possession
     TokenError                    an enrollment token that cannot be used (not a wire error)
+    CertificateError              a technician certificate that does not check out (``reason``:
+                                  a :class:`CertReason`)
+    CommandRefused                a signed command that will not run (``reason``: a
+                                  :class:`RefusalReason`; the text says what to do)
 
 Messages never contain key material or payload bytes: only sizes, types and states.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 
 class CloseCode(IntEnum):
@@ -88,3 +92,110 @@ class AuthenticationFailed(RemoteProtocolError):
 
 class TokenError(Exception):
     """An enrollment token that is malformed or expired. The text says what to do."""
+
+
+# -- signed things that do not check out (not wire errors: the connection stays) ------
+
+
+class CertReason(StrEnum):
+    """Why a certificate was refused (stable strings: they appear in logs and docs)."""
+
+    MALFORMED = "malformed"
+    NOT_USER = "not_user_certificate"
+    UNTRUSTED = "untrusted_issuer"
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_PRINCIPAL = "wrong_principal"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    NOT_ED25519 = "not_ed25519"
+    UNSUPPORTED_OPTION = "unsupported_critical_option"
+
+
+class CertificateError(Exception):
+    """A certificate that does not check out.
+
+    ``reason`` is the machine-readable cause; ``message`` (also ``str(exc)``) says what
+    happened and what to do. It never contains key material or certificate bytes.
+    """
+
+    def __init__(self, reason: CertReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class RefusalReason(StrEnum):
+    """Why a command was refused (stable strings: they appear in logs and docs)."""
+
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    UNTRUSTED_CERTIFICATE = "untrusted_certificate"
+    CERTIFICATE_EXPIRED = "certificate_expired"
+    WRONG_TECHNICIAN = "wrong_technician"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    LIFETIME_TOO_LONG = "lifetime_too_long"
+    WRONG_AGENT = "wrong_agent"
+    WRONG_CASE = "wrong_case"
+    WRONG_ACTION = "wrong_action"
+    REPLAYED = "replayed"
+    BUSY = "busy"
+    WRONG_AUDIENCE = "wrong_audience"
+
+
+REFUSAL_MESSAGES: dict[RefusalReason, str] = {
+    RefusalReason.MALFORMED:
+        "the signed command could not be decoded; send it again from an up-to-date hw-tech",
+    RefusalReason.BAD_SIGNATURE:
+        "the command's signature does not match its contents and the technician's "
+        "certificate, so it was altered on the way; sign and send it again",
+    RefusalReason.UNTRUSTED_CERTIFICATE:
+        "the technician certificate does not chain to the organisation key this agent "
+        "trusts; sign with a certificate from this organisation (`hw-server tech add`)",
+    RefusalReason.CERTIFICATE_EXPIRED:
+        "the technician certificate is outside its validity period; ask an operator for a "
+        "new one (`hw-server tech add`) or check the clocks",
+    RefusalReason.WRONG_TECHNICIAN:
+        "the command names a technician the certificate is not issued to; sign as yourself",
+    RefusalReason.REVOKED:
+        "the technician certificate that signed the command has been revoked; ask an operator "
+        "for a new one (`hw-server tech add`)",
+    RefusalReason.EXPIRED:
+        "the command expired before the agent could run it; sign and send it again",
+    RefusalReason.NOT_YET_VALID:
+        "the command is dated in the future beyond the allowed clock skew; correct the "
+        "technician's or the agent's clock and send it again",
+    RefusalReason.LIFETIME_TOO_LONG:
+        "the command stays valid for longer than the 10 minutes allowed; sign it again with "
+        "an earlier expiry",
+    RefusalReason.WRONG_AGENT:
+        "the command is addressed to another agent; send it to the agent that owns the case",
+    RefusalReason.WRONG_CASE:
+        "the command was signed for another case; sign it again for this case",
+    RefusalReason.WRONG_ACTION:
+        "the signed action differs from the action requested; sign the action you request",
+    RefusalReason.REPLAYED:
+        "this command was already received once (same nonce); sign a new command to repeat "
+        "the action",
+    RefusalReason.BUSY:
+        "too many commands are in flight on this agent; retry shortly",
+    RefusalReason.WRONG_AUDIENCE:
+        "the fan-out command is addressed to another customer's agents; sign it for the "
+        "audience you mean (`hw-tech ping --all` or `--customer NAME`)",
+}
+
+
+class CommandRefused(Exception):
+    """A command the agent will not run.
+
+    ``reason`` is the machine-readable cause; ``message`` (also ``str(exc)``) is one
+    sentence saying what was wrong and what to do. It never contains payload or key bytes.
+    A refusal caused by the certificate chains the :class:`~proto.certs.CertificateError`.
+    """
+
+    def __init__(self, reason: RefusalReason, message: str | None = None) -> None:
+        message = message if message is not None else REFUSAL_MESSAGES[reason]
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

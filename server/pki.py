@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from proto.certs import CertificateError, verify_user_certificate
+from proto.certs import verify_user_certificate
+from proto.errors import CertificateError
 
 from .errors import CertificateRefused
 

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
-from proto.command import CommandRefused, RefusalReason, verify_command
-from proto.errors import DecodeError
+from proto.command import verify_command
+from proto.errors import CommandRefused, DecodeError, RefusalReason
 from proto.receipt import verify_receipt
 
 from .agent_gateway import AgentDirectory

@@ -31,8 +31,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
-from proto.command import CommandRefused, RefusalReason, verify_command
-from proto.errors import CloseCode, UnexpectedMessage
+from proto.command import verify_command
+from proto.errors import CloseCode, CommandRefused, RefusalReason, UnexpectedMessage
 
 from .store import NotFound, RecordingRecord, Store
 

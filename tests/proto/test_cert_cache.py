@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proto import certs
-from proto.certs import CertReason, verify_user_certificate
+from proto.certs import verify_user_certificate
 from proto.command import (
     Command,
     CommandRefused,
@@ -20,6 +20,7 @@ from proto.command import (
     sign_command,
     verify_command,
 )
+from proto.errors import CertReason
 from tests.proto.test_certs import NOW, VALID_BEFORE, make_cert, raw, refused, ssh_key
 
 

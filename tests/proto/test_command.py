@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proto.certs import CertificateError, CertReason, ssh_fingerprint
+from proto.certs import ssh_fingerprint
 from proto.command import (
     CLOCK_SKEW,
     COMMAND_CONTEXT,
@@ -32,6 +32,7 @@ from proto.command import (
     sign_command,
     verify_command,
 )
+from proto.errors import CertificateError, CertReason
 
 NOW = datetime(2025, 3, 14, 9, 0, tzinfo=UTC)
 AGENT = "ag-0123456789abcdef0123"
