@@ -89,7 +89,8 @@ def cmd_help(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
-    from .control import ControlError, call
+    from .control import call
+    from .errors import ControlError
 
     home = _home(args)
     home.state()

@@ -16,16 +16,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import AgentError
+from .errors import AgentError, ControlError
 
 SOCKET_NAME = "control.sock"
 MAX_LINE = 64 * 1024
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-class ControlError(AgentError):
-    """The control socket cannot be reached or refused the request."""
 
 
 async def serve_control(home: Path, handler: Handler) -> asyncio.AbstractServer | None:

@@ -6,7 +6,11 @@
     ├── NotEnrolled       the home holds no enrollment yet
     ├── EnrollError       enrollment refused or impossible (CA mismatch, used token...)
     ├── Unreachable       no server URL answered (transient: the run loop retries)
-    └── Refused           the server refused us for good (revoked, unknown agent)
+    ├── Refused           the server refused us for good (revoked, unknown agent)
+    ├── ControlError      the control socket cannot be reached or refused the request
+    ├── ConsentError      a consent request or grant the customer cannot make as asked
+    ├── FixError          a fix cannot be planned or run as asked (text for the technician)
+    └── VisitError        an on-site visit answer that cannot be given
 """
 
 from __future__ import annotations
@@ -34,3 +38,11 @@ class Unreachable(AgentError):
 
 class Refused(AgentError):
     pass
+
+
+class ControlError(AgentError):
+    """The control socket cannot be reached or refused the request."""
+
+
+class FixError(AgentError):
+    """A fix cannot be planned or run as asked. The message says why (for the technician)."""

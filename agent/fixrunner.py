@@ -48,14 +48,12 @@ from agent.runner import (
 )
 from plugins.api import FixContext, Fixer, FixOutcome, FixPlan, FixRefused, NotAvailable
 
+from .errors import FixError
+
 __all__ = ["FixError", "apply_fix", "list_fixers", "plan_fix", "rollback_fix"]
 
 #: The verify note when the fix itself did not succeed.
 NOT_VERIFIED = "Not verified: the fix did not succeed."
-
-
-class FixError(Exception):
-    """A fix cannot be planned or run as asked. The message says why (for the technician)."""
 
 
 @dataclass(frozen=True)
