@@ -239,7 +239,13 @@ def cmd_book(args: argparse.Namespace) -> int:
 def add_ticket_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     s = sub.add_parser("escalate", parents=[common], help="turn a case into an on-site "
-                       "ticket (quote, slots, preparation list, checklist)")
+                       "ticket (quote, slots, preparation list, checklist)",
+                       description="Turn a case into an on-site ticket: quote, up to three "
+                       "slots from the field technicians on record, preparation list, "
+                       "customer checklist. A case with an open ticket gets no second one: "
+                       "an offer with no slot ahead is proposed again (new slots and quote; "
+                       "a history entry and a ticket.proposed-again audit entry), any other "
+                       "open ticket is shown as it is.")
     s.add_argument("case", metavar="CASE", type=case_number)
     s.add_argument("--reason", required=True, help="why remote support cannot solve it")
     s.add_argument("--service", default="hardware-repair",
