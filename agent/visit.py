@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
 from proto.receipt import sign_visit
-from proto.timefmt import human_time
+from proto.timefmt import human_span
 
 from .connection import close_text, dial
 from .errors import AgentError, Unreachable
@@ -74,16 +74,6 @@ def load_offer(home: Path, ticket: str) -> dict[str, Any]:
     return data
 
 
-def slot_text(start: datetime, end: datetime | None = None) -> str:
-    """An appointment in the zone it carries — the customer's city's (China time), where
-    the visit happens — with the offset shown: ``2026-12-01 10:00-12:00 +08:00``."""
-    text = human_time(start, start.tzinfo)
-    if end is None:
-        return text
-    day_time, _sp, offset = text.rpartition(" ")
-    return f"{day_time}-{end.astimezone(start.tzinfo):%H:%M} {offset}"
-
-
 def describe_offer(data: dict[str, Any]) -> list[str]:
     """The offer as the customer sees it: who offers what, for how much."""
     offer = data["offer"]
@@ -93,7 +83,7 @@ def describe_offer(data: dict[str, Any]) -> list[str]:
         lines.append(f"    {item.get('amount'):>6} {offer.get('currency', '')}  {item.get('name')}")
     for n, slot in enumerate(offer.get("slots", []), 1):
         flags = [x for x in ("urgent", "overtime") if slot.get(x)]
-        when = slot_text(datetime.fromisoformat(slot["start"]),
+        when = human_span(datetime.fromisoformat(slot["start"]),
                          datetime.fromisoformat(slot["end"]))
         lines.append(f"  {n}. {when}  "
                      f"{slot['total']} {offer.get('currency', '')}"

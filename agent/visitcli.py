@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import msgspec
 
 from proto import messages as m
 from proto.ticketstatus import status
+from proto.timefmt import human_span
 
 from .cliargs import _home, _run
 from .visit import (
@@ -21,16 +23,15 @@ from .visit import (
     describe_offer,
     load_offer,
     signoff_lines,
-    slot_text,
     visits,
 )
 
 
 def _print(t: m.TicketInfo) -> None:
-    when = (f"{slot_text(t.booked_start, t.booked_end)} with technician {t.technician}"
+    when = (f"{human_span(t.booked_start, t.booked_end)} with technician {t.technician}"
             if t.booked_start and t.booked_end else "not booked")
-    print(f"{t.ticket}  {status(t, customer=True)}  case {t.case}  {t.service}  {t.city}: "
-          f"{when}")
+    print(f"{t.ticket}  {status(t, now=datetime.now(UTC), customer=True)}  case {t.case}  "
+          f"{t.service}  {t.city}: {when}")
     if t.total is not None:
         print(f"  price: {t.total} {t.currency}" + (" (free visit)" if t.free_visit else ""))
     if not t.eligible:

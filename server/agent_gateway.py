@@ -33,15 +33,13 @@ from .admission import HandshakeGate
 from .cases import GUARDED, CaseState, case_state_after, decide, parse_state, unresolved_findings
 from .fanout import Fanouts
 from .node import AgentLink, Node, close_reason, now_utc, recv
-from .onsite.tickets import FINISHED, TicketError
+from .onsite.tickets import TicketError
 from .results import result_payload, stored_result
 from .store import NotFound, StoreError, TokenRefused
 from .tunnel import TunnelBroker, store_recording
 
 log = logging.getLogger("hw.server")
 
-#: Tickets of one agent read when a fix would resolve one of its cases (newest first).
-TICKETS_READ = 500
 
 
 def secret_hash(secret: bytes) -> bytes:
@@ -259,14 +257,13 @@ class AgentGateway:
 
     async def _guarded_state(self, link: AgentLink, msg: m.Result) -> CaseState | None:
         """The state a result that would resolve its case leads to (:func:`cases.decide`):
-        reads the case, its results and its agent's tickets."""
+        reads the case, its results and whether the case has an open ticket."""
         store = self.node.store
         case = await store.get_case(msg.case)
         if case is None or case.agent_id != link.agent_id:
             return None  # storing it is refused (NotFound): read nothing more
         history = [stored_result(r) for r in await store.list_results(msg.case)]
-        tickets = await self.node.desk.tickets(agent_id=link.agent_id, limit=TICKETS_READ)
-        ticket_open = any(t.case == msg.case and t.state not in FINISHED for t in tickets)
+        ticket_open = await self.node.desk.open_ticket(msg.case) is not None
         decision = decide(parse_state(case.state), msg, unresolved_findings(history),
                           ticket_open)
         if decision.held_by:
@@ -281,12 +278,20 @@ class AgentGateway:
             lambda conn: store.store_result_in(conn, **result)))
 
     async def _escalate(self, case: str) -> None:
-        """A case that needs an on-site visit becomes a ticket at once (never twice)."""
+        """A case that needs an on-site visit becomes a ticket at once (never twice).
+
+        Never raises: it runs after the result is stored and before the agent's Ack, so a
+        failure here is logged and the result path goes on (a technician escalates by
+        hand)."""
         try:
             ticket, created = await self.node.desk.escalate(
                 case, actor="server", now=now_utc(),
                 reason="automatic: remote support found a hardware fault it cannot fix")
-        except (StoreError, ValueError, KeyError):
+        except TicketError as exc:  # says what happened and what to do
+            log.warning("could not escalate case %s: %s; escalate by hand with "
+                        "`hw-tech escalate %s`", case, exc, case)
+            return
+        except Exception:
             log.exception("could not escalate case %s; escalate by hand with "
                           "`hw-tech escalate %s`", case, case)
             return

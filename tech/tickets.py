@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from proto import messages as m
-from proto.ticketstatus import OFFERED, status
-from proto.timefmt import human_time
+from proto.ticketstatus import OFFERED, status, waits_for_slots
+from proto.timefmt import human_span
 
 from .client import TechClient
 from .common import _call, _dump, _out, _profile, _table, _when, case_number
@@ -60,26 +60,14 @@ def satisfaction(text: str) -> int:
     raise argparse.ArgumentTypeError("--satisfaction takes 1 (poor) to 5 (excellent)")
 
 
-def slot_text(start: datetime | None, end: datetime | None = None) -> str:
-    """An appointment in the zone it carries: the customer's city's (the on-site policy's,
-    China time), where the visit happens and where the field technician will be, offset
-    shown: ``2026-12-01 10:00-12:00 +08:00``."""
-    if start is None:
-        return "-"
-    text = human_time(start, start.tzinfo)
-    if end is None:
-        return text
-    day_time, _sp, offset = text.rpartition(" ")
-    return f"{day_time}-{end.astimezone(start.tzinfo):%H:%M} {offset}"
-
-
 def _money(t: m.TicketInfo, amount: int | None) -> str:
     return "-" if amount is None else f"{amount} {t.currency}"
 
 
 def print_ticket(t: m.TicketInfo, out: Any) -> None:
 
-    _out(f"{t.ticket}  {status(t)}  case {t.case}  {t.customer}  {t.city} (tier {t.tier})")
+    _out(f"{t.ticket}  {status(t, now=datetime.now(UTC))}  case {t.case}  {t.customer}  "
+         f"{t.city} (tier {t.tier})")
     _out(f"  service {t.service}; reason: {t.reason}")
     _out(f"  eligible: {'yes' if t.eligible else 'no'}; covered: "
          f"{'yes' if t.covered else 'no'}" + ("; working days provisional" if t.provisional
@@ -99,10 +87,10 @@ def print_ticket(t: m.TicketInfo, out: Any) -> None:
         for n, s in enumerate(t.slots, 1):
             flags = ", ".join(x for x, on in (("urgent", s.urgent), ("overtime", s.overtime))
                               if on)
-            _out(f"    {n}. {slot_text(s.start, s.end)}  {s.total} "
+            _out(f"    {n}. {human_span(s.start, s.end)}  {s.total} "
                  f"{t.currency}{'  (' + flags + ')' if flags else ''}")
     if t.booked_start is not None:
-        _out(f"  booked: {slot_text(t.booked_start, t.booked_end)} with {t.technician} "
+        _out(f"  booked: {human_span(t.booked_start, t.booked_end)} with {t.technician} "
              f"(accepted by {t.accepted_by})")
     if t.preparation:
         _out("  preparation:")
@@ -154,7 +142,7 @@ def cmd_escalate(args: argparse.Namespace) -> int:
     reply = _call(args, lambda rid: m.EscalateCase(id=rid, case=args.case, reason=args.reason,
                                                    service=args.service))
     t = reply.ticket
-    if t.eligible and t.state in BOOKABLE and not t.slots:
+    if waits_for_slots(t, datetime.now(UTC)):
         _out(f"hw-tech: note: {_no_slots(t)}", file=sys.stderr)
     return _ticket_reply(args, reply)
 
@@ -167,9 +155,10 @@ def cmd_tickets(args: argparse.Namespace) -> int:
     if args.json:
         _dump(reply.tickets)
     else:
-        _table([[t.ticket, status(t), t.case, t.customer, t.city,
+        now = datetime.now(UTC)
+        _table([[t.ticket, status(t, now=now), t.case, t.customer, t.city,
                  str(len(t.slots)) if t.state in BOOKABLE else "-",
-                 slot_text(t.booked_start), t.technician or "-", _money(t, t.total)]
+                 human_span(t.booked_start), t.technician or "-", _money(t, t.total)]
                 for t in reply.tickets],
                ["TICKET", "STATE", "CASE", "CUSTOMER", "CITY", "SLOTS", "BOOKED",
                 "TECHNICIAN", "TOTAL"])
@@ -215,7 +204,7 @@ def cmd_book(args: argparse.Namespace) -> int:
                 raise TechError(f"the server answered {type(detail).__name__} for ticket "
                                 f"{args.ticket}; retry, or see `hw-tech ticket show`")
             t = detail.ticket
-            if t.state in BOOKABLE and not any(s.start > datetime.now(UTC) for s in t.slots):
+            if waits_for_slots(t, datetime.now(UTC)):
                 # no slot ahead: propose again from the field technicians on record now
                 detail = await client.call(m.EscalateCase(
                     id=client.new_id(), case=t.case, service=t.service,
@@ -250,7 +239,13 @@ def cmd_book(args: argparse.Namespace) -> int:
 def add_ticket_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     s = sub.add_parser("escalate", parents=[common], help="turn a case into an on-site "
-                       "ticket (quote, slots, preparation list, checklist)")
+                       "ticket (quote, slots, preparation list, checklist)",
+                       description="Turn a case into an on-site ticket: quote, up to three "
+                       "slots from the field technicians on record, preparation list, "
+                       "customer checklist. A case with an open ticket gets no second one: "
+                       "an offer with no slot ahead is proposed again (new slots and quote; "
+                       "a history entry and a ticket.proposed-again audit entry), any other "
+                       "open ticket is shown as it is.")
     s.add_argument("case", metavar="CASE", type=case_number)
     s.add_argument("--reason", required=True, help="why remote support cannot solve it")
     s.add_argument("--service", default="hardware-repair",

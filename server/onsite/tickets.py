@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from proto import messages as m
+from proto.ticketstatus import waits_for_slots
 from proto.timefmt import human_time
 
 from ..cases import MOVES as CASE_MOVES
@@ -82,6 +83,12 @@ class TicketError(StoreError):
 
 class SlotTaken(TicketError):
     """No technician is free for that slot any more."""
+
+
+class CityNotKnown(TicketError):
+    """The customer's city is not in the coverage data: nothing can be quoted or proposed
+    (:class:`~server.onsite.coverage.UnknownCity`, raised by the pure coverage module, as a
+    ticket error with what to do)."""
 
 
 def ticket_number(day: str, seq: int) -> str:
@@ -169,6 +176,15 @@ class OnsiteDesk:
                 ticket_events.c.ticket_id == ticket_id).order_by(ticket_events.c.id))).all()
         return self._info(row, events)
 
+    async def open_ticket(self, case_number: str) -> str | None:
+        """The case's ticket that is not finished, if any (at most one: escalating a case
+        with an open ticket proposes that one again). One query on the case's index."""
+        async with self.store._tx(write=False) as conn:
+            found = (await conn.execute(sa.select(tickets.c.ticket_id).where(
+                tickets.c.case_number == case_number,
+                tickets.c.state.not_in([s.value for s in FINISHED])).limit(1))).scalar()
+        return None if found is None else str(found)
+
     async def tickets(self, *, state: m.TicketState | None = None, agent_id: str | None = None,
                    followup_due_on: date | None = None, limit: int = 500
                    ) -> list[m.TicketInfo]:
@@ -218,28 +234,38 @@ class OnsiteDesk:
 
     # -- escalation --------------------------------------------------------------------
 
-    async def _context(self, case: Any, now: datetime) -> Context:
+    async def _context(self, case: Any, now: datetime, *, releasing: str | None = None
+                       ) -> Context:
+        """Raises CityNotKnown. ``releasing``: a ticket whose booking is being released
+        (a reschedule): its free visit counts as unused."""
         agent = await self.store.get_agent(case.agent_id)
         if agent is None:
             raise NotFound(f"the agent of case {case.number} is unknown")
-        city = resolve_city(agent.city)  # UnknownCity: the caller records it
+        try:
+            city = resolve_city(agent.city)
+        except UnknownCity as exc:
+            raise CityNotKnown(f"the customer's city is not known to the coverage data "
+                               f"({exc}); correct the customer's city, then escalate "
+                               "again") from None
         _base, km = nearest_base(city, self.policy.bases)
         today = now.astimezone(self.policy.hours.tz).date()
         contract_id, contract = None, None
         for c in await self.store.list_contracts(customer=agent.customer):
             if c.valid_from <= today <= c.valid_to:
-                used = await self.contract_used(c.contract_id)
+                used = await self.contract_used(c.contract_id, releasing=releasing)
                 contract_id = c.contract_id
                 contract = ContractState(free_visits=c.free_visits, used=used, rate=c.rate,
                                          valid_from=c.valid_from, valid_to=c.valid_to)
                 break
         return Context(agent.customer, agent.kind, city, km, contract_id, contract, case.state)
 
-    async def contract_used(self, contract_id: str) -> int:
+    async def contract_used(self, contract_id: str, *, releasing: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(contract_visits).where(
+            contract_visits.c.contract_id == contract_id)
+        if releasing is not None:
+            query = query.where(contract_visits.c.ticket_id != releasing)
         async with self.store._tx(write=False) as conn:
-            return int((await conn.execute(sa.select(sa.func.count()).select_from(
-                contract_visits).where(contract_visits.c.contract_id == contract_id))
-            ).scalar_one())
+            return int((await conn.execute(query)).scalar_one())
 
     def _quote(self, ctx: Context, service: str, when: datetime, now: datetime) -> Quote:
         today = now.astimezone(self.policy.hours.tz).date()
@@ -259,10 +285,7 @@ class OnsiteDesk:
         case = await self.store.get_case(case_number)
         if case is None:
             raise NotFound(f"no case {case_number}; list cases with `hw-tech cases`")
-        async with self.store._tx(write=False) as conn:
-            open_id = (await conn.execute(sa.select(tickets.c.ticket_id).where(
-                tickets.c.case_number == case_number,
-                tickets.c.state.not_in([s.value for s in FINISHED])))).scalar()
+        open_id = await self.open_ticket(case_number)
         if open_id is not None:  # proposing again: slots from the field technicians now
             return await self.propose_again(open_id, actor=actor, now=now,
                                             why=f"escalated again: {reason}"), False
@@ -279,12 +302,10 @@ class OnsiteDesk:
             case_opened_at=case.opened_at, created_at=now, updated_at=now, slots="[]")
         try:
             ctx = await self._context(case, now)
-        except UnknownCity as exc:
+        except CityNotKnown as exc:
             values.update(customer_kind="unknown", city="?", tier="?", eligible=False,
                           covered=False, provisional=False, state=S.NOT_ELIGIBLE.value,
-                          quote=json.dumps({"reasons": [
-                              f"the customer's city is not known to the coverage data ({exc}); "
-                              "correct the customer's city, then escalate again"],
+                          quote=json.dumps({"reasons": [str(exc)],
                               "alternatives": list(REMOTE_ALTERNATIVES)},
                              ensure_ascii=False))
             return await self._insert(values, actor, now), True
@@ -300,11 +321,14 @@ class OnsiteDesk:
             slots=msgspec.json.encode(slots if eligible else []).decode())
         return await self._insert(values, actor, now), True
 
-    async def _proposal(self, ctx: Context, service: str, now: datetime
+    async def _proposal(self, ctx: Context, service: str, now: datetime, *,
+                        releasing: str | None = None
                         ) -> tuple[list[m.SlotOffer], Quote, dict[str, Any]]:
         """Slots from the field technicians on record now, the quote they rest on (the
-        first slot's, else the earliest standard date's) and the quote's JSON."""
-        slots, first = self._propose(ctx, service, now, await self._occupancy(now))
+        first slot's, else the earliest standard date's) and the quote's JSON.
+        ``releasing``: a ticket whose booking is being released; its hours count as free."""
+        slots, first = self._propose(ctx, service, now,
+                                     await self._occupancy(now, releasing=releasing))
         probe = first or self._quote(ctx, service, self._first_standard(ctx, now), now)
         quote_json = _quote_json(probe)
         if probe.eligible and not slots:
@@ -319,51 +343,67 @@ class OnsiteDesk:
 
     @staticmethod
     def needs_slots(info: m.TicketInfo, now: datetime) -> bool:
-        """An eligible offer (proposed or rescheduled) with no slot still ahead: proposing
+        """An eligible offer (proposed or rescheduled) with no slot still ahead
+        (:func:`proto.ticketstatus.waits_for_slots`, what every reader prints): proposing
         again cannot disturb an offer the customer may be looking at."""
-        return (info.state in BOOKABLE and info.eligible
-                and not any(s.start > now for s in info.slots))
+        return waits_for_slots(info, now)
 
-    async def propose_again(self, ticket_id: str, *, actor: str, now: datetime, why: str,
-                            force: bool = False) -> m.TicketInfo:
+    async def propose_again(self, ticket_id: str, *, actor: str, now: datetime, why: str
+                            ) -> m.TicketInfo:
         """Recompute the slots of an offer from the field technicians on record now.
 
-        Done when the offer has no slot ahead (:meth:`needs_slots`; ``force``: always, for
-        a reschedule); otherwise the ticket is returned as it is. The quote's reasons are
+        Done when the offer has no slot ahead (:meth:`needs_slots`; a reschedule proposes
+        always, in :meth:`move`); otherwise the ticket is returned as it is. The quote's reasons are
         recomputed with the slots (a "no field technician" reason goes once one covers
         the city). The ticket keeps its state; its history notes the new proposal.
+
+        Raises:
+            TicketError: nothing can be proposed (CityNotKnown: the customer's city is not
+                in the coverage data) or the ticket changed meanwhile; nothing is changed.
         """
         info = await self.get(ticket_id)
-        if not (force and info.state in BOOKABLE and info.eligible) and not self.needs_slots(
-                info, now):
+        if not self.needs_slots(info, now):
             return info
-        case = await self.store.get_case(info.case)
-        if case is None:
-            raise NotFound(f"the case {info.case} of ticket {ticket_id} is gone")
-        ctx = await self._context(case, now)
-        slots, probe, quote_json = await self._proposal(ctx, info.service, now)
-        note = (f"{why}: {len(slots)} slot{'s' if len(slots) != 1 else ''} proposed from the "
-                "field technicians on record" if slots else
-                f"{why}: no slot to propose ({'; '.join(quote_json['reasons'][-1:])})")
-        values: dict[str, Any] = dict(
-            slots=msgspec.json.encode(slots).decode(), updated_at=now,
-            quote=json.dumps(quote_json, ensure_ascii=False), provisional=probe.provisional,
-            free_visit=probe.free_visit, covered=probe.covered)
-        if probe.price is not None:
-            values["total"] = probe.price.total
+        values, note, count = await self._new_proposal(info, why=why, now=now)
         async with self.store._tx(write=True) as conn:
             done = await conn.execute(sa.update(tickets).where(
                 tickets.c.ticket_id == ticket_id, tickets.c.state == info.state.value,
-            ).values(**values))
+            ).values(updated_at=now, **values))
             if done.rowcount != 1:
                 raise TicketError(f"ticket {ticket_id} changed meanwhile; look at it again")
             await conn.execute(sa.insert(ticket_events).values(
                 ticket_id=ticket_id, state=info.state.value, at=now, actor=actor, note=note))
-        await self.store.append_audit(event="ticket.proposed-again", actor=actor,
-                                      subject=ticket_id, now=now,
-                                      detail={"case": info.case, "slots": len(slots),
-                                              "note": note[:300]})
+        await self._audit_proposal(info, count, note, actor=actor, now=now)
         return await self.get(ticket_id)
+
+    async def _new_proposal(self, info: m.TicketInfo, *, why: str, now: datetime,
+                            releasing: bool = False) -> tuple[dict[str, Any], str, int]:
+        """The ticket's new slots and quote, computed before anything is written: the
+        column values, the history note and the number of slots. ``releasing``: its
+        booking is being released in the same write (a reschedule)."""
+        case = await self.store.get_case(info.case)
+        if case is None:
+            raise NotFound(f"the case {info.case} of ticket {info.ticket} is gone")
+        own = info.ticket if releasing else None
+        ctx = await self._context(case, now, releasing=own)  # CityNotKnown: nothing written
+        slots, probe, quote_json = await self._proposal(ctx, info.service, now, releasing=own)
+        note = (f"{why}: {len(slots)} slot{'s' if len(slots) != 1 else ''} proposed from the "
+                "field technicians on record" if slots else
+                f"{why}: no slot to propose ({'; '.join(quote_json['reasons'][-1:])})")
+        values: dict[str, Any] = dict(
+            slots=msgspec.json.encode(slots).decode(),
+            quote=json.dumps(quote_json, ensure_ascii=False), provisional=probe.provisional,
+            free_visit=probe.free_visit, covered=probe.covered)
+        if probe.price is not None:
+            values["total"] = probe.price.total
+        return values, note, len(slots)
+
+    async def _audit_proposal(self, info: m.TicketInfo, count: int, note: str, *, actor: str,
+                              now: datetime) -> None:
+        await self.store.append_audit(event="ticket.proposed-again", actor=actor,
+                                      subject=info.ticket, now=now,
+                                      detail={"case": info.case, "slots": count,
+                                              "note": note[:300]})
 
     async def propose_waiting(self, *, actor: str, now: datetime) -> list[m.TicketInfo]:
         """Propose again every offer with no slot ahead (after a field technician is
@@ -380,7 +420,7 @@ class OnsiteDesk:
             try:
                 again = await self.propose_again(ticket_id, actor=actor, now=now,
                                                  why="a field technician was added")
-            except (TicketError, NotFound, UnknownCity):
+            except (TicketError, NotFound):
                 continue  # changed meanwhile or no longer quotable: left as it is
             if again.slots:
                 out.append(again)
@@ -441,18 +481,23 @@ class OnsiteDesk:
 
     # -- slots -------------------------------------------------------------------------
 
-    async def _occupancy(self, now: datetime) -> tuple[set[tuple[str, datetime]],
-                                                        dict[tuple[str, date], int],
-                                                        dict[str, int], list[FieldTech]]:
+    async def _occupancy(self, now: datetime, *, releasing: str | None = None
+                         ) -> tuple[set[tuple[str, datetime]], dict[tuple[str, date], int],
+                                    dict[str, int], list[FieldTech]]:
+        """Busy technician-hours, day visits and load; ``releasing``: without that
+        ticket's own booking (it is being released in the same write)."""
+        hours = sa.select(tech_hours).where(tech_hours.c.hour_start >= now - timedelta(days=1))
+        # days from today on: the capacity to check, and the load that dispatch weighs
+        day_visits = sa.select(
+            tech_day_visits.c.technician, tech_day_visits.c.day, sa.func.count()).where(
+            tech_day_visits.c.day >= now.astimezone(self.policy.hours.tz).date()
+            - timedelta(days=1))
+        if releasing is not None:
+            hours = hours.where(tech_hours.c.ticket_id != releasing)
+            day_visits = day_visits.where(tech_day_visits.c.ticket_id != releasing)
         async with self.store._tx(write=False) as conn:
-            busy = {(r.technician, r.hour_start) for r in (await conn.execute(
-                sa.select(tech_hours).where(tech_hours.c.hour_start >= now - timedelta(
-                    days=1)))).all()}
-            # days from today on: the capacity to check, and the load that dispatch weighs
-            day_rows = (await conn.execute(sa.select(
-                tech_day_visits.c.technician, tech_day_visits.c.day, sa.func.count()).where(
-                tech_day_visits.c.day >= now.astimezone(self.policy.hours.tz).date()
-                - timedelta(days=1)).group_by(
+            busy = {(r.technician, r.hour_start) for r in (await conn.execute(hours)).all()}
+            day_rows = (await conn.execute(day_visits.group_by(
                 tech_day_visits.c.technician, tech_day_visits.c.day))).all()
         days = {(t, d): int(n) for t, d, n in day_rows}
         load: dict[str, int] = {}
@@ -651,6 +696,13 @@ class OnsiteDesk:
         elif to in (S.RESCHEDULED, S.CANCELLED):
             if not note:
                 raise TicketError(f"say why the ticket is {to.value} (--note)")
+        proposal: tuple[dict[str, Any], str, int] | None = None
+        if to is S.RESCHEDULED and info.eligible:
+            # new slots from the field technicians on record now, computed before anything
+            # is written (CityNotKnown refuses the move) and written with the state change
+            proposal = await self._new_proposal(info, why="rescheduled", now=now,
+                                                releasing=True)
+            values.update(proposal[0])
         async with self.store._tx(write=True) as conn:
             if to in (S.RESCHEDULED, S.CANCELLED):
                 await self._release(conn, ticket_id)
@@ -663,6 +715,10 @@ class OnsiteDesk:
                 raise TicketError(f"ticket {ticket_id} changed meanwhile; look at it again")
             await conn.execute(sa.insert(ticket_events).values(
                 ticket_id=ticket_id, state=to.value, at=now, actor=actor, note=event_note))
+            if proposal is not None:
+                await conn.execute(sa.insert(ticket_events).values(
+                    ticket_id=ticket_id, state=to.value, at=now, actor=actor,
+                    note=proposal[1]))
         if case_state is not None:
             await self.store.set_case_state(info.case, case_state[0], actor=actor, now=now,
                                             note=case_state[1])
@@ -670,9 +726,8 @@ class OnsiteDesk:
             event=f"ticket.{'signed-off' if info.state is S.ON_SITE else to.value}",
             actor=actor, subject=ticket_id, now=now,
             detail={"case": info.case, "from": info.state.value, "note": event_note[:300]})
-        if to is S.RESCHEDULED:  # new slots from the field technicians on record now
-            return await self.propose_again(ticket_id, actor=actor, now=now,
-                                            why="rescheduled", force=True)
+        if proposal is not None:
+            await self._audit_proposal(info, proposal[2], proposal[1], actor=actor, now=now)
         return await self.get(ticket_id)
 
     def settle(self, info: m.TicketInfo, *, resolved: bool, root_cause: m.RootCause) -> int:

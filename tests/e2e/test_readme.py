@@ -17,12 +17,19 @@ shell). What the test adds, and why:
   for your answer" or "fix waiting for your approval"), runs the
   customer's next line as written, and then requires the waiting line to succeed.
 - The agent gets its own ``TMPDIR`` and ``XDG_CACHE_HOME`` (scratch directories), so the
-  README's ``disk.cleanup`` cleans those, not this machine's ``/tmp``.
+  README's ``disk.cleanup`` cleans those, not this machine's ``/tmp``. Its ``TMPDIR`` holds
+  ``old.log``, 30 days old (``os.utime``; its inode-change time, which no call can age, as
+  the test plugin ``agedfiles`` reports it, loaded with ``HW_PLUGINS``), and ``new.log``
+  written just now: the plan must offer to move the first, never the second.
 - Skipped, with the reason: the interactive ``hw-tech ssh <CASE>`` (needs a terminal; the
   line before it runs the same path with a command) and the ``>> ~/.ssh/config`` append
   (must not change the user's SSH config; ``hw-tech ssh-config`` itself is run).
-- After some lines the test checks what the README's comment claims (three slots, the
-  confirmation the sign-off waits for, mean satisfaction in the report).
+- After some lines the test checks what the README's comment claims (the fix plan, three
+  slots, the confirmation the sign-off waits for, mean satisfaction in the report); each
+  claim must have been checked (a reworded README line must not silently check nothing).
+- "Command not found" before the activation line is checked with ``PATH`` cut down to the
+  system directories (``/usr/bin:/bin``): whoever also did ``pipx install .`` has the
+  commands on their own PATH.
 
 The ``make demo`` / ``make test`` block at the top is not run: building the environment is
 what runs this test.
@@ -36,6 +43,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +60,11 @@ PLACEHOLDER = re.compile(r"<(TOKEN|CASE|TICKET)>")
 CASE_RE = re.compile(r"\bHW-[0-9]{8}-[0-9]{4,6}\b")
 TICKET_RE = re.compile(r"\bTK-[0-9]{8}-[0-9]{4,6}\b")
 README_PORT = "127.0.0.1:8765"
+SYSTEM_PATH = "/usr/bin:/bin"
+#: What :func:`check_claim` checks; every one must be checked by the walk.
+CLAIMS = frozenset({"plan moves old files only", "fix applied", "three slots",
+                    "sign-off awaits confirmation", "customer sees the sign-off",
+                    "china time", "mean satisfaction"})
 
 
 def walk_lines(text: str) -> list[tuple[str, str]]:
@@ -87,6 +100,8 @@ class Walk:
     values: dict[str, str] = field(default_factory=dict)
     background: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    agent_tmp: Path | None = None
+    checked: set[str] = field(default_factory=set)
 
     def expand(self, command: str) -> str:
         def value(match: re.Match[str]) -> str:
@@ -179,14 +194,23 @@ def test_the_readme_step_by_step_runs_as_written(tmp_path: Path) -> None:
                                    if p and Path(p).resolve() != VENV_BIN.resolve())
     base["PYTHONUNBUFFERED"] = "1"
     base["HW_TEST_LISTEN"] = f"127.0.0.1:{free_port()}"
-    walk = Walk(tmp_path, base)
-    agent_env_dirs = {"TMPDIR": tmp_path / "agent-tmp", "XDG_CACHE_HOME": tmp_path / "cache"}
-    for d in agent_env_dirs.values():
+    walk = Walk(tmp_path, base, agent_tmp=tmp_path / "agent-tmp")
+    agent_env: dict[str, str | Path] = {
+        "TMPDIR": tmp_path / "agent-tmp", "XDG_CACHE_HOME": tmp_path / "cache",
+        "HW_PLUGINS": "agedfiles", "HW_AGED_FILES": tmp_path / "aged.json",
+        "PYTHONPATH": Path(__file__).resolve().parent}
+    for d in (tmp_path / "agent-tmp", tmp_path / "cache"):
         d.mkdir()
-    (agent_env_dirs["TMPDIR"] / "old.log").write_text("x" * 4096)  # something for the plan
+    old_log, old = tmp_path / "agent-tmp" / "old.log", time.time() - 30 * 86400
+    old_log.write_text("x" * 4096)
+    os.utime(old_log, (old, old))
+    (tmp_path / "aged.json").write_text(json.dumps({str(old_log): old}))
+    (tmp_path / "agent-tmp" / "new.log").write_text("y" * 4096)  # young: never moved
     try:
-        # without the README's activation the commands are not found (the bug it fixes)
-        assert walk.run("hw-server --help").returncode == 127
+        # without the README's activation the commands are not found (the bug it fixes);
+        # with the system's PATH only: a `pipx install .` elsewhere does not count
+        assert walk.run("hw-server --help",
+                        env={**walk.env, "PATH": SYSTEM_PATH}).returncode == 127
         waiting: tuple[str, subprocess.Popen[bytes], Path] | None = None
         for command, comment in lines:
             if command == ". .venv/bin/activate":
@@ -206,7 +230,7 @@ def test_the_readme_step_by_step_runs_as_written(tmp_path: Path) -> None:
                 walk.wait_log(proc, log, r"listening on wss://")
                 continue
             if re.search(r"\bhw-agent run\b", command):
-                env = {**walk.env, **{k: str(v) for k, v in agent_env_dirs.items()}}
+                env = {**walk.env, **{k: str(v) for k, v in agent_env.items()}}
                 proc, log = walk.start(expanded, "agent", env)
                 walk.wait_log(proc, log, r"connected to wss://")
                 continue
@@ -227,21 +251,36 @@ def test_the_readme_step_by_step_runs_as_written(tmp_path: Path) -> None:
             check_claim(walk, command, out)
         assert waiting is None
         assert {"TOKEN", "CASE", "TICKET"} <= set(walk.values)
+        assert walk.checked == CLAIMS, f"README claims not checked: {CLAIMS - walk.checked}"
     finally:
         walk.stop()
 
 
 def check_claim(walk: Walk, command: str, out: str) -> None:
-    """What the README's comment on a line says, checked."""
+    """What the README's comment on a line says, checked (recorded in ``walk.checked``)."""
+    assert walk.agent_tmp is not None
+    if command == "hw-tech --home T fix <CASE> disk.cleanup --dry-run":  # "the plan"
+        assert "old.log" in out and "new.log" not in out, out
+        assert (walk.agent_tmp / "old.log").exists(), "a dry run changes nothing"
+        walk.checked.add("plan moves old files only")
+    if command == "hw-agent consent approve --home A --case <CASE>":  # "approves the plan"
+        assert not (walk.agent_tmp / "old.log").exists(), "the approved plan was not applied"
+        assert (walk.agent_tmp / "new.log").exists()
+        walk.checked.add("fix applied")
     if command == "hw-tech --home T tickets":  # "the ticket, its quote and three slots"
         tickets = json.loads(walk.must("hw-tech --home T tickets --json"))
         assert len(tickets) == 1 and len(tickets[0]["slots"]) == 3, tickets
         assert tickets[0]["total"] is not None and walk.values["TICKET"] in out
+        walk.checked.add("three slots")
     if command.startswith("hw-tech --home T ticket signoff"):
         assert "awaiting the customer's signed confirmation" in out
+        walk.checked.add("sign-off awaits confirmation")
     if command == "hw-agent visit show --home A <TICKET>" and "sign-off" in out:
         assert "waiting for your signed confirmation" in out
+        walk.checked.add("customer sees the sign-off")
     if command == "hw-agent visit show --home A <TICKET>":
         assert "+08:00" in out  # China time, offset shown
+        walk.checked.add("china time")
     if command == "hw-server report --home S":
         assert "mean satisfaction: 5.00/5" in out
+        walk.checked.add("mean satisfaction")
