@@ -46,3 +46,7 @@ class ControlError(AgentError):
 
 class FixError(AgentError):
     """A fix cannot be planned or run as asked. The message says why (for the technician)."""
+
+
+class VisitError(AgentError):
+    """A visit command cannot be done; the message says why and what to do."""

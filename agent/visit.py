@@ -26,15 +26,11 @@ from proto.receipt import sign_visit
 from proto.timefmt import human_span
 
 from .connection import close_text, dial
-from .errors import AgentError, Unreachable
+from .errors import Unreachable, VisitError
 from .home import AgentHome
 from .localstore import LocalStore
 
 VISITS_DIR = "visits"
-
-
-class VisitError(AgentError):
-    """A visit command cannot be done; the message says why and what to do."""
 
 
 def now_utc() -> datetime:

@@ -17,8 +17,8 @@ from proto.ticketstatus import status
 from proto.timefmt import human_span
 
 from .cliargs import _home, _run
+from .errors import VisitError
 from .visit import (
-    VisitError,
     decide,
     describe_offer,
     load_offer,

@@ -41,7 +41,6 @@ from .tunnel import TunnelBroker, store_recording
 log = logging.getLogger("hw.server")
 
 
-
 def secret_hash(secret: bytes) -> bytes:
     """How enrollment secrets are stored: only their SHA-256."""
     return hashlib.sha256(b"helloword-enroll-v1\0" + secret).digest()
