@@ -75,7 +75,10 @@ class Agent:
         self.org_pub = bytes.fromhex(self.state.org_pub)
         self.ctx = home.ssl_context()
         self.store = LocalStore(home.db_path)
-        self.consents = ConsentStore(home.db_path, agent_id=self.state.agent_id)
+        # One connection for agent.db: the local log and the grants commit together, and
+        # the grants held in memory stay valid across the log's writes.
+        self.consents = ConsentStore(home.db_path, agent_id=self.state.agent_id,
+                                     connection=self.store.connection)
         self.policy = policy or Policy()
         self.terminal = terminal
         self.pm = pm
@@ -284,12 +287,19 @@ class Agent:
         except ConsentError as exc:
             return self._refuse(req, str(exc))
         cmd, fingerprint = verified.command, verified.cert.fingerprint
-        self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
         if req.action is m.Action.CONSENT:
+            self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
             return await self._consent_request(req, verified)
-        decision = self.gate(req.action, case=req.case, tech=cmd.tech, fingerprint=fingerprint)
-        if isinstance(decision, Refusal):
-            return self._refuse(req, decision.text)
+        # One commit for the used nonce and what the gate decided, before anything acts.
+        with self.store.batch():  # no await in here: agent.db is locked until it ends
+            self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
+            decision = self.gate(req.action, case=req.case, tech=cmd.tech,
+                                 fingerprint=fingerprint)
+            if isinstance(decision, Refusal):
+                return self._refuse(req, decision.text)
+            if req.action is m.Action.DIAG:
+                self.store.log("diag", f"{cmd.tech} ran diagnostics on {req.case} (grant "
+                               f"{decision.grant.receipt_id})", now=now)
         grant = decision.grant
         if req.action is m.Action.TUNNEL:  # runs until the SSH session ends
             if self.tunnels.full:
@@ -309,8 +319,6 @@ class Agent:
                         for n, v, s, a in list_fixers(self.pm)]
             return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
                             action=req.action, ok=True, plugins=plugins)
-        self.store.log("diag", f"{cmd.tech} ran diagnostics on {req.case} (grant "
-                       f"{grant.receipt_id})", now=now)
         probes = cmd.args.get("probes")
         async with self._work:
             ctx = ProbeContext(server_time=now_utc() + timedelta(

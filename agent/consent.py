@@ -159,20 +159,37 @@ def _ts(text: str | None) -> datetime | None:
 
 
 class ConsentStore:
-    """Grants in ``agent.db`` (own table, own connection)."""
+    """Grants in ``agent.db`` (own tables; own connection, or the local store's).
 
-    def __init__(self, path: Path, *, agent_id: str) -> None:
+    The gate reads the grants for every command, so they are held in memory: the cache is
+    dropped on every write through this store, and re-read when ``PRAGMA data_version``
+    says another connection (another process, e.g. a tool writing ``agent.db`` directly)
+    committed to the database since. Writes through ``connection`` itself do not change
+    ``data_version``: pass the local store's connection (:attr:`LocalStore.connection`) and
+    the local log's writes do not drop the cache either.
+    """
+
+    def __init__(self, path: Path, *, agent_id: str,
+                 connection: sqlite3.Connection | None = None) -> None:
+        """``connection``: share this one (autocommit, WAL, already open on ``path``);
+        ``None``: open one of its own, closed by :meth:`close`."""
         self.agent_id = agent_id
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # As for the local log: a commit survives the agent being killed.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._own = connection is None
+        if connection is None:
+            connection = sqlite3.connect(path, isolation_level=None)
+            connection.execute("PRAGMA busy_timeout=5000")
+            connection.execute("PRAGMA journal_mode=WAL")
+            # As for the local log: a commit survives the agent being killed.
+            connection.execute("PRAGMA synchronous=NORMAL")
+        self._db = connection
         self._db.executescript(_SCHEMA)
         self._nonce_writes = 0
+        self._grants: list[Grant] | None = None  # cached rows of ``grants``
+        self._grants_version = -1  # PRAGMA data_version when they were read
 
     def close(self) -> None:
-        self._db.close()
+        if self._own:
+            self._db.close()
 
     def _row(self, r: tuple[str, ...]) -> Grant:
         granted, expires = _ts(r[7]), _ts(r[8])
@@ -190,6 +207,7 @@ class ConsentStore:
                   tech_fingerprint=tech_fingerprint, scopes=list(scopes),
                   fix_needs_approval=fix_needs_approval, granted_at=now,
                   expires_at=now + policy.cap(duration), via=via, agent_id=self.agent_id)
+        self._grants = None
         self._db.execute(
             "INSERT INTO grants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
             (g.receipt_id, self.agent_id, case, tech, tech_fingerprint,
@@ -198,8 +216,12 @@ class ConsentStore:
         return g
 
     def all(self) -> list[Grant]:
-        rows = self._db.execute("SELECT * FROM grants ORDER BY granted_at")
-        return [self._row(r) for r in rows]
+        """Every grant, oldest first (from memory unless another connection wrote since)."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._grants is None or version != self._grants_version:
+            rows = self._db.execute("SELECT * FROM grants ORDER BY granted_at").fetchall()
+            self._grants, self._grants_version = [self._row(r) for r in rows], version
+        return list(self._grants)
 
     def remember_nonce(self, nonce: bytes, expires_at: datetime, now: datetime) -> None:
         """Persist a used command nonce until its command expires (replay across restarts)."""
@@ -223,6 +245,7 @@ class ConsentStore:
     def revoke(self, *, case: str | None, now: datetime) -> list[Grant]:
         """Revoke the active grants (of one case, or all); returns them as revoked."""
         revoked = [g for g in self.all() if g.active(now) and (case is None or g.case == case)]
+        self._grants = None
         for g in revoked:
             self._db.execute("UPDATE grants SET revoked_at = ? WHERE receipt_id = ?",
                              (now.isoformat(), g.receipt_id))

@@ -103,7 +103,8 @@ def _computed_hash(entry_id: int, at: Any, event: Any, detail: Any, prev_hash: A
 
 
 class LocalStore:
-    """One connection per process; every write is its own committed transaction."""
+    """One connection per process; every write is its own committed transaction, or part of
+    one :meth:`batch`."""
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None)
@@ -115,9 +116,20 @@ class LocalStore:
         self._db.executescript(_SCHEMA)
         self._chain_log()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection, for another store of ``agent.db`` in this process to share
+        (:class:`agent.consent.ConsentStore`): its writes then join :meth:`batch`."""
+        return self._db
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; BEGIN IMMEDIATE so concurrent writers queue, not fork."""
+        """One write transaction; BEGIN IMMEDIATE so concurrent writers queue, not fork.
+
+        Inside :meth:`batch` it joins the batch's transaction instead."""
+        if self._db.in_transaction:
+            yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -125,6 +137,14 @@ class LocalStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write on this connection inside the block is one transaction, committed
+        (durable) when the block ends, rolled back if it raises. Never ``await`` inside:
+        the database is locked for other writers until the end."""
+        with self._write():
+            yield
 
     def _chain_log(self) -> None:
         """Add the hash columns to a log table from before the chain, chaining its rows."""

@@ -389,7 +389,8 @@ async def _run_one(
     what_en = f"The diagnostic probe '{probe.name}' (plugin {plugin})"
     what_zh = f"诊断探针“{probe.name}”（插件 {plugin}）"
     try:
-        raw = await _off_loop(executor, f"run:{probe.name}", timeout, _guarded, probe.run, context)
+        outcome = await _run_and_evaluate(pm, probe, context, timeout, executor,
+                                          evaluate=not simulate)
     except NotAvailable as exc:
         if simulate:  # HW_SIMULATE: demo the fault on a machine without the hardware
             return await _simulated(pm, probe.name, None, simulate, executor, report)
@@ -409,20 +410,170 @@ async def _run_one(
         error = _describe(exc)
         return failed(ProbeStatus.FAILED, error, "run",
                       f"{what_en} failed: {error}", f"{what_zh}运行失败：{error}")
-    if not isinstance(raw, Mapping):
-        error = f"returned {type(raw).__name__}, expected a dict"
+    if outcome.readings is None:
+        error = outcome.problem
         return failed(ProbeStatus.FAILED, error, "run",
                       f"{what_en} failed: {error}", f"{what_zh}运行失败：{error}")
-    try:
-        readings = sanitize_readings(raw)
-    except Exception as exc:  # a Mapping whose items() raises
-        error = f"unreadable readings: {_describe(exc)}"
-        return failed(ProbeStatus.FAILED, error, "run",
-                      f"{what_en} failed: {error}", f"{what_zh}运行失败：{error}")
+    readings = outcome.readings
     if simulate:
         return await _simulated(pm, probe.name, readings, simulate, executor, report)
-    findings = await _evaluate(pm, probe.name, readings, executor)
+    if outcome.findings is None:  # evaluation hung, now or since an earlier request
+        findings = _evaluate_failed(probe.name, _evaluate_late())
+    else:
+        findings = outcome.findings
     return report(ProbeStatus.OK, readings=readings, findings=findings)
+
+
+# -- one probe, one hop: run, sanitise and evaluate in one worker thread -----------------
+
+
+@dataclass
+class _Outcome:
+    """What the worker made of one probe: ``readings`` (``None``: unusable, see
+    ``problem``) and ``findings`` (``None``: not drawn, the evaluation hung)."""
+
+    readings: dict[str, Any] | None = None
+    problem: str = ""
+    findings: list[Finding] | None = None
+
+
+class _Job:
+    """One probe's run, sanitising and evaluation, in one worker thread.
+
+    The loop enforces both deadlines: the probe's timeout for ``run``, then
+    :data:`EVALUATE_TIMEOUT_S` from the moment the evaluation starts. ``phase`` and
+    ``abandoned`` are read and changed under ``lock`` so that the worker never starts an
+    evaluation the loop has given up on, and the loop knows which call it left running.
+    """
+
+    __slots__ = ("abandoned", "context", "evaluate", "evaluating_since", "lock", "phase",
+                 "pm", "previous_evaluation", "probe", "readings")
+
+    def __init__(self, pm: pluggy.PluginManager, probe: Probe, context: ProbeContext,
+                 evaluate: bool, previous_evaluation: concurrent.futures.Future[Any] | None
+                 ) -> None:
+        self.pm, self.probe, self.context = pm, probe, context
+        self.evaluate = evaluate
+        self.previous_evaluation = previous_evaluation
+        self.lock = threading.Lock()
+        self.phase = "run"
+        self.abandoned = False
+        self.evaluating_since = 0.0  # time.monotonic()
+        self.readings: dict[str, Any] | None = None  # once sanitised
+
+    def __call__(self) -> _Outcome:
+        raw = _guarded(self.probe.run, self.context)
+        if not isinstance(raw, Mapping):
+            return _Outcome(problem=f"returned {type(raw).__name__}, expected a dict")
+        try:
+            readings = sanitize_readings(raw)
+        except Exception as exc:  # a Mapping whose items() raises
+            return _Outcome(problem=f"unreadable readings: {_describe(exc)}")
+        if not self.evaluate:
+            return _Outcome(readings=readings)
+        previous = self.previous_evaluation
+        if previous is not None and not previous.done():  # still hung: not started again
+            return _Outcome(readings=readings)
+        with self.lock:
+            if self.abandoned:
+                return _Outcome(readings=readings)
+            self.readings = readings
+            self.phase = "evaluate"
+            self.evaluating_since = time.monotonic()
+        try:
+            findings = _evaluate_all(self.pm, self.probe.name, readings)
+        except Exception as exc:  # pluggy itself failed: no plugin to blame
+            findings = _evaluate_failed(self.probe.name, _describe(exc))
+        return _Outcome(readings=readings, findings=findings)
+
+
+_EXPIRED: Any = object()
+
+
+async def _run_and_evaluate(
+    pm: pluggy.PluginManager,
+    probe: Probe,
+    context: ProbeContext,
+    seconds: float,
+    executor: concurrent.futures.Executor,
+    *,
+    evaluate: bool,
+) -> _Outcome:
+    """Run ``probe`` (then evaluate its readings, if ``evaluate``) in one worker call.
+
+    One hop to a worker thread and one back per probe: the worker wakes the loop with
+    ``call_soon_threadsafe`` on a plain loop future, and the deadlines are timers of the
+    loop (no ``wrap_future`` chain, no ``asyncio.wait`` per call).
+
+    Raises:
+        _Timeout: the probe did not finish within ``seconds`` (it may go on running).
+        _StillRunning: the probe's call from an earlier request outlived its timeout and
+            still runs.
+        whatever the probe raised.
+    """
+    run_key, evaluate_key = f"run:{probe.name}", f"evaluate:{probe.name}"
+    previous = _still_running.get(run_key)
+    if previous is not None:
+        if not previous.done():
+            raise _StillRunning(run_key)
+        del _still_running[run_key]
+    previous_evaluation = _still_running.get(evaluate_key)
+    if previous_evaluation is not None and previous_evaluation.done():
+        del _still_running[evaluate_key]
+        previous_evaluation = None
+    job = _Job(pm, probe, context, evaluate, previous_evaluation)
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Any] = loop.create_future()
+    work = executor.submit(job)
+
+    def wake(_: concurrent.futures.Future[_Outcome]) -> None:  # in the worker thread
+        try:
+            loop.call_soon_threadsafe(_settle, waiter, None)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    work.add_done_callback(wake)
+    deadline = seconds
+    while True:
+        timer = loop.call_later(deadline, _settle, waiter, _EXPIRED)
+        try:
+            woken = await waiter
+        except asyncio.CancelledError:
+            _give_up(job, work, run_key, evaluate_key)
+            raise
+        finally:
+            timer.cancel()
+        if woken is not _EXPIRED:
+            return work.result()
+        with job.lock:
+            if job.phase == "evaluate":
+                left = job.evaluating_since + EVALUATE_TIMEOUT_S - time.monotonic()
+                if left > 0 and not work.done():
+                    waiter = loop.create_future()
+                    deadline = left
+                    continue
+        if work.done():  # finished as the timer fired: take the result
+            return work.result()
+        if _give_up(job, work, run_key, evaluate_key) == "evaluate":
+            return _Outcome(readings=job.readings)  # no findings: the evaluation hung
+        raise _Timeout(run_key)
+
+
+def _settle(waiter: asyncio.Future[Any], value: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(value)
+
+
+def _give_up(job: _Job, work: concurrent.futures.Future[Any], run_key: str, evaluate_key: str
+             ) -> str:
+    """Abandon ``job``; remember its call under the key of the phase it is in if it may
+    never end. Returns that phase."""
+    with job.lock:
+        job.abandoned = True
+        phase = job.phase
+    if not work.cancel() and not work.done():  # started: remember it, it may never end
+        _still_running[evaluate_key if phase == "evaluate" else run_key] = work
+    return phase
 
 
 # -- fault simulation ($HW_SIMULATE, plugins/simulate.py) ---------------------------------
@@ -533,9 +684,17 @@ async def _evaluate(
             executor, f"evaluate:{probe}", EVALUATE_TIMEOUT_S, _evaluate_all, pm, probe, readings
         )
     except (_Timeout, _StillRunning):
-        error = f"evaluation did not finish within {EVALUATE_TIMEOUT_S:g} s"
+        error = _evaluate_late()
     except Exception as exc:  # pluggy itself failed: no plugin to blame
         error = _describe(exc)
+    return _evaluate_failed(probe, error)
+
+
+def _evaluate_late() -> str:
+    return f"evaluation did not finish within {EVALUATE_TIMEOUT_S:g} s"
+
+
+def _evaluate_failed(probe: str, error: str) -> list[Finding]:
     return [_plugin_failed(
         plugin="hw_evaluate", probe=probe, stage="evaluate", error=error,
         summary=f"The findings of probe '{probe}' could not be drawn: {error}",

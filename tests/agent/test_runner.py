@@ -403,6 +403,86 @@ async def test_hanging_evaluate_becomes_finding(
     assert f.code == PLUGIN_FAILED and f.evidence["stage"] == "evaluate"
 
 
+async def test_a_hung_evaluation_is_not_started_again_and_the_probe_still_runs(
+    pm: pluggy.PluginManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "EVALUATE_TIMEOUT_S", 0.1)
+    release, finished = threading.Event(), threading.Event()
+    calls: list[Mapping[str, Any]] = []
+
+    def hang(readings: Mapping[str, Any]) -> list[Finding]:
+        calls.append(readings)
+        try:
+            release.wait(30)
+        finally:
+            finished.set()
+        return [good_finding(readings)]
+
+    plugin = ValuePlugin("test_value", {"a": 1})
+    pm.register(plugin)
+    pm.register(EvaluatePlugin(hang), name="hang")
+    try:
+        (first,) = await run_probes(pm, context=CTX, names=["test_value"])
+        plugin.readings = {"a": 2}
+        (second,) = await run_probes(pm, context=CTX, names=["test_value"])
+    finally:
+        release.set()
+    assert [r.status for r in (first, second)] == [ProbeStatus.OK, ProbeStatus.OK]
+    assert second.readings == {"a": 2}, "the probe itself ran again"
+    assert [dict(r) for r in calls] == [{"a": 1}], "the hung evaluation was not started again"
+    for report in (first, second):
+        (f,) = report.findings
+        assert f.code == PLUGIN_FAILED and f.evidence["stage"] == "evaluate"
+        assert "did not finish" in f.evidence["error"]
+    assert finished.wait(10)
+    for _ in range(100):  # the hung call has ended: a next request evaluates again
+        (third,) = await run_probes(pm, context=CTX, names=["test_value"])
+        if not failed_findings(third):
+            break
+    assert [f.code for f in third.findings] == ["test.seen"]
+
+
+async def test_an_evaluation_has_its_own_time_after_the_probes(
+    pm: pluggy.PluginManager
+) -> None:
+    """The probe's timeout bounds the probe; the evaluation gets EVALUATE_TIMEOUT_S more."""
+    probe_done = threading.Event()
+
+    class Quick:
+        @hookimpl
+        def hw_probes(self) -> list[Probe]:
+            return [Probe("test_value", "1", lambda ctx: {"a": 1}, "quick", timeout=0.1)]
+
+    def slow(readings: Mapping[str, Any]) -> list[Finding]:
+        probe_done.wait(0.5)  # longer than the probe's own timeout (never set)
+        return [good_finding(readings)]
+
+    pm.register(Quick())
+    pm.register(EvaluatePlugin(slow), name="slow")
+    (report,) = await run_probes(pm, context=CTX, names=["test_value"])
+    assert report.status is ProbeStatus.OK
+    assert [f.code for f in report.findings] == ["test.seen"]
+
+
+async def test_one_hop_to_a_worker_per_probe(pm: pluggy.PluginManager) -> None:
+    """Running, sanitising and evaluating a probe is one call on the executor."""
+    submitted: list[Any] = []
+
+    class Counting(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            submitted.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    pm.register(EvaluatePlugin(lambda r: [good_finding(r)]), name="good")
+    pm.register(ValuePlugin("test_value", {"a": 1}))
+    with Counting(max_workers=2) as pool:
+        reports = await run_probes(pm, context=CTX, names=["memory", "test_value"],
+                                   executor=pool)
+    assert [r.status for r in reports] == [ProbeStatus.OK, ProbeStatus.OK]
+    assert [f.code for f in by_name(reports)["test_value"].findings] == ["test.seen"]
+    assert len(submitted) == 2
+
+
 async def test_evidence_is_sanitised(pm: pluggy.PluginManager) -> None:
     def odd(readings: Mapping[str, Any]) -> list[Finding]:
         return [finding("test.odd", Severity.INFO, Category.SOFTWARE, "odd", "奇怪",
