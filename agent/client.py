@@ -36,7 +36,6 @@ from .backoff import STABLE_AFTER, Backoff
 from .connection import Link, close_text, dial
 from .consent import (
     DEFAULT_MINUTES,
-    ConsentError,
     ConsentStore,
     Grant,
     Policy,
@@ -44,8 +43,8 @@ from .consent import (
     parse_scopes,
 )
 from .control import serve_control
-from .errors import Refused, Unreachable
-from .fixrunner import FixError, apply_fix, list_fixers, plan_fix
+from .errors import ConsentError, FixError, Refused, Unreachable
+from .fixrunner import apply_fix, list_fixers, plan_fix
 from .home import AgentHome
 from .localstore import LocalCase, LocalStore
 from .pending import Answer, Ask, Kind, Pending

@@ -19,7 +19,7 @@ from pathlib import Path
 from proto.gate import is_active
 from proto.messages import ConsentGrant, Scope
 
-from .errors import AgentError
+from .errors import ConsentError
 
 DEFAULT_MINUTES = 30
 MAX_MINUTES = 8 * 60
@@ -33,10 +33,6 @@ CREATE TABLE IF NOT EXISTS grants (
 CREATE TABLE IF NOT EXISTS seen_nonces (nonce BLOB PRIMARY KEY, expires_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS seen_nonces_expiry ON seen_nonces (expires_at);
 """
-
-
-class ConsentError(AgentError):
-    """A grant that cannot be made (unknown scope, over the policy's cap...)."""
 
 
 def parse_scopes(text: str | list[str]) -> list[Scope]:

@@ -44,6 +44,10 @@ class ControlError(AgentError):
     """The control socket cannot be reached or refused the request."""
 
 
+class ConsentError(AgentError):
+    """A grant that cannot be made (unknown scope, over the policy's cap...)."""
+
+
 class FixError(AgentError):
     """A fix cannot be planned or run as asked. The message says why (for the technician)."""
 
