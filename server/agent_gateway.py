@@ -32,8 +32,9 @@ from proto.session import ServerSession
 from .admission import HandshakeGate
 from .cases import GUARDED, CaseState, case_state_after, decide, parse_state, unresolved_findings
 from .fanout import Fanouts
-from .node import AgentLink, Node, close_reason, now_utc, recv
+from .node import AgentLink, Node, close_reason, recv
 from .onsite.tickets import TicketError
+from .pki import now_utc
 from .results import result_payload, stored_result
 from .store import NotFound, StoreError, TokenRefused
 from .tunnel import TunnelBroker, store_recording

@@ -37,9 +37,10 @@ from .bus import Bus, Forward, Forwarded, LocalBus, NatsBus
 from .bus import _safe as _safe_bus
 from .config import ServerConfig, parse_listen
 from .fanout import Fanouts, FanoutService
-from .node import Node, close_reason, now_utc
+from .node import Node, close_reason
 from .onsite.policy import load_home_policy
 from .onsite.tickets import OnsiteDesk
+from .pki import now_utc
 from .presence import Presence
 from .relay import Relay
 from .store import Store, StoreError

@@ -42,7 +42,8 @@ from proto.session import ServerSession, State, speaks
 
 from .bus import Forward, Forwarded
 from .errors import BusError, FanoutBusy
-from .node import Node, now_utc
+from .node import Node
+from .pki import now_utc
 
 __all__ = ["GONE", "MAX_RUNNING", "MISSES_LISTED_BYTES", "NODE_BUSY", "NODE_UNREACHABLE",
            "NO_ANSWER", "UNSUPPORTED", "FanoutBusy", "FanoutService", "Fanouts", "Target",

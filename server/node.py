@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -21,10 +20,6 @@ from .pending import PendingRequests
 from .presence import Presence
 from .store import Store
 from .writer import Writer
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
 
 
 def close_reason(text: str) -> str:

@@ -27,9 +27,10 @@ from proto.receipt import verify_receipt
 from .agent_gateway import AgentDirectory
 from .bus import Forward, Forwarded
 from .errors import AgentGone, RelayError
-from .node import AgentLink, Node, now_utc
+from .node import AgentLink, Node
 from .onsite.tickets import TicketError
 from .pending import Answer
+from .pki import now_utc
 from .store import CaseRecord, NotFound
 from .tunnel import TunnelBroker, TunnelContext
 

@@ -25,8 +25,9 @@ from proto.session import ServerSession, speaks
 from . import pki
 from .errors import CertificateRefused
 from .fanout import FanoutService
-from .node import Node, now_utc, recv
+from .node import Node, recv
 from .onsite.tickets import TicketError
+from .pki import now_utc
 from .relay import Relay
 from .results import stored_result
 from .store import CaseRecord, NotFound, StoreError

@@ -22,8 +22,6 @@ from .common import _call, _dump, _out, _profile, _table, _when, case_number
 from .errors import TechError
 
 TICKET_RE = re.compile(r"^TK-[0-9]{8}-[0-9]{4,6}$")
-#: States whose slots are offered to the customer.
-BOOKABLE = OFFERED
 
 
 def ticket_id(text: str) -> str:
@@ -82,7 +80,7 @@ def print_ticket(t: m.TicketInfo, out: Any) -> None:
         _out(f"  quote: {_money(t, t.total)}" + (" (free visit)" if t.free_visit else ""))
         for i in t.price_items:
             _out(f"    {i.amount:>6}  {i.name}")
-    if t.slots and t.state in BOOKABLE:
+    if t.slots and t.state in OFFERED:
         _out("  proposed slots:")
         for n, s in enumerate(t.slots, 1):
             flags = ", ".join(x for x, on in (("urgent", s.urgent), ("overtime", s.overtime))
@@ -157,7 +155,7 @@ def cmd_tickets(args: argparse.Namespace) -> int:
     else:
         now = datetime.now(UTC)
         _table([[t.ticket, status(t, now=now), t.case, t.customer, t.city,
-                 str(len(t.slots)) if t.state in BOOKABLE else "-",
+                 str(len(t.slots)) if t.state in OFFERED else "-",
                  human_span(t.booked_start), t.technician or "-", _money(t, t.total)]
                 for t in reply.tickets],
                ["TICKET", "STATE", "CASE", "CUSTOMER", "CITY", "SLOTS", "BOOKED",
@@ -213,8 +211,8 @@ def cmd_book(args: argparse.Namespace) -> int:
                     raise TechError(f"the server answered {type(detail).__name__} when "
                                     f"proposing ticket {t.ticket} again; retry")
                 t = detail.ticket
-            if not t.slots or t.state not in BOOKABLE:
-                raise TechError(_no_slots(t) if t.state in BOOKABLE else
+            if not t.slots or t.state not in OFFERED:
+                raise TechError(_no_slots(t) if t.state in OFFERED else
                                 f"ticket {t.ticket} is {t.state.value}; only a proposed or "
                                 "rescheduled ticket is offered to the customer")
             offer = {"ticket": t.ticket, "service": t.service, "currency": t.currency,
