@@ -388,8 +388,9 @@ def _local_time(text: str, tz: Any) -> datetime:
 
 def cmd_onsite_quote(args: argparse.Namespace) -> int:
     from .onsite.calendar import WorkCalendar
-    from .onsite.coverage import UnknownCity, nearest_base, resolve_city
+    from .onsite.coverage import nearest_base, resolve_city
     from .onsite.eligibility import ContractState
+    from .onsite.errors import UnknownCity
     from .onsite.quote import quote
 
     home = _home(args)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from .errors import UnknownCity
+
 __all__ = [
     "TIERS",
     "City",
@@ -59,10 +61,6 @@ class City:
     tier: str  # one of TIERS
     lat: float
     lon: float
-
-
-class UnknownCity(Exception):
-    """The text could not be matched to exactly one known city."""
 
 
 @dataclass(frozen=True)

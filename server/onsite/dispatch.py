@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from .coverage import City, UnknownCity, haversine_km, resolve_city
+from .coverage import City, haversine_km, resolve_city
+from .errors import UnknownCity
 
 HOUR = timedelta(hours=1)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from .errors import EligibilityError
 from .policy import CUSTOMER_KINDS, OnsitePolicy
 
 REMOTE_ALTERNATIVES = (
@@ -27,10 +28,6 @@ REMOTE_ALTERNATIVES = (
     "illustrated and video guides on the website (图文指南)",
     "the user community (用户社区)",
 )
-
-
-class EligibilityError(ValueError):
-    """A bad argument (unknown customer kind or service)."""
 
 
 @dataclass(frozen=True)

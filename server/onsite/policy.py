@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .errors import PolicyError
+
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.toml")
 TIERS = ("1", "new-1", "2", "3", "4", "5", "remote")
 CUSTOMER_KINDS = ("individual", "small-business", "enterprise")
-
-
-class PolicyError(ValueError):
-    """The policy file has an unknown key or a bad value; the message says which and how."""
 
 
 @dataclass(frozen=True)

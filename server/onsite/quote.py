@@ -22,15 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from .calendar import DayKind, WorkCalendar
 from .eligibility import ContractState, Eligibility, assess
+from .errors import QuoteError
 from .policy import OnsitePolicy
 from .pricing import Price, price_visit
 
 if TYPE_CHECKING:
     from .coverage import City
-
-
-class QuoteError(ValueError):
-    """The request cannot be quoted (naive datetimes, a slot in the past)."""
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,10 @@ from ..cases import MOVES as CASE_MOVES
 from ..cases import Event as CaseEvent
 from ..store import NotFound, Store, StoreError
 from .calendar import WorkCalendar
-from .coverage import City, UnknownCity, nearest_base, resolve_city
+from .coverage import City, nearest_base, resolve_city
 from .dispatch import FieldTech, occupied_hours, rank, visit_end
 from .eligibility import REMOTE_ALTERNATIVES, ContractState
+from .errors import UnknownCity
 from .policy import OnsitePolicy
 from .quote import Quote, quote
 from .tables import (
@@ -52,6 +53,21 @@ from .tables import (
     ticket_events,
     tickets,
 )
+
+
+class TicketError(StoreError):
+    """A ticket operation that cannot be done now; the message says why and what to do."""
+
+
+class SlotTaken(TicketError):
+    """No technician is free for that slot any more."""
+
+
+class CityNotKnown(TicketError):
+    """The customer's city is not in the coverage data: nothing can be quoted or proposed
+    (:class:`~server.onsite.coverage.UnknownCity`, raised by the pure coverage module, as a
+    ticket error with what to do)."""
+
 
 S = m.TicketState
 #: States from which a slot can be booked.
@@ -75,20 +91,6 @@ _findings = msgspec.json.Decoder(list[m.Finding])
 _slots = msgspec.json.Decoder(list[m.SlotOffer])
 _reports = msgspec.json.Decoder(list[m.ProbeReport])
 _fix = msgspec.json.Decoder(m.FixReport)
-
-
-class TicketError(StoreError):
-    """A ticket operation that cannot be done now; the message says why and what to do."""
-
-
-class SlotTaken(TicketError):
-    """No technician is free for that slot any more."""
-
-
-class CityNotKnown(TicketError):
-    """The customer's city is not in the coverage data: nothing can be quoted or proposed
-    (:class:`~server.onsite.coverage.UnknownCity`, raised by the pure coverage module, as a
-    ticket error with what to do)."""
 
 
 def ticket_number(day: str, seq: int) -> str:

@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from server.onsite.eligibility import ContractState, EligibilityError, assess
+from server.onsite.eligibility import ContractState, assess
+from server.onsite.errors import EligibilityError
 from server.onsite.policy import load_policy
 
 NOW = datetime(2026, 11, 26, 10, tzinfo=ZoneInfo("Asia/Shanghai"))

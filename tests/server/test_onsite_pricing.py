@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.onsite.policy import PolicyError, load_policy, policy_as_json
+from server.onsite.errors import PolicyError
+from server.onsite.policy import load_policy, policy_as_json
 from server.onsite.pricing import price_visit
 
 P = load_policy(None)

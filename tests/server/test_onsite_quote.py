@@ -11,8 +11,9 @@ import pytest
 from server.onsite.calendar import WorkCalendar
 from server.onsite.coverage import City, nearest_base, resolve_city
 from server.onsite.eligibility import ContractState
+from server.onsite.errors import QuoteError
 from server.onsite.policy import load_policy
-from server.onsite.quote import QuoteError, quote
+from server.onsite.quote import quote
 
 TZ = ZoneInfo("Asia/Shanghai")
 P = load_policy(None)
