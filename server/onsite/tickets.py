@@ -65,7 +65,7 @@ class SlotTaken(TicketError):
 
 class CityNotKnown(TicketError):
     """The customer's city is not in the coverage data: nothing can be quoted or proposed
-    (:class:`~server.onsite.coverage.UnknownCity`, raised by the pure coverage module, as a
+    (:class:`~server.onsite.errors.UnknownCity`, raised by the pure coverage module, as a
     ticket error with what to do)."""
 
 
