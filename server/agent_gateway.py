@@ -257,7 +257,11 @@ class AgentGateway:
 
     async def _guarded_state(self, link: AgentLink, msg: m.Result) -> CaseState | None:
         """The state a result that would resolve its case leads to (:func:`cases.decide`):
-        reads the case, its results and whether the case has an open ticket."""
+        reads the case, its results and whether the case has an open ticket.
+
+        Known gap: these reads happen just before the result's write batch, so a ticket
+        opened in between is not seen; closing it means deciding inside the batch job
+        (``store_result_in``)."""
         store = self.node.store
         case = await store.get_case(msg.case)
         if case is None or case.agent_id != link.agent_id:
