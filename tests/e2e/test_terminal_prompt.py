@@ -115,21 +115,28 @@ def test_customer_declines_in_the_terminal(harness: Harness) -> None:
         term.close()
 
 
-def test_customer_approves_a_fix_plan_in_the_terminal(harness: Harness, tmp_path: Path) -> None:
-    h = harness
+def _agent_with_old_junk(h: Harness, tmp_path: Path) -> tuple[Path, Path, Terminal]:
+    """A server and an agent in a terminal whose temp dir holds one 30-day-old file (its
+    inode-change time recorded as such a file shows it: the agedfiles test plugin)."""
     sandbox = tmp_path / "tmp"
     sandbox.mkdir()
     junk = sandbox / "junk.bin"
     junk.write_bytes(b"x" * 1000)
     old = time.time() - 30 * 86400
     os.utime(junk, (old, old))
-    aged = tmp_path / "aged.json"  # its inode-change time as an old file shows it (agedfiles)
+    aged = tmp_path / "aged.json"
     aged.write_text(json.dumps({str(junk): old}))
     h.init_server()
     h.start_server()
     home = h.enroll("A")
     term = Terminal(h, home, env={"TMPDIR": str(sandbox), "HOME": str(tmp_path / "home"),
                                   "HW_PLUGINS": "agedfiles", "HW_AGED_FILES": str(aged)})
+    return home, junk, term
+
+
+def test_customer_approves_a_fix_plan_in_the_terminal(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    home, junk, term = _agent_with_old_junk(h, tmp_path)
     try:
         term.expect("connected to wss://")
         case = h.help(home).splitlines()[0]
@@ -201,19 +208,7 @@ def test_approve_on_the_control_socket_answers_the_fix_prompt_on_screen(
         harness: Harness, tmp_path: Path) -> None:
     """Bug 2: `hw-agent consent approve` while the terminal shows `apply this fix?`."""
     h = harness
-    sandbox = tmp_path / "tmp"
-    sandbox.mkdir()
-    junk = sandbox / "junk.bin"
-    junk.write_bytes(b"x" * 1000)
-    old = time.time() - 30 * 86400
-    os.utime(junk, (old, old))
-    aged = tmp_path / "aged.json"  # its inode-change time as an old file shows it (agedfiles)
-    aged.write_text(json.dumps({str(junk): old}))
-    h.init_server()
-    h.start_server()
-    home = h.enroll("A")
-    term = Terminal(h, home, env={"TMPDIR": str(sandbox), "HOME": str(tmp_path / "home"),
-                                  "HW_PLUGINS": "agedfiles", "HW_AGED_FILES": str(aged)})
+    home, junk, term = _agent_with_old_junk(h, tmp_path)
     try:
         term.expect("connected to wss://")
         case = h.help(home).splitlines()[0]
