@@ -261,8 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--case", required=True, help="case number")
         s.set_defaults(func=cmd_consent_decide, decision=decision)
     s = csub.add_parser("status", parents=[common], help="grants, pending requests and fixes "
-                        "waiting for your approval")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+                        "waiting for your approval",
+                        description="What the running agent holds: your grants, the requests "
+                        "and fixes waiting for your answer (with their deadlines), and open "
+                        "remote sessions.")
+    s.add_argument("--json", action="store_true",
+                   help="machine-readable output: an object with the lists grants, pending "
+                        "(consent requests), approvals (fixes), sessions and whether the agent is "
+                        "connected; times in UTC")
     s.set_defaults(func=cmd_consent_status)
     s = csub.add_parser("revoke", parents=[common], help="revoke grants at once; running "
                         "actions are cancelled")
