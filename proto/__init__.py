@@ -11,7 +11,7 @@ from __future__ import annotations
 
 #: Protocol versions this build speaks, lowest and highest (``docs/protocol.md#versions``).
 MIN_VERSION = 1
-MAX_VERSION = 2
+MAX_VERSION = 3
 
 #: Hard limit on one encoded frame, in bytes (``docs/protocol.md#framing``).
 MAX_FRAME_SIZE = 1024 * 1024

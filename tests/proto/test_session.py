@@ -554,11 +554,10 @@ def test_version_2_messages_never_cross_a_version_1_session(role: m.Role) -> Non
     """A peer that negotiated version 1 neither gets nor may send a fan-out message."""
     client_sends = AGENT_SENDS if role is m.Role.AGENT else TECH_SENDS
     server_sends = SERVER_TO_AGENT if role is m.Role.AGENT else SERVER_TO_TECH
-    assert set(SINCE_VERSION) == {m.Fanout, m.Ping, m.Pong, m.FanoutDone}
-    for cls in SINCE_VERSION:
+    for cls in [c for c, v in SINCE_VERSION.items() if v == 2]:
         msg = EXAMPLES_BY_TYPE[cls]
         old, new = to_ready(role, (1, 1)), to_ready(role)
-        assert (old.client.version, new.client.version) == (1, 2)
+        assert (old.client.version, new.client.version) == (1, MAX_VERSION)
         if cls in client_sends:
             with pytest.raises(LocalProtocolError):
                 old.client.send(msg)
