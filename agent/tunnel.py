@@ -118,10 +118,11 @@ class Recorder:
         self._add({"t": self._elapsed(), "op": op,
                    "path": path.decode("utf-8", "replace"), **extra})
 
-    def message(self, rec_id: str) -> m.Recording:
+    def message(self, rec_id: str, tunnel: str | None = None) -> m.Recording:
         return m.Recording(id=rec_id, case=self.case, tech=self.tech, kind=self.kind,
                            started_at=self.started_at, ended_at=now_utc(),
-                           data=b"".join(self.lines), truncated=self.truncated)
+                           data=b"".join(self.lines), truncated=self.truncated,
+                           tunnel=tunnel)
 
 
 # -- shell and exec -----------------------------------------------------------------------
@@ -404,6 +405,8 @@ class TunnelParams:
     log: Callable[[str, str], None]
     deliver: Callable[[m.Recording], Awaitable[None]]
     recordings_dir: Path
+    #: the tunnel's id, named in its recordings (None: the server speaks protocol 2)
+    tunnel: str | None = None
 
 
 class TunnelSession:
@@ -430,7 +433,7 @@ class TunnelSession:
         if not rec.lines:
             return
         rec_id = "rec-" + secrets.token_hex(8)
-        msg = rec.message(rec_id)
+        msg = rec.message(rec_id, self.p.tunnel)
         ext = "cast" if rec.kind is m.RecordingKind.SHELL else "sftp.jsonl"
         path = self.p.recordings_dir / f"{rec_id}.{ext}"
         try:
@@ -609,7 +612,8 @@ class Tunnels:
                 link=link, host_key=h.host_key, case=req.case, tech=tech,
                 fingerprint=fingerprint, scopes=scopes,
                 still_allowed=lambda: self._still_allowed(req.case, tech, fingerprint, scopes),
-                log=h.log, deliver=h.deliver, recordings_dir=h.recordings_dir)).run()
+                log=h.log, deliver=h.deliver, recordings_dir=h.recordings_dir,
+                tunnel=req.id if (link.session.version or 0) >= 3 else None)).run()
         except asyncio.CancelledError:
             reason = ("the customer revoked consent" if h.revoking(req.case)
                       else "the agent is stopping")

@@ -862,10 +862,19 @@ class TunnelOpen(Struct, frozen=True, forbid_unknown_fields=True, tag="tunnel_op
     host_key: Annotated[str, Meta(max_length=512)]
 
 
+#: Largest stored recording as served to a technician: a recording sealed at rest
+#: (:mod:`proto.sealed`) is its plaintext plus the seal's header and tag.
+MAX_SEALED_RECORDING = MAX_RECORDING + 256
+
+
 class Recording(Struct, frozen=True, forbid_unknown_fields=True, tag="recording",
-                tag_field="type"):
+                tag_field="type", omit_defaults=True):
     """Agent -> server, via the outbox: the record of one tunnel session. The server stores
-    it once per ``id`` and answers :class:`Ack`."""
+    it once per ``id`` and answers :class:`Ack`, or :class:`Error` ``refused`` for good.
+
+    ``tunnel`` (v3): the id of the tunnel the session ran in (the ``tunnel`` request's id);
+    the server keeps the recording only for a tunnel it brokered to this agent, attributed
+    from its own record of that tunnel. Omitted when ``None`` (a v2 server rejects it)."""
 
     id: Id
     case: CaseNumber
@@ -875,10 +884,15 @@ class Recording(Struct, frozen=True, forbid_unknown_fields=True, tag="recording"
     ended_at: Timestamp
     data: Annotated[bytes, Meta(max_length=MAX_RECORDING)]
     truncated: bool = False
+    tunnel: Id | None = None
 
 
-class RecordingInfo(Struct, frozen=True, forbid_unknown_fields=True):
-    """A stored recording, without its data."""
+class RecordingInfo(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A stored recording, without its data. ``size`` and ``sha256`` are of the recording
+    as the agent sent it (the plaintext). v3 fields, omitted at their defaults: ``sealed``
+    (the data is sealed to the recording key, :mod:`proto.sealed`), ``agent`` and
+    ``tunnel`` (needed to open it; ``tunnel`` is ``null`` for recordings from before
+    tunnels were recorded)."""
 
     id: Id
     case: CaseNumber
@@ -888,6 +902,9 @@ class RecordingInfo(Struct, frozen=True, forbid_unknown_fields=True):
     ended_at: Timestamp | None
     size: Annotated[int, Meta(ge=0)]
     sha256: Annotated[str, Meta(max_length=64)]
+    sealed: bool = False
+    agent: Id | None = None
+    tunnel: Id | None = None
 
 
 class GetRecording(Struct, frozen=True, forbid_unknown_fields=True, tag="get_recording",
@@ -909,7 +926,7 @@ class RecordingData(Struct, frozen=True, forbid_unknown_fields=True, tag="record
     case: CaseNumber
     recordings: Annotated[list[RecordingInfo], Meta(max_length=500)]
     info: RecordingInfo | None = None
-    data: Annotated[bytes, Meta(max_length=MAX_RECORDING)] = b""
+    data: Annotated[bytes, Meta(max_length=MAX_SEALED_RECORDING)] = b""
 
 
 AnyMessage = (

@@ -35,9 +35,10 @@ from .fanout import Fanouts
 from .node import AgentLink, Node, close_reason, recv
 from .onsite.tickets import TicketError
 from .pki import now_utc
+from .recordings import RecordingDesk
 from .results import result_payload, stored_result
 from .store import NotFound, StoreError, TokenRefused
-from .tunnel import TunnelBroker, store_recording
+from .tunnel import TunnelBroker
 
 log = logging.getLogger("hw.server")
 
@@ -110,6 +111,8 @@ class AgentGateway:
         self.gate = gate
         self.fanouts = fanouts
         self.tunnels = tunnels
+        #: recordings: brokered tunnels only, quotas, validated, sealed (server/recordings.py)
+        self.recordings = RecordingDesk(node.store, node.cfg)
         #: agent id -> when last seen (connect/disconnect), written in batches
         self.seen: dict[str, datetime] = {}
 
@@ -225,7 +228,7 @@ class AgentGateway:
         elif isinstance(msg, m.GetVisits | m.VisitUpdate):
             await link.send(await self._visits(link, msg))
         elif isinstance(msg, m.Recording):
-            await link.send(await store_recording(self.node.store, link.agent_id, msg))
+            await link.send(await self.recordings.receive(link.agent_id, msg))
         elif isinstance(msg, m.Error):
             log.info("agent %s reported error %s", link.agent_id, msg.code.value)
 

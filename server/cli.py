@@ -29,6 +29,7 @@ from .cliargs import _home, _run
 from .config import ServerConfig, parse_listen
 from .errors import ServerError
 from .onsitecli import add_onsite_commands
+from .recordings import add_recording_commands, init_recording_key
 from .store import AuditCheck, AuditEntry, ContractRecord, Store, StoreError
 
 KINDS = ("individual", "small-business", "enterprise")
@@ -79,6 +80,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     pki.make_ca(home, now=now)
     pki.make_server_cert(home, names=names, now=now)
     pki.make_org_key(home)
+    recording_key = init_recording_key(home)
     cfg.write()
     ServerConfig.load(home)
     _run(migrate())
@@ -89,6 +91,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  store         {safe_url(cfg.db_url)}")
     print(f"  CA sha256     {fp}")
     print(f"  org key       {home / 'org.key'} (keep it safe; it certifies technicians)")
+    print(*recording_key, sep="\n")
     print(f"next: hw-server run --home {home}")
     return 0
 
@@ -617,6 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "event, subject, detail, hash (hex)")
     s.set_defaults(func=cmd_audit_show)
     add_onsite_commands(sub, common)
+    add_recording_commands(sub, common)
     return p
 
 

@@ -39,6 +39,10 @@ class ServerConfig:
     node_id: str = ""
     node_url: str = ""
     presence_lease_s: float = 30.0
+    # recordings an agent may send (server/recordings.py, docs/operations.md)
+    recording_bytes_per_hour: int = 64 * 1024 * 1024
+    recordings_per_minute: int = 20
+    recordings_per_tunnel: int = 64
 
     @property
     def db_url(self) -> str:
@@ -93,7 +97,8 @@ class ServerConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid TOML ({exc}); fix or re-create it") from None
         known = {"listen", "names", "public_urls", "db", "handshake_timeout",
-                 "token_ttl_hours", "bus", "node_id", "node_url", "presence_lease_s"}
+                 "token_ttl_hours", "bus", "node_id", "node_url", "presence_lease_s",
+                 "recording_bytes_per_hour", "recordings_per_minute", "recordings_per_tunnel"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
@@ -108,6 +113,12 @@ class ServerConfig:
                 raise ConfigError(f"{path}: handshake_timeout must be in (0, 300] seconds")
             if not (1 <= float(cfg.presence_lease_s) <= 600):
                 raise ConfigError(f"{path}: presence_lease_s must be in [1, 600] seconds")
+            for name in ("recording_bytes_per_hour", "recordings_per_minute",
+                         "recordings_per_tunnel"):
+                value = getattr(cfg, name)
+                if not isinstance(value, int) or isinstance(value, bool) or \
+                        not 1 <= value <= 2**40:
+                    raise ConfigError(f"{path}: {name} must be a whole number >= 1")
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{path}: a setting has the wrong type ({exc}); see "
                               "docs/operations.md") from None

@@ -28,6 +28,7 @@ from .fanout import FanoutService
 from .node import Node, recv
 from .onsite.tickets import TicketError
 from .pki import now_utc
+from .recordings import for_version
 from .relay import Relay
 from .results import stored_result
 from .store import CaseRecord, NotFound, StoreError
@@ -101,6 +102,8 @@ class TechGateway:
                 msg = m.Error(re=msg.re, code=m.ErrorCode.BAD_REQUEST, message=(
                     f"more than {m.AGENT_PAGE} agents are enrolled and this hw-tech (protocol "
                     "version 1) cannot page through them; upgrade hw-tech"))
+            if isinstance(msg, m.RecordingData):  # v3 fields, sealed data: v3 sessions only
+                msg = for_version(msg, session.version)
             async with lock:
                 await ws.send(session.send(msg), text=True)
 

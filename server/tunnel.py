@@ -239,6 +239,18 @@ async def open_tunnel(ctx: TunnelContext, *, tech: str, key: str, msg: m.OpenTun
         return False
     agent_ws, released = arrived.result()
     try:
+        # Durably, before any byte flows: a recording is kept only for a tunnel on record
+        # (server/recordings.py), attributed from this row. No record, no tunnel.
+        await ctx.store.tunnel_opened(tunnel_id=tunnel_id, agent_id=agent_id, case=msg.case,
+                                      tech=tech, key_fingerprint=key, now=now_utc())
+    except Exception:
+        released.set()
+        log.exception("tunnel %s not opened: it could not be recorded", tunnel_id)
+        await reply(m.Error(re=msg.id, code=m.ErrorCode.INTERNAL,
+                            message="the server could not record the tunnel, so it did not "
+                                    "open it; retry, and tell an operator if it persists"))
+        return False
+    try:
         await reply(m.TunnelOpen(re=msg.id, case=msg.case, tunnel=tunnel_id,
                                  host_key=openssh_host_key(agent.public_key)))
         log.info("tunnel %s open: technician %s <-> agent %s (case %s)", tunnel_id, tech,
@@ -258,32 +270,27 @@ async def open_tunnel(ctx: TunnelContext, *, tech: str, key: str, msg: m.OpenTun
                     "bytes_to_tech": stats.to_tech})
     finally:
         released.set()
+        try:
+            await ctx.store.tunnel_closed(tunnel_id, now_utc())
+        except Exception:  # the row stays open-ended; recordings still match it
+            log.exception("could not record that tunnel %s closed", tunnel_id)
     return True
 
 
-# -- recordings ---------------------------------------------------------------------------
-
-
-async def store_recording(store: Store, agent_id: str, msg: m.Recording) -> m.AnyMessage:
-    """Keep an agent's session recording once; answer Ack (or Error if it is not its case)."""
-    try:
-        await store.store_recording(
-            recording_id=msg.id, agent_id=agent_id, case=msg.case, tech=msg.tech,
-            kind=msg.kind.value, started_at=msg.started_at, ended_at=msg.ended_at,
-            data=msg.data, now=now_utc())
-    except NotFound as exc:
-        return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc))
-    return m.Ack(re=msg.id)
+# -- recordings (arrival: server/recordings.py) ------------------------------------------
 
 
 def recording_info(rec: RecordingRecord) -> m.RecordingInfo:
     return m.RecordingInfo(id=rec.recording_id, case=rec.case, tech=rec.tech,
                            kind=m.RecordingKind(rec.kind), started_at=rec.started_at,
-                           ended_at=rec.ended_at, size=rec.size, sha256=rec.sha256.hex())
+                           ended_at=rec.ended_at, size=rec.size, sha256=rec.sha256.hex(),
+                           sealed=rec.sealed, agent=rec.agent_id, tunnel=rec.tunnel_id)
 
 
 async def get_recording(store: Store, msg: m.GetRecording) -> m.AnyMessage:
-    """The case's recordings, newest first, with the data of the one asked for."""
+    """The case's recordings, newest first, with the data of the one asked for (sealed to
+    the recording key as stored; the technician's ``hw-tech`` opens it and checks the
+    plaintext's SHA-256, which the server cannot)."""
     recs = await store.list_recordings(msg.case)
     infos = [recording_info(r) for r in recs[:RECORDINGS_LIMIT]]
     wanted = msg.recording or (recs[0].recording_id if recs else None)
@@ -294,7 +301,7 @@ async def get_recording(store: Store, msg: m.GetRecording) -> m.AnyMessage:
         return m.Error(re=msg.id, code=m.ErrorCode.NOT_FOUND,
                        message=f"no recording {wanted} on case {msg.case}; list them with "
                                f"`hw-tech recording {msg.case} --list`")
-    if hashlib.sha256(data.data).digest() != data.sha256:
+    if not data.sealed and hashlib.sha256(data.data).digest() != data.sha256:
         return m.Error(re=msg.id, code=m.ErrorCode.INTERNAL,
                        message=f"recording {wanted} does not match its stored hash; tell an "
                                "operator (the store may be damaged)")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -244,28 +246,97 @@ def cmd_ssh_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recording_key(args: argparse.Namespace, home: Path) -> Path | None:
+    """The private recording key to open sealed recordings: --key, else recording.key in
+    the technician home; ``None`` if neither is there."""
+    if args.key:
+        return Path(args.key)
+    default = home / "recording.key"
+    return default if default.is_file() else None
+
+
+def _open_recording(args: argparse.Namespace, home: Path, info: m.RecordingInfo,
+                    data: bytes) -> bytes | int:
+    """The recording's plaintext (opened with the recording key if it is sealed, checked
+    against its SHA-256), or an exit status after saying why not."""
+    from proto import sealed
+
+    if info.sealed:
+        path = _recording_key(args, home)
+        if path is None:
+            _out(f"hw-tech: error: recording {info.id} is sealed to the organisation's "
+                 f"recording key and no key was given: pass --key FILE (recording.key, held "
+                 f"by auditors and supervisors) or put it at {home / 'recording.key'}",
+                 file=sys.stderr)
+            return 2
+        try:
+            key = sealed.load_private(path.read_bytes())
+        except OSError as exc:
+            _out(f"hw-tech: error: cannot read the recording key {path} ({exc.strerror}); "
+                 "pass --key FILE with the recording.key the auditors hold", file=sys.stderr)
+            return 2
+        except sealed.SealError as exc:
+            _out(f"hw-tech: error: {path}: {exc}", file=sys.stderr)
+            return 2
+        if info.agent is None:
+            raise TechError(f"recording {info.id} is sealed but the server did not say which "
+                            "agent it came from; upgrade hw-server")
+        try:
+            data = sealed.open_sealed(key, data, sealed.associated_data(info.agent, info.case,
+                                                                        info.id))
+        except sealed.SealError as exc:
+            raise TechError(f"recording {info.id} cannot be opened with {path}: {exc}"
+                            ) from None
+    if hashlib.sha256(data).hexdigest() != info.sha256:
+        raise TechError(f"recording {info.id} does not match the SHA-256 the agent's copy had; "
+                        "it was changed on the server or on the way: tell an operator")
+    return data
+
+
+def _write_private_file(path: Path, data: bytes) -> None:
+    """Write ``path`` readable by the owner only (0600), from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # if it existed with wider rights
+        f.write(data)
+
+
 def cmd_recording(args: argparse.Namespace) -> int:
     from . import ssh as techssh
 
-    reply = asyncio.run(techssh.recording(_profile(args), args.case, args.id))
+    wants_data = not args.list and (args.out or not args.json)
+    if wants_data and not args.out and not args.raw and sys.stdout.isatty():
+        _out("hw-tech: error: a recording holds what the session printed, escape sequences "
+             "included, which would drive this terminal; write it to a file with --out FILE "
+             "(then `asciinema play FILE`), or pass --raw to print it here anyway, or --list",
+             file=sys.stderr)
+        return 2
+    profile = _profile(args)
+    reply = asyncio.run(techssh.recording(profile, args.case, args.id))
     if args.json:
         _dump({"case": reply.case, "recordings": reply.recordings, "shown": reply.info})
         if not args.out:
             return 0
     elif args.list or not reply.recordings:
-        _table([[r.id, r.kind.value, r.tech, _when(r.started_at), str(r.size)]
-                for r in reply.recordings], ["RECORDING", "KIND", "TECH", "STARTED", "BYTES"])
+        _table([[r.id, r.kind.value, r.tech, _when(r.started_at), str(r.size),
+                 "sealed" if r.sealed else "no (stored before sealing)"]
+                for r in reply.recordings],
+               ["RECORDING", "KIND", "TECH", "STARTED", "BYTES", "ENCRYPTED AT REST"])
         return 0
+    if reply.info is None:
+        return 0
+    data = _open_recording(args, profile.home, reply.info, reply.data)
+    if isinstance(data, int):
+        return data
     if args.out:
-        Path(args.out).write_bytes(reply.data)
+        _write_private_file(Path(args.out), data)
         if not args.json:
-            print(f"wrote {len(reply.data)} bytes of recording "
-                  f"{reply.info.id if reply.info else '-'} to {args.out}"
+            print(f"wrote {len(data)} bytes of recording {reply.info.id} to {args.out}"
                   + (" (play it with `asciinema play FILE`)"
-                     if reply.info and reply.info.kind is m.RecordingKind.SHELL else ""),
+                     if reply.info.kind is m.RecordingKind.SHELL else ""),
                   file=sys.stderr)
     else:
-        sys.stdout.buffer.write(reply.data)
+        sys.stdout.buffer.write(data)
     return 0
 
 
@@ -393,10 +464,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "~/.ssh/config (ProxyCommand, key, certificate, known_hosts)")
     s.set_defaults(func=cmd_ssh_config)
     s = sub.add_parser("recording", parents=[common], help="a case's session recordings: "
-                       "the newest (or --id) to stdout or --out FILE; --list lists them")
+                       "the newest (or --id) to --out FILE (or stdout if not a terminal, or "
+                       "--raw); --list lists them",
+                       description="Recordings are sealed at rest to the organisation's "
+                       "recording key: opening one needs its private half (--key FILE or "
+                       "recording.key in the technician home). Each is checked against the "
+                       "SHA-256 of the agent's copy. Never written raw to a terminal unless "
+                       "--raw: a recording replays escape sequences.")
     s.add_argument("case", metavar="CASE", type=case_number)
     s.add_argument("--id", metavar="REC", help="this recording (default: the newest)")
-    s.add_argument("--out", metavar="FILE", help="write the recording to FILE")
+    s.add_argument("--out", metavar="FILE", help="write the recording to FILE (0600)")
+    s.add_argument("--raw", action="store_true", help="write it to stdout even when that "
+                   "is a terminal (its escape sequences then act on the terminal)")
+    s.add_argument("--key", metavar="FILE", help="the private recording key that opens "
+                   "sealed recordings (default: recording.key in the technician home)")
     s.add_argument("--list", action="store_true", help="only list the recordings")
     s.set_defaults(func=cmd_recording)
     s = sub.add_parser("ping", parents=[common], help="one signed ping to every online agent "

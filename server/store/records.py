@@ -9,9 +9,17 @@ from typing import Any
 from .. import audit as _audit
 
 __all__ = [
-    "AgentRecord", "AuditCheck", "AuditEntry", "CaseEventRecord", "CaseRecord",
-    "ConsentReceiptRecord", "ContractRecord", "RecordingRecord", "ResultRecord",
+    "AgentRecord",
+    "AuditCheck",
+    "AuditEntry",
+    "CaseEventRecord",
+    "CaseRecord",
+    "ConsentReceiptRecord",
+    "ContractRecord",
+    "RecordingRecord",
+    "ResultRecord",
     "TechnicianRecord",
+    "TunnelRecord",
 ]
 
 @dataclass(frozen=True)
@@ -161,3 +169,21 @@ class RecordingRecord:
     sha256: bytes
     data: bytes
     received_at: datetime
+    #: the brokered tunnel (None: stored before tunnels were recorded), its key, and
+    #: whether ``data`` is sealed to the recording key (``size``/``sha256``: plaintext)
+    tunnel_id: str | None = None
+    key_fingerprint: str | None = None
+    sealed: bool = False
+
+
+@dataclass(frozen=True)
+class TunnelRecord:
+    """An SSH tunnel the server brokered (table ``tunnels``)."""
+
+    tunnel_id: str
+    agent_id: str
+    case: str
+    tech: str
+    key_fingerprint: str
+    opened_at: datetime
+    closed_at: datetime | None

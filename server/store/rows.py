@@ -18,6 +18,7 @@ from .records import (
     RecordingRecord,
     ResultRecord,
     TechnicianRecord,
+    TunnelRecord,
 )
 from .schema import (
     agents,
@@ -265,4 +266,11 @@ def to_recording(row: Any, data: bytes) -> RecordingRecord:
     return RecordingRecord(
         recording_id=row.recording_id, agent_id=row.agent_id, case=row.case_number,
         tech=row.tech, kind=row.kind, started_at=row.started_at, ended_at=row.ended_at,
-        size=row.size, sha256=bytes(row.sha256), data=data, received_at=row.received_at)
+        size=row.size, sha256=bytes(row.sha256), data=data, received_at=row.received_at,
+        tunnel_id=row.tunnel_id, key_fingerprint=row.key_fingerprint, sealed=bool(row.sealed))
+
+
+def to_tunnel(row: Any) -> TunnelRecord:
+    return TunnelRecord(
+        tunnel_id=row.tunnel_id, agent_id=row.agent_id, case=row.case_number, tech=row.tech,
+        key_fingerprint=row.key_fingerprint, opened_at=row.opened_at, closed_at=row.closed_at)

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Dialect
 __all__ = [
     "METADATA", "UTCDateTime", "agents", "as_utc", "audit", "case_events", "cases",
     "consent_receipts", "contracts", "customers", "enroll_tokens", "recordings", "results",
-    "revoked_tech_keys", "technicians",
+    "revoked_tech_keys", "technicians", "tunnels",
 ]
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -215,8 +215,32 @@ recordings = sa.Table(
     sa.Column("sha256", sa.LargeBinary, nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
+    # migration 0009: the brokered tunnel it was recorded in (attribution comes from there;
+    # NULL for rows from before), the technician key of that tunnel, and whether ``data``
+    # is sealed to the recording key (``size``/``sha256`` are of the plaintext either way)
+    sa.Column("tunnel_id", sa.String(64), nullable=True),
+    sa.Column("key_fingerprint", sa.String(128), nullable=True),
+    sa.Column("sealed", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index(None, "agent_id", "received_at"),
+    sa.Index(None, "tunnel_id"),
 )
-"""Tunnel-session recordings (asciicast v2 shells, SFTP operation lists), migration 0004."""
+"""Tunnel-session recordings (asciicast v2 shells, SFTP operation lists), migrations 0004
+and 0009."""
+
+tunnels = sa.Table(
+    "tunnels",
+    METADATA,
+    sa.Column("tunnel_id", sa.String(64), primary_key=True),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("case_number", sa.String(32), nullable=False),
+    sa.Column("tech", sa.String(128), nullable=False),
+    sa.Column("key_fingerprint", sa.String(128), nullable=False),
+    sa.Column("opened_at", UTCDateTime, nullable=False),
+    sa.Column("closed_at", UTCDateTime, nullable=True),
+    sa.Index(None, "agent_id", "case_number"),
+)
+"""Every SSH tunnel the server brokered (migration 0009): who, with which key, to which
+agent and case, when; a recording is kept only for one of these, attributed from it."""
 
 
 def as_utc(value: datetime, what: str = "datetime") -> datetime:
