@@ -44,7 +44,10 @@ def _setup(h: Harness, tmp_path: Path) -> Env:
     user_home.mkdir()
     agent = h.start_agent(home, env={"HOME": str(user_home), "SHELL": "/bin/sh"})
     case = h.help(home).splitlines()[0]
-    return Env(h, server, home, agent, case, h.add_tech("alice"), user_home)
+    alice = h.add_tech("alice")
+    # recordings are sealed at rest; alice opens them with the auditors' key (simple layout)
+    shutil.copy(h.server_home / "offline" / "recording.key", alice / "recording.key")
+    return Env(h, server, home, agent, case, alice, user_home)
 
 
 @pytest.fixture
