@@ -21,8 +21,8 @@ An agent's :class:`~proto.messages.Recording` is kept only if, in this order:
 
 A refusal is an :class:`~proto.messages.Error` ``refused`` naming the recording, which the
 agent's outbox takes as final (it does not resend), audited ``recording.refused`` with the
-reason (quota refusals: one audit entry per agent and minute, counting the others, so a
-flood cannot grow the audit log as it could the store). A resend of a stored recording is
+reason (quota refusals: one audit entry per agent, quota and minute, counting the others,
+so a flood cannot grow the audit log as it could the store). A resend of a stored recording is
 acknowledged without any check.
 
 What sealing protects and what not: a copy of the database (a backup, a stolen disk, a
@@ -70,7 +70,7 @@ OFFLINE_DIR = "offline"
 KEY_NAME = "recording.key"
 #: How far a v2 agent's ``started_at`` may lie outside its tunnel's open..close (its clock).
 MATCH_SLACK = timedelta(minutes=5)
-#: Quota refusals are audited at most once per agent in this many seconds.
+#: Quota refusals are audited at most once per agent and quota in this many seconds.
 QUOTA_AUDIT_EVERY = 60.0
 
 
@@ -227,7 +227,7 @@ class RecordingDesk:
             detail["tech"] = tunnel.tech
         audit = True
         if exc.reason.startswith("quota_"):
-            state = self._quota_audits.setdefault(agent_id, _QuotaAudit())
+            state = self._quota_audits.setdefault(f"{agent_id} {exc.reason}", _QuotaAudit())
             clock = asyncio.get_running_loop().time()
             if state.last and clock - state.last < QUOTA_AUDIT_EVERY:
                 state.suppressed += 1
