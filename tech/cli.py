@@ -314,7 +314,13 @@ def cmd_recording(args: argparse.Namespace) -> int:
     profile = _profile(args)
     reply = asyncio.run(techssh.recording(profile, args.case, args.id))
     if args.json:
-        _dump({"case": reply.case, "recordings": reply.recordings, "shown": reply.info})
+        def every_key(info: m.RecordingInfo | None) -> dict[str, Any] | None:
+            # every field, defaults included: `sealed: false` says "stored before sealing"
+            return None if info is None else {f: getattr(info, f)
+                                              for f in info.__struct_fields__}
+
+        _dump({"case": reply.case, "recordings": [every_key(r) for r in reply.recordings],
+               "shown": every_key(reply.info)})
         if not args.out:
             return 0
     elif args.list or not reply.recordings:

@@ -329,7 +329,7 @@ def test_hw_tech_recording_never_writes_to_a_terminal(world: World) -> None:
     assert code == 2 and "--out FILE" in text and "--raw" in text
     assert "\x1b]52" not in text
     code, text = _on_a_terminal(w, "--id", "rec-osc52", "--raw")
-    assert code == 0 and "\x1b]52;c;" in text, "an explicit --raw writes it"
+    assert code == 0 and "\\u001b]52;c;" in text, "an explicit --raw writes it"
     out = w.h.root / "osc52.cast"
     w.h.run("hw-tech", "--home", str(w.alice), "recording", w.case, "--id", "rec-osc52",
             "--out", str(out))

@@ -70,6 +70,8 @@ def test_a_truncated_recording_is_still_valid() -> None:
     ("shell", cast([0.1, "o", 5]), "not a string"),
     ("shell", cast([0.1, "r", "80 by 24"]), "WxH"),
     ("shell", cast(header=HEADER) + b'[NaN, "o", "x"]\n', "not JSON"),
+    # raw control characters inside a JSON string are not JSON: only escaped ones pass
+    ("shell", cast(header=HEADER) + b'[0.1, "o", "\x1b]52;c;aGk=\x07"]\n', "not JSON"),
     ("sftp", b'["op"]\n', "not a JSON object"),
     ("sftp", b'{"t": 0, "op": "chmod", "path": "/a"}\n', "op is not one of"),
     ("sftp", b'{"op": "remove", "path": "/a"}\n', "t \\(seconds\\)"),
