@@ -486,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "sealed recordings (default: recording.key in the technician home)")
     s.add_argument("--list", action="store_true", help="only list the recordings")
     s.set_defaults(func=cmd_recording)
+    s = sub.add_parser("recordings", parents=[common], help="list a case's session "
+                       "recordings (as `recording CASE --list`): who, when, size, whether "
+                       "encrypted at rest")
+    s.add_argument("case", metavar="CASE", type=case_number)
+    s.set_defaults(func=cmd_recording, list=True, id=None, out=None, raw=False, key=None)
     s = sub.add_parser("ping", parents=[common], help="one signed ping to every online agent "
                        "(--all) or a customer's (--customer NAME); each agent checks it",
                        description="Fan-out: one signed command, checked and audited once by "
