@@ -450,3 +450,53 @@ def test_per_tunnel_and_per_hour_byte_quotas(harness: Harness, tmp_path: Path) -
     assert isinstance(small, m.Ack), "under the byte budget still fits"
     assert {e["detail"]["reason"] for e in _audit(w, "recording.refused")} == \
         {"quota_tunnel", "quota_bytes"}
+
+
+# -- no recording key: nothing stored in the clear, nothing lost ---------------------------
+
+
+def test_without_a_recording_key_recordings_wait_in_the_agents_outbox(
+        harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    h.run("hw-server", "init", "--home", str(h.server_home), "--listen",
+          f"127.0.0.1:{h.port}")
+    (h.server_home / "recording.pub").unlink()  # a home from before sealing
+    shutil.rmtree(h.server_home / "offline")
+    h.start_server()
+    home = h.enroll("A")
+    user_home = tmp_path / "customer-home"
+    user_home.mkdir()
+    env = {"HOME": str(user_home), "SHELL": "/bin/sh"}
+    agent = h.start_agent(home, env)
+    case = h.help(home).splitlines()[0]
+    alice = h.add_tech("alice")
+    h.grant(home, case, "alice", scopes="shell")
+    p = h.run("hw-tech", "--home", str(alice), "ssh", case, "--", "echo", "kept", check=False)
+    assert p.returncode == 0, p.stderr
+
+    def outbox() -> int:
+        db = sqlite3.connect(home / "agent.db")
+        try:
+            return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        finally:
+            db.close()
+
+    server_log = h.root / "server.log"
+    wait_until(lambda: "held back" in server_log.read_text(), what="the held-back recording")
+    assert outbox() == 1, "not refused: kept by the agent"
+    db = sqlite3.connect(h.server_home / "store.db")
+    try:
+        assert db.execute("SELECT count(*) FROM recordings").fetchone()[0] == 0
+    finally:
+        db.close()
+    made = h.run("hw-server", "recording-key", "--home", str(h.server_home)).stdout
+    assert "move it OFF this server" in made
+    again = h.run("hw-server", "recording-key", "--home", str(h.server_home), check=False)
+    assert again.returncode != 0 and "--replace" in again.stderr
+    shutil.move(h.server_home / "offline" / "recording.key", alice / "recording.key")
+    agent.stop()
+    h.start_agent(home, env)  # the reconnect sends the outbox again
+    wait_until(lambda: outbox() == 0, what="the recording to be stored")
+    listed = h.tech_json(alice, "recording", case, "--list")["recordings"]
+    assert len(listed) == 1 and listed[0]["sealed"] is True
+    assert "kept" in h.run("hw-tech", "--home", str(alice), "recording", case).stdout
