@@ -13,6 +13,7 @@ Protocol decisions live in :mod:`proto.session`; what a result does to its case 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import secrets
@@ -111,10 +112,13 @@ class AgentGateway:
         self.gate = gate
         self.fanouts = fanouts
         self.tunnels = tunnels
-        #: recordings: brokered tunnels only, quotas, validated, sealed (server/recordings.py)
-        self.recordings = RecordingDesk(node.store, node.cfg)
         #: agent id -> when last seen (connect/disconnect), written in batches
         self.seen: dict[str, datetime] = {}
+
+    @functools.cached_property
+    def recordings(self) -> RecordingDesk:
+        """Recordings: brokered tunnels only, quotas, validated, sealed (server/recordings.py)."""
+        return RecordingDesk(self.node.store, self.node.cfg)
 
     async def serve(self, ws: ServerConnection, session: ServerSession, peer: str) -> None:
         """One agent connection: handshake (or enrollment), then its messages until bye."""
