@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probes", metavar="A,B", type=probe_list, default=[],
                    help="only these probes (default: all)")
     s.add_argument("--timeout", type=timeout_seconds, default=60.0, metavar="S",
-                   help="how long to wait for the agent, 1-600 s (default 60)")
+                   help="how long to wait for the agent, up to 600 s (default 60)")
     s.set_defaults(func=cmd_diag)
     s = sub.add_parser("plugins", parents=[common], help="probes and fixers on the case's "
                        "agent, with versions (needs the diagnostics scope)")
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "within ±2**53")
     s.add_argument("--dry-run", action="store_true", help="only show what would change")
     s.add_argument("--timeout", type=timeout_seconds, default=300.0, metavar="S",
-                   help="how long to wait for the customer and the fix, 1-600 s "
+                   help="how long to wait for the customer and the fix, up to 600 s "
                         "(default 300)")
     s.set_defaults(func=cmd_fix)
     s = sub.add_parser("consent-request", parents=[common], help="ask the case's customer "
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-fix-approval", action="store_true",
                    help="ask that fixes need no per-fix approval")
     s.add_argument("--timeout", type=timeout_seconds, default=120.0, metavar="S",
-                   help="how long to wait for the customer's answer, 1-600 s "
+                   help="how long to wait for the customer's answer, up to 600 s "
                         "(default 120)")
     s.set_defaults(func=cmd_consent_request)
     home_only = argparse.ArgumentParser(add_help=False)
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--customer", metavar="NAME", type=customer_name,
                      help="the online agents of this customer")
     s.add_argument("--timeout", type=timeout_seconds, default=10.0, metavar="S",
-                   help="how long to wait for the answers, 1-600 s (default 10)")
+                   help="how long to wait for the answers, up to 600 s (default 10)")
     s.set_defaults(func=cmd_ping)
     add_ticket_commands(sub, common)
     return p

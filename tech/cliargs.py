@@ -24,6 +24,8 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 
 TIMEOUT = FloatRange(0, 600, "seconds")  # proto.messages.Timeout
 SATISFACTION = IntRange(1, 5)
+timeout_seconds = TIMEOUT  # argparse type: how long to wait, more than 0 up to 600 s
+satisfaction = SATISFACTION  # argparse type: 1 (poor) to 5 (excellent)
 MAX_MINUTES = 7 * 24 * 60
 JSON_INT = 2**53  # fixer arguments travel as JSON numbers: exact up to 2**53
 
@@ -80,11 +82,6 @@ def probe_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError("--probes takes probe names (up to 64 characters "
                                          "each) separated by commas; see `hw-tech plugins`")
     return names
-
-
-def timeout_seconds(text: str) -> float:
-    """argparse type: how long to wait, more than 0 and at most 600 seconds."""
-    return TIMEOUT(text)
 
 
 def scope_list(text: str) -> list[str]:
@@ -155,8 +152,3 @@ def yes_no(text: str) -> bool:
     if text.lower() in ("no", "n", "false"):
         return False
     raise argparse.ArgumentTypeError(f"{safe_repr(text)}: answer yes or no")
-
-
-def satisfaction(text: str) -> int:
-    """argparse type: 1 (poor) to 5 (excellent)."""
-    return SATISFACTION(text)

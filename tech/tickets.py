@@ -263,7 +263,8 @@ def add_ticket_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                 "no fee; customer-device/third-party unresolved: base fee")
         if name == "followup":
             s.add_argument("--satisfaction", type=satisfaction, required=True,
-                           metavar="1-5", help="the customer's satisfaction")
+                           metavar="1-5", help="the customer's satisfaction, 1 (poor) to 5 "
+                                               "(excellent)")
         s.set_defaults(func=cmd_ticket)
 
     s = sub.add_parser("book", parents=[common], help="offer the ticket's quote and slots to "
