@@ -35,7 +35,7 @@ def test_typed_text_options_of_hw_agent_refuse_control_characters(
 def test_out_of_range_values_are_usage_errors(argv: list[str], words: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = parse(build_parser, argv, capsys)
-    assert_usage_error(out, " ".join(argv)[:60])
+    assert_usage_error(out, ascii(" ".join(argv)[:60]))
     assert words in out.err
 
 
