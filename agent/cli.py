@@ -17,7 +17,16 @@ from proto.textsafe import safe_json_dumps
 from proto.timefmt import human_time
 from proto.token import decode_token
 
-from .cliargs import RETRY_MAX, RETRY_MIN, _home, _run, case_number, out, tech_name
+from .cliargs import (
+    RETRY_MAX,
+    RETRY_MIN,
+    _home,
+    _run,
+    case_number,
+    out,
+    scope_list,
+    tech_name,
+)
 from .errors import AgentError
 from .visitcli import add_visit_commands
 
@@ -243,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = csub.add_parser("grant", parents=[common], help="allow a technician scopes on a case")
     s.add_argument("--case", required=True, type=case_number, help="case number")
     s.add_argument("--tech", required=True, type=tech_name, help="technician name")
-    s.add_argument("--scopes", required=True, metavar="A,B",
+    s.add_argument("--scopes", required=True, metavar="A,B", type=scope_list,
                    help="diagnostics, fix, shell, files, book-visit (comma-separated)")
     s.add_argument("--for", dest="duration", default="30m", metavar="DURATION",
                    help="how long, e.g. 20m or 1h (default 30m; capped by the policy)")

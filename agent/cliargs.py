@@ -64,3 +64,18 @@ def out(text: str, file: TextIO | None = None) -> None:
     """Print a line that may hold text from the server or a technician, its control and
     format characters shown as escapes (:func:`proto.textsafe.printable`)."""
     print(printable(text), file=file)
+
+
+def scope_list(text: str) -> str:
+    """argparse type: consent scopes separated by commas (checked here, passed on as given
+    to the running agent, which parses them again)."""
+    from proto.messages import Scope
+
+    known = {s.value for s in Scope}
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in known]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            (f"unknown scope {safe_repr(unknown[0])}; " if unknown else "")
+            + f"--scopes takes a comma-separated list of: {', '.join(sorted(known))}")
+    return ",".join(dict.fromkeys(names))

@@ -36,6 +36,7 @@ from .cliargs import (
     UsageError,
     _home,
     _run,
+    bus_url,
     city,
     contract_id,
     customer_name,
@@ -47,6 +48,7 @@ from .cliargs import (
     node_id,
     public_url,
     service_name,
+    store_url,
     subject_text,
     tech_name,
 )
@@ -517,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra DNS name or IP for the server certificate (repeatable)")
     s.add_argument("--public-url", action="append", metavar="wss://HOST:PORT", type=public_url,
                    help="URL agents dial, if not the listen address (repeatable)")
-    s.add_argument("--db", metavar="URL", help="store URL written to config.toml, e.g. "
+    s.add_argument("--db", metavar="URL", type=store_url, help="store URL written to "
+                   "config.toml, e.g. "
                    "postgresql+asyncpg://hw@127.0.0.1:5432/helloword (default: SQLite "
                    "store.db in the home); the database must exist, init migrates it")
     s.set_defaults(func=cmd_init)
@@ -526,10 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "per connection")
     s.add_argument("--listen", metavar="HOST:PORT", type=listen_address,
                    help="override the configured address")
-    s.add_argument("--db", metavar="URL", help="store URL overriding `db` in config.toml, "
+    s.add_argument("--db", metavar="URL", type=store_url, help="store URL overriding `db` "
+                   "in config.toml, "
                    "e.g. postgresql+asyncpg://hw@127.0.0.1:5432/helloword (other hw-server "
                    "commands read config.toml: put it there)")
-    s.add_argument("--bus", metavar="URL", help="NATS URL joining several nodes, e.g. "
+    s.add_argument("--bus", metavar="URL", type=bus_url, help="NATS URL joining several "
+                   "nodes, e.g. "
                    "nats://127.0.0.1:4222 (needs a PostgreSQL --db shared by all nodes)")
     s.add_argument("--node-id", metavar="ID", type=node_id, help="this node's name, unique "
                    "among the nodes (with --bus): 1-64 letters, digits, '-', '_' or '.'")

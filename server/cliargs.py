@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from proto.argtypes import FloatRange, IntRange, name_arg
-from proto.textsafe import safe_repr
+from proto.textsafe import check_name, safe_repr
 
 from .config import parse_listen
 from .errors import ServerError
@@ -61,6 +61,7 @@ subject_text = name_arg("subject", 200)
 field_tech_name = name_arg("field technician name", 128)
 _city_text = name_arg("city", CITY_MAX)
 _service_text = name_arg("service", 64)
+
 TECH_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}\Z")
 CONTRACT_ID = re.compile(r"^CT-[0-9]{4,9}\Z")
 TICKET_ID = re.compile(r"^TK-[0-9]{8}-[0-9]{4,6}\Z")
@@ -200,3 +201,40 @@ def node_id(text: str) -> str:
         raise argparse.ArgumentTypeError(f"node id {safe_repr(text)} is not valid: use 1-64 "
                                          "letters, digits, '-', '_' or '.'")
     return text
+
+
+def _url_text(text: str) -> str:
+    """A URL that may carry a password: checked like a name, never echoed in the error."""
+    try:
+        return check_name(text, what="the URL", max_length=1024)
+    except ValueError:
+        raise argparse.ArgumentTypeError("the URL is empty, longer than 1024 characters or "
+                                         "holds a control character; check it") from None
+
+
+def store_url(text: str) -> str:
+    """argparse type: a store URL (``--db``): sqlite+aiosqlite:///PATH or
+    postgresql+asyncpg://USER@HOST/DB; it is written to config.toml, so no control
+    characters."""
+    from sqlalchemy.engine import make_url
+
+    value = _url_text(text)
+    try:
+        backend = make_url(value).get_backend_name()
+    except Exception:
+        raise argparse.ArgumentTypeError("not a database URL; use e.g. "
+                                         "postgresql+asyncpg://hw@db.example:5432/helloword"
+                                         ) from None
+    if backend not in ("sqlite", "postgresql"):
+        raise argparse.ArgumentTypeError(f"names a {backend!r} database; the store supports "
+                                         "sqlite+aiosqlite:///PATH and "
+                                         "postgresql+asyncpg://USER@HOST/DB")
+    return value
+
+
+def bus_url(text: str) -> str:
+    """argparse type: a NATS URL (``--bus``), e.g. nats://127.0.0.1:4222."""
+    value = _url_text(text)
+    if not re.match(r"^[a-z]+://\S+\Z", value):
+        raise argparse.ArgumentTypeError("not a NATS URL like nats://127.0.0.1:4222")
+    return value

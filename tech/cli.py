@@ -2,7 +2,7 @@
 
 ``--json`` output is the protocol structs as JSON (``docs/protocol.md#messages``): keys are
 stable; new keys may be added, none renamed or removed within a protocol version.
-Control and format characters in values are written as ``\uXXXX`` escapes
+Control and format characters in values are written as ``\\uXXXX`` escapes
 (``proto/textsafe.py``), so the output is safe to show on a terminal.
 """
 
