@@ -663,10 +663,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except UsageError as exc:  # bad input only the home can judge: a usage error too
-        print(f"hw-server: error: {exc}", file=sys.stderr)
+        print(printable(f"hw-server: error: {exc}"), file=sys.stderr)
         return 2
     except (ServerError, StoreError, OSError, ValueError) as exc:
-        print(f"hw-server: error: {exc}", file=sys.stderr)
+        print(printable(f"hw-server: error: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 1

@@ -186,6 +186,9 @@ def cmd_consent_request(args: argparse.Namespace) -> int:
     elif reply.granted and reply.grant is not None:  # the receipt's times, in local time
         _out(f"{reply.case}: granted {', '.join(s.value for s in reply.grant.scopes)} until "
              f"{human_time(reply.grant.expires_at)}")
+        got = (reply.grant.expires_at - reply.grant.granted_at).total_seconds() / 60
+        if got < args.minutes - 1:  # the customer's policy or answer shortened it
+            _out(f"  capped: asked for {args.minutes:g} min, granted {got:.0f} min")
     elif reply.granted:
         _out(f"{reply.case}: {reply.message}")
     if not reply.granted:

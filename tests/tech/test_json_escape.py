@@ -95,3 +95,22 @@ def test_out_of_range_values_are_usage_errors(argv: list[str], words: str,
     out = parse(build_parser, argv, capsys)
     assert_usage_error(out, ascii(" ".join(argv)[:60]))
     assert words in out.err
+
+
+@pytest.mark.e2e
+def test_consent_request_says_when_the_customers_policy_capped_it(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    try:
+        policy = tmp_path / "policy.toml"
+        policy.write_text('max_minutes = 10\npreapproved_scopes = ["diagnostics"]\n')
+        h.init_server()
+        h.start_server()
+        home = h.enroll("A")
+        h.start_agent(home, None, "--policy", str(policy))
+        case = h.help(home).splitlines()[0]
+        alice = h.add_tech("alice")
+        out = h.run("hw-tech", "--home", str(alice), "consent-request", case, "--scopes",
+                    "diagnostics", "--for", "2h").stdout
+        assert "capped: asked for 120 min, granted 10 min" in out
+    finally:
+        h.stop_all()
