@@ -8,6 +8,7 @@ import argparse
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -124,6 +125,7 @@ def check_numbers(build: Callable[[], argparse.ArgumentParser],
 
 
 HOSTILE_TEXT = "ab\x1b]0;owned\x07\u202ecd\x9b2J"
+FREE_TYPES = (str, Path)  # paths and free text: any character is legal there
 
 
 def check_hostile_text(build: Callable[[], argparse.ArgumentParser],
@@ -133,8 +135,9 @@ def check_hostile_text(build: Callable[[], argparse.ArgumentParser],
     (``str(option)``). Returns how many it checked."""
     checked = 0
     for option in options(build()):
-        if (option.action.type is None or option.action.choices is not None
-                or str(option) in exempt):
+        kind = option.action.type
+        if (kind is None or kind in FREE_TYPES or isinstance(kind, argparse.FileType)
+                or option.action.choices is not None or str(option) in exempt):
             continue
         out = parse(build, option.argv(HOSTILE_TEXT), capsys)
         assert_usage_error(out, f"{option} with control characters")
