@@ -91,6 +91,9 @@ def cmd_help(args: argparse.Namespace) -> int:
         raise AgentError("describe the problem, e.g. hw-agent help \"laptop gets hot\"")
     case = _run(open_case(_home(args), description[:4000]))
     print(case.number)
+    if len(description) > 4000:
+        print(f"note: your description was cut to its first 4000 of {len(description)} "
+              "characters", file=sys.stderr)
     print(f"case {case.number} opened. A technician will ask for your consent before doing "
           f"anything on this computer; `hw-agent consent grant --case {case.number} --tech "
           "NAME --scopes diagnostics` allows diagnostics in advance.", file=sys.stderr)
