@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -14,10 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from proto.errors import TokenError
+from proto.textsafe import safe_json_dumps
 from proto.timefmt import human_time
 from proto.token import decode_token
 
-from .cliargs import _home, _run
+from .cliargs import (
+    RETRY_MAX,
+    RETRY_MIN,
+    _home,
+    _run,
+    case_number,
+    out,
+    scope_list,
+    tech_name,
+)
 from .errors import AgentError
 from .visitcli import add_visit_commands
 
@@ -28,8 +37,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     home = _home(args)
     token = decode_token(args.token, now=datetime.now(UTC))
     state = enroll(home, token)
-    print(f"enrolled as {state.agent_id} for {state.customer}; CA pinned "
-          f"(sha256 {state.ca_sha256[:16]}...)")
+    out(f"enrolled as {state.agent_id} for {state.customer}; CA pinned "
+        f"(sha256 {state.ca_sha256[:16]}...)")
     print(f"next: hw-agent run --home {home.path}")
     return 0
 
@@ -82,6 +91,9 @@ def cmd_help(args: argparse.Namespace) -> int:
         raise AgentError("describe the problem, e.g. hw-agent help \"laptop gets hot\"")
     case = _run(open_case(_home(args), description[:4000]))
     print(case.number)
+    if len(description) > 4000:
+        print(f"note: your description was cut to its first 4000 of {len(description)} "
+              "characters", file=sys.stderr)
     print(f"case {case.number} opened. A technician will ask for your consent before doing "
           f"anything on this computer; `hw-agent consent grant --case {case.number} --tech "
           "NAME --scopes diagnostics` allows diagnostics in advance.", file=sys.stderr)
@@ -108,8 +120,8 @@ def _when(text: str) -> str:
 def _print_grant(g: dict[str, Any]) -> None:
     state = "revoked" if g.get("revoked_at") else ("active" if g.get("active", True)
                                                    else "expired")
-    print(f"{g['case']}  {g['tech']:<12} {','.join(g['scopes']):<24} {state:<8} until "
-          f"{_when(g['expires_at'])}  ({g['via']}, {g['receipt_id']})")
+    out(f"{g['case']}  {g['tech']:<12} {','.join(g['scopes']):<24} {state:<8} until "
+        f"{_when(g['expires_at'])}  ({g['via']}, {g['receipt_id']})")
 
 
 def cmd_consent_grant(args: argparse.Namespace) -> int:
@@ -117,7 +129,7 @@ def cmd_consent_grant(args: argparse.Namespace) -> int:
                             "scopes": args.scopes, "for": args.duration,
                             "fix_approval": not args.no_fix_approval})
     if args.json:
-        print(json.dumps(reply["grant"], ensure_ascii=False, indent=2))
+        print(safe_json_dumps(reply["grant"]))
     else:
         _print_grant(reply["grant"])
         if reply.get("answered"):
@@ -134,31 +146,30 @@ def cmd_consent_deny(args: argparse.Namespace) -> int:
 def cmd_consent_status(args: argparse.Namespace) -> int:
     reply = _control(args, {"op": "status"})
     if args.json:
-        print(json.dumps({k: reply.get(k, []) for k in ("grants", "pending", "approvals",
-                                                        "sessions", "connected")},
-                         ensure_ascii=False, indent=2))
+        print(safe_json_dumps({k: reply.get(k, []) for k in ("grants", "pending", "approvals",
+                                                             "sessions", "connected")}))
         return 0
     print("connected to the support server" if reply["connected"] else
           "not connected to the support server")
     for a in reply.get("approvals", []):
         undo = "can be undone" if a["reversible"] else "cannot be undone"
-        print(f"fix waiting for your approval on case {a['case']}: {a['summary']} ({undo}); "
-              f"no answer by {_when(a['deadline'])} is a no")
+        out(f"fix waiting for your approval on case {a['case']}: {a['summary']} ({undo}); "
+            f"no answer by {_when(a['deadline'])} is a no")
         for change in a["changes"][:20]:
-            print(f"    - {change}")
-        print(f"  approve: hw-agent consent approve --case {a['case']}   decline: hw-agent "
-              f"consent decline --case {a['case']}")
+            out(f"    - {change}")
+        out(f"  approve: hw-agent consent approve --case {a['case']}   decline: hw-agent "
+            f"consent decline --case {a['case']}")
     for sess in reply.get("sessions", []):
-        print(f"remote session open: {sess['tech']} on case {sess['case']} ({sess['scopes']}) "
-              f"since {_when(sess['since'])}; end it: hw-agent consent revoke --case "
-              f"{sess['case']}")
+        out(f"remote session open: {sess['tech']} on case {sess['case']} ({sess['scopes']}) "
+            f"since {_when(sess['since'])}; end it: hw-agent consent revoke --case "
+            f"{sess['case']}")
     for p in reply["pending"]:
-        print(f"waiting for your answer: {p['tech']} asks for access to case {p['case']} "
-              f"({', '.join(p['scopes'])} for {p['minutes']} min); no answer by "
-              f"{_when(p['deadline'])} is a no")
-        print(f"  grant: hw-agent consent grant --case {p['case']} --tech {p['tech']} "
-              f"--scopes {','.join(p['scopes'])}   decline: hw-agent consent deny --case "
-              f"{p['case']}")
+        out(f"waiting for your answer: {p['tech']} asks for access to case {p['case']} "
+            f"({', '.join(p['scopes'])} for {p['minutes']} min); no answer by "
+            f"{_when(p['deadline'])} is a no")
+        out(f"  grant: hw-agent consent grant --case {p['case']} --tech {p['tech']} "
+            f"--scopes {','.join(p['scopes'])}   decline: hw-agent consent deny --case "
+            f"{p['case']}")
     if not reply["grants"]:
         print("no grants")
     for g in reply["grants"]:
@@ -169,7 +180,7 @@ def cmd_consent_status(args: argparse.Namespace) -> int:
 def cmd_consent_decide(args: argparse.Namespace) -> int:
     reply = _control(args, {"op": args.decision, "case": args.case})
     verb = "approved" if reply["approved"] else "declined"
-    print(f"{verb} fix {reply['fix']} on case {args.case}")
+    out(f"{verb} fix {reply['fix']} on case {args.case}")
     return 0
 
 
@@ -201,11 +212,11 @@ def cmd_log(args: argparse.Namespace) -> int:
         print(f"local log OK: {count} entries, every link checks")
         return 0
     if args.json:
-        print(json.dumps([{"at": e.at.isoformat(), "event": e.event, "detail": e.detail}
-                          for e in entries], ensure_ascii=False, indent=2))
+        print(safe_json_dumps([{"at": e.at.isoformat(), "event": e.event, "detail": e.detail}
+                               for e in entries]))
     else:
         for e in entries:
-            print(f"{human_time(e.at, seconds=True)}  {e.event:<10} {e.detail}")
+            out(f"{human_time(e.at, seconds=True)}  {e.event:<10} {e.detail}")
     return 0
 
 
@@ -226,13 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_enroll)
     s = sub.add_parser("run", parents=[common], help="stay connected to the support server "
                        "(foreground; reconnects by itself)")
-    s.add_argument("--retry-min", type=float, default=1.0, metavar="S",
+    s.add_argument("--retry-min", type=RETRY_MIN, default=1.0, metavar="S",
                    help="upper bound of the first reconnect delay in seconds; each failed "
                         "attempt multiplies it by 1.6, and the delay is drawn at random "
                         "below it; a busy server's Retry-After is followed instead "
-                        "(default 1)")
-    s.add_argument("--retry-max", type=float, default=60.0, metavar="S",
-                   help="largest reconnect window in seconds (default 60); a busy "
+                        "(more than 0, up to 600; default 1)")
+    s.add_argument("--retry-max", type=RETRY_MAX, default=60.0, metavar="S",
+                   help="largest reconnect window in seconds, up to 3600 (default 60); a busy "
                         "server's Retry-After, capped at this, is followed with a delay "
                         "between half and one and a half times it")
     s.add_argument("--policy", metavar="FILE", help="local policy (TOML) for managed devices: "
@@ -242,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "technicians may do on this computer (talks to the running agent)")
     csub = c.add_subparsers(dest="consent_command", required=True, metavar="ACTION")
     s = csub.add_parser("grant", parents=[common], help="allow a technician scopes on a case")
-    s.add_argument("--case", required=True, help="case number")
-    s.add_argument("--tech", required=True, help="technician name")
-    s.add_argument("--scopes", required=True, metavar="A,B",
+    s.add_argument("--case", required=True, type=case_number, help="case number")
+    s.add_argument("--tech", required=True, type=tech_name, help="technician name")
+    s.add_argument("--scopes", required=True, metavar="A,B", type=scope_list,
                    help="diagnostics, fix, shell, files, book-visit (comma-separated)")
     s.add_argument("--for", dest="duration", default="30m", metavar="DURATION",
                    help="how long, e.g. 20m or 1h (default 30m; capped by the policy)")
@@ -253,12 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_consent_grant)
     s = csub.add_parser("deny", parents=[common], help="decline pending requests now")
-    s.add_argument("--case", help="only this case")
+    s.add_argument("--case", type=case_number, help="only this case")
     s.set_defaults(func=cmd_consent_deny)
     for decision, text in (("approve", "apply the fix waiting on a case"),
                            ("decline", "refuse the fix waiting on a case")):
         s = csub.add_parser(decision, parents=[common], help=text)
-        s.add_argument("--case", required=True, help="case number")
+        s.add_argument("--case", required=True, type=case_number, help="case number")
         s.set_defaults(func=cmd_consent_decide, decision=decision)
     s = csub.add_parser("status", parents=[common], help="grants, pending requests and fixes "
                         "waiting for your approval",
@@ -272,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_consent_status)
     s = csub.add_parser("revoke", parents=[common], help="revoke grants at once; running "
                         "actions are cancelled")
-    s.add_argument("--case", help="only this case (default: all)")
+    s.add_argument("--case", type=case_number, help="only this case (default: all)")
     s.set_defaults(func=cmd_consent_revoke)
     s = sub.add_parser("help", parents=[common], help="ask HelloWord for help: opens a case "
                        "and prints its number (technicians still need your consent)")
@@ -300,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except (AgentError, TokenError, OSError) as exc:
-        print(f"hw-agent: error: {exc}", file=sys.stderr)
+        out(f"hw-agent: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 1

@@ -4,7 +4,6 @@ service confirmation. The logic is in :mod:`agent.visit`."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,10 +12,11 @@ from typing import Any
 import msgspec
 
 from proto import messages as m
+from proto.textsafe import safe_json_dumps
 from proto.ticketstatus import status
 from proto.timefmt import human_span
 
-from .cliargs import _home, _run
+from .cliargs import SLOT, _home, _run, note_text, out, ticket_id
 from .errors import VisitError
 from .visit import (
     decide,
@@ -30,23 +30,23 @@ from .visit import (
 def _print(t: m.TicketInfo) -> None:
     when = (f"{human_span(t.booked_start, t.booked_end)} with technician {t.technician}"
             if t.booked_start and t.booked_end else "not booked")
-    print(f"{t.ticket}  {status(t, now=datetime.now(UTC), customer=True)}  case {t.case}  "
-          f"{t.service}  {t.city}: {when}")
+    out(f"{t.ticket}  {status(t, now=datetime.now(UTC), customer=True)}  case {t.case}  "
+        f"{t.service}  {t.city}: {when}")
     if t.total is not None:
-        print(f"  price: {t.total} {t.currency}" + (" (free visit)" if t.free_visit else ""))
+        out(f"  price: {t.total} {t.currency}" + (" (free visit)" if t.free_visit else ""))
     if not t.eligible:
         for r in t.reasons:
-            print(f"  - {r}")
+            out(f"  - {r}")
         for a in t.alternatives:
-            print(f"  instead: {a}")
+            out(f"  instead: {a}")
     if t.booked_start and t.checklist:
-        print("  before the visit / 上门前请准备:")
+        out("  before the visit / 上门前请准备:")
         for c in t.checklist:
-            print(f"    - {c}")
+            out(f"    - {c}")
     for line in signoff_lines(t):
-        print(f"  {line}")
+        out(f"  {line}")
         if not t.confirmed:
-            print(f"  confirm with: hw-agent visit confirm {t.ticket}")
+            out(f"  confirm with: hw-agent visit confirm {t.ticket}")
 
 
 def cmd_visit_show(args: argparse.Namespace) -> int:
@@ -58,23 +58,23 @@ def cmd_visit_show(args: argparse.Namespace) -> int:
         if not found:
             raise VisitError(f"no on-site ticket {args.ticket} for this computer")
     if args.json:
-        print(json.dumps(msgspec.to_builtins(found), ensure_ascii=False, indent=2))
+        print(safe_json_dumps(msgspec.to_builtins(found)))
     elif not found:
-        print("no on-site tickets for this computer")
+        out("no on-site tickets for this computer")
     for t in [] if args.json else found:
         _print(t)
         if t.state in (m.TicketState.PROPOSED, m.TicketState.RESCHEDULED):
             try:
                 for line in describe_offer(load_offer(home.path, t.ticket)):
-                    print(f"  {line}")
+                    out(f"  {line}")
             except VisitError as exc:
-                print(f"  {exc}")
+                out(f"  {exc}")
     if args.ics:
         booked = [t for t in found if t.ics]
         if not booked:
             raise VisitError("no booked appointment to write as .ics")
         Path(args.ics).write_text(booked[0].ics, encoding="utf-8")
-        print(f"appointment written to {args.ics}", file=sys.stderr)
+        out(f"appointment written to {args.ics}", file=sys.stderr)
     return 0
 
 
@@ -87,19 +87,19 @@ def cmd_visit_decide(args: argparse.Namespace) -> int:
         if not current:
             raise VisitError(f"no on-site ticket {args.ticket} for this computer")
         for line in signoff_lines(current[0]):
-            print(line)
+            out(line)
         if not sys.stdin.isatty():
             raise VisitError("read the sign-off above, then confirm with --yes (no terminal "
                              "to ask on)")
         if input("sign the service confirmation? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("not confirmed")
+            out("not confirmed")
             return 1
     ticket, message = _run(decide(home, args.ticket, kind, slot=getattr(args, "slot", None),
                                   note=getattr(args, "note", "")))
     if args.json:
-        print(json.dumps(msgspec.to_builtins(ticket), ensure_ascii=False, indent=2))
+        print(safe_json_dumps(msgspec.to_builtins(ticket)))
     else:
-        print(f"{args.ticket}: {message}")
+        out(f"{args.ticket}: {message}")
         _print(ticket)
     return 0
 
@@ -109,25 +109,26 @@ def add_visit_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        "your signed service confirmation")
     vsub = v.add_subparsers(dest="visit_command", required=True, metavar="ACTION")
     s = vsub.add_parser("show", parents=[common], help="your on-site tickets and offers")
-    s.add_argument("ticket", nargs="?", metavar="TICKET")
+    s.add_argument("ticket", nargs="?", metavar="TICKET", type=ticket_id)
     s.add_argument("--ics", metavar="FILE", help="write the booked appointment as .ics")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_visit_show)
     s = vsub.add_parser("accept", parents=[common], help="accept slot N of a technician's "
                         "offer (signed with this computer's key); books the visit")
-    s.add_argument("ticket", metavar="TICKET")
-    s.add_argument("--slot", type=int, required=True, metavar="N", help="1, 2 or 3")
+    s.add_argument("ticket", metavar="TICKET", type=ticket_id)
+    s.add_argument("--slot", type=SLOT, required=True, metavar="N", help="1, 2 or 3")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_visit_decide)
     s = vsub.add_parser("decline", parents=[common], help="decline the offer; nothing is "
                         "booked")
-    s.add_argument("ticket", metavar="TICKET")
-    s.add_argument("--note", default="", help="why (optional)")
+    s.add_argument("ticket", metavar="TICKET", type=ticket_id)
+    s.add_argument("--note", default="", type=note_text,
+                   help="why (optional, up to 4096 characters)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_visit_decide)
     s = vsub.add_parser("confirm", parents=[common], help="sign the service confirmation "
                         "of the technician's sign-off (outcome, root cause, fee)")
-    s.add_argument("ticket", metavar="TICKET")
+    s.add_argument("ticket", metavar="TICKET", type=ticket_id)
     s.add_argument("--yes", action="store_true", help="confirm without asking (you have "
                    "read the sign-off)")
     s.add_argument("--json", action="store_true", help="machine-readable output")

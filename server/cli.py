@@ -8,24 +8,50 @@ import dataclasses
 import gc
 import json
 import logging
-import re
 import secrets
 import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from proto.textsafe import printable, safe_json_dumps
 from proto.timefmt import human_time
 from proto.token import EnrollToken, encode_token
 
 from . import pki
-from .cliargs import _home, _run
+from .cases import CaseState
+from .cliargs import (
+    AUDIT_LIMIT,
+    CERT_DAYS,
+    FREE_VISITS,
+    RATE_CNY,
+    TTL_HOURS,
+    VISIT_HOURS,
+    UsageError,
+    _home,
+    _run,
+    bus_url,
+    city,
+    contract_id,
+    customer_name,
+    date_time,
+    day,
+    host_name,
+    known_service,
+    listen_address,
+    node_id,
+    public_url,
+    service_name,
+    store_url,
+    subject_text,
+    tech_name,
+)
 from .config import ServerConfig, parse_listen
 from .errors import ServerError
 from .onsitecli import add_onsite_commands
@@ -33,6 +59,7 @@ from .recordings import add_recording_commands, init_recording_key
 from .store import AuditCheck, AuditEntry, ContractRecord, Store, StoreError
 
 KINDS = ("individual", "small-business", "enterprise")
+CASE_STATES = tuple(state.value for state in CaseState)
 
 
 class _LogFormatter(logging.Formatter):
@@ -183,12 +210,11 @@ def cmd_cert_renew(args: argparse.Namespace) -> int:
 
 def cmd_enroll_token(args: argparse.Namespace) -> int:
     cfg = ServerConfig.load(_home(args))
-    if not args.customer.strip():
-        raise ServerError("--customer must not be empty")
     now = pki.now_utc()
     hours = args.ttl if args.ttl is not None else cfg.token_ttl_hours
-    if not 0 < hours <= 24 * 30:
-        raise ServerError("--ttl must be between 0 and 720 hours")
+    if not 0 < hours <= 24 * 30:  # the config's default (--ttl is bounded by its type)
+        raise ServerError(f"token_ttl_hours in config.toml is {hours}; set it to more than "
+                          "0 and at most 720")
     expires = (now + timedelta(hours=hours)).replace(microsecond=0)
     secret = secrets.token_bytes(32)
 
@@ -219,13 +245,7 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
     return 0
 
 
-TECH_NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}\Z")
-
-
 def cmd_tech_add(args: argparse.Namespace) -> int:
-    if not TECH_NAME.match(args.name):
-        raise ServerError(f"technician name {args.name!r} is not valid: use 1-64 lower-case "
-                          "letters, digits, '.', '_' or '-', starting with a letter")
     cfg = ServerConfig.load(_home(args))
     out = Path(args.out)
     if (out / "tech.key").exists() and not args.replace:
@@ -325,11 +345,12 @@ def cmd_contract_add(args: argparse.Namespace) -> int:
 
     c = _run(add())
     if args.json:
-        print(json.dumps(_contract_json(c), ensure_ascii=False, indent=2))
+        print(safe_json_dumps(_contract_json(c)))
     else:
-        print(f"contract {c.contract_id} for {c.customer}: {c.free_visits} free on-site "
-              f"visits from {c.valid_from} to {c.valid_to}, then "
-              + (f"{c.rate} CNY per visit" if c.rate is not None else "the standard price"))
+        print(printable(f"contract {c.contract_id} for {c.customer}: {c.free_visits} free "
+                        f"on-site visits from {c.valid_from} to {c.valid_to}, then "
+                        + (f"{c.rate} CNY per visit" if c.rate is not None
+                           else "the standard price")))
     return 0
 
 
@@ -351,14 +372,15 @@ def cmd_contract_show(args: argparse.Namespace) -> int:
 
     found = _run(show())
     if args.json:
-        print(json.dumps([_contract_json(c) for c in found], ensure_ascii=False, indent=2))
+        print(safe_json_dumps([_contract_json(c) for c in found]))
         return 0
     if not found:
         print("no contracts")
     for c in found:
         rate = f"{c.rate} CNY" if c.rate is not None else "standard price"
-        print(f"{c.contract_id}  {c.customer}  {c.valid_from}..{c.valid_to}  free visits "
-              f"{c.visits_used}/{c.free_visits} used, {c.remaining} left; then {rate}")
+        print(printable(f"{c.contract_id}  {c.customer}  {c.valid_from}..{c.valid_to}  free "
+                        f"visits {c.visits_used}/{c.free_visits} used, {c.remaining} left; "
+                        f"then {rate}"))
     return 0
 
 
@@ -376,16 +398,12 @@ def cmd_onsite_policy(args: argparse.Namespace) -> int:
     from .onsite.policy import policy_as_json
 
     data = policy_as_json(_onsite_policy(_home(args)))
-    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+    print(safe_json_dumps(data, default=str))
     return 0
 
 
-def _local_time(text: str, tz: Any) -> datetime:
-    """ISO date-time; without an offset it is read in the policy's time zone."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ServerError(f"{text!r} is not a date-time like 2026-12-02T10:00") from None
+def _local_time(value: datetime, tz: Any) -> datetime:
+    """A ``--when``/``--now`` date-time; without an offset it is in the policy's time zone."""
     return value if value.tzinfo is not None else value.replace(tzinfo=tz)
 
 
@@ -399,6 +417,7 @@ def cmd_onsite_quote(args: argparse.Namespace) -> int:
     home = _home(args)
     cfg = ServerConfig.load(home)
     policy = _onsite_policy(home)
+    known_service(policy, args.service, "--service")
     tz = policy.hours.tz
     now = _local_time(args.now, tz) if args.now else datetime.now(tz)
     when = _local_time(args.when, tz)
@@ -433,7 +452,7 @@ def cmd_onsite_quote(args: argparse.Namespace) -> int:
     data = q.as_json()
     data["base"] = base.name
     if args.json:
-        print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+        print(safe_json_dumps(data, default=str))
         return 0
     verdict = "eligible" if data["eligible"] else "NOT eligible"
     print(f"{args.service} in {city.name} (tier {city.tier}, {km:.0f} km from {base.name}): "
@@ -449,17 +468,8 @@ def cmd_onsite_quote(args: argparse.Namespace) -> int:
     return 0
 
 
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-01-31") from None
-
-
 def cmd_audit_show(args: argparse.Namespace) -> int:
     cfg = ServerConfig.load(_home(args))
-    if args.limit < 1:
-        raise ServerError("--limit must be 1 or more")
 
     async def show() -> list[AuditEntry]:
         store = await Store.open(cfg.db_url)
@@ -470,20 +480,21 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
     entries: list[AuditEntry] = _run(show())
     if args.json:
-        print(json.dumps([_audit_json(e) for e in entries], ensure_ascii=False, indent=2))
+        print(safe_json_dumps([_audit_json(e) for e in entries]))
         return 0
     if not entries:
         print("the audit log is empty" if args.subject is None
-              else f"no audit entries about {args.subject}")
+              else f"no audit entries about {printable(args.subject)}")
         return 0
-    rows = [(str(e.id), human_time(e.at, seconds=True), e.actor, e.event, e.subject,
-             _clip(json.dumps(e.detail, ensure_ascii=False, sort_keys=True), 80))
+    rows = [(str(e.id), human_time(e.at, seconds=True), printable(e.actor, keep_newlines=False),
+             printable(e.event, keep_newlines=False), printable(e.subject, keep_newlines=False),
+             _clip(safe_json_dumps(e.detail, indent=None, sort_keys=True), 80))
             for e in entries]
     header = ("ID", "AT", "ACTOR", "EVENT", "SUBJECT", "DETAIL")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
+        print(printable("  ".join([*cells, row[-1]]).rstrip()))
     return 0
 
 
@@ -506,64 +517,76 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("init", parents=[common], help="create a server home: CA, server "
                        "certificate, org key, config, database")
     s.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT",
-                   help="address to serve on (default 127.0.0.1:8765)")
-    s.add_argument("--name", action="append", default=[], metavar="HOST",
+                   type=listen_address, help="address to serve on (default 127.0.0.1:8765)")
+    s.add_argument("--name", action="append", default=[], metavar="HOST", type=host_name,
                    help="extra DNS name or IP for the server certificate (repeatable)")
-    s.add_argument("--public-url", action="append", metavar="wss://HOST:PORT",
+    s.add_argument("--public-url", action="append", metavar="wss://HOST:PORT", type=public_url,
                    help="URL agents dial, if not the listen address (repeatable)")
-    s.add_argument("--db", metavar="URL", help="store URL written to config.toml, e.g. "
+    s.add_argument("--db", metavar="URL", type=store_url, help="store URL written to "
+                   "config.toml, e.g. "
                    "postgresql+asyncpg://hw@127.0.0.1:5432/helloword (default: SQLite "
                    "store.db in the home); the database must exist, init migrates it")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("run", parents=[common], help="serve in the foreground; one log line "
                        "per connection")
-    s.add_argument("--listen", metavar="HOST:PORT", help="override the configured address")
-    s.add_argument("--db", metavar="URL", help="store URL overriding `db` in config.toml, "
+    s.add_argument("--listen", metavar="HOST:PORT", type=listen_address,
+                   help="override the configured address")
+    s.add_argument("--db", metavar="URL", type=store_url, help="store URL overriding `db` "
+                   "in config.toml, "
                    "e.g. postgresql+asyncpg://hw@127.0.0.1:5432/helloword (other hw-server "
                    "commands read config.toml: put it there)")
-    s.add_argument("--bus", metavar="URL", help="NATS URL joining several nodes, e.g. "
+    s.add_argument("--bus", metavar="URL", type=bus_url, help="NATS URL joining several "
+                   "nodes, e.g. "
                    "nats://127.0.0.1:4222 (needs a PostgreSQL --db shared by all nodes)")
-    s.add_argument("--node-id", metavar="ID", help="this node's name, unique among the "
-                   "nodes (with --bus)")
+    s.add_argument("--node-id", metavar="ID", type=node_id, help="this node's name, unique "
+                   "among the nodes (with --bus): 1-64 letters, digits, '-', '_' or '.'")
     s.set_defaults(func=cmd_run)
 
     c = sub.add_parser("cert", parents=[common], help="the server's TLS certificate")
     csub = c.add_subparsers(dest="cert_command", required=True, metavar="ACTION")
     s = csub.add_parser("renew", parents=[common], help="issue a new server certificate from "
                         "the same CA (agents keep working: they pin the CA)")
-    s.add_argument("--name", action="append", metavar="HOST",
+    s.add_argument("--name", action="append", metavar="HOST", type=host_name,
                    help="DNS name or IP it is valid for (repeatable; default: the names "
                         "given at init)")
     s.set_defaults(func=cmd_cert_renew)
 
     s = sub.add_parser("enroll-token", parents=[common],
                        help="print a single-use enrollment token for one customer machine")
-    s.add_argument("--customer", required=True, help="customer name")
+    s.add_argument("--customer", required=True, type=customer_name, metavar="NAME",
+                   help="customer name, 1-128 characters (the token carries it)")
     s.add_argument("--kind", required=True, choices=KINDS, help="customer kind")
-    s.add_argument("--city", required=True, help="customer city (e.g. 上海)")
-    s.add_argument("--ttl", type=float, metavar="HOURS",
-                   help="validity in hours (default from config: 24)")
-    s.add_argument("--contract", metavar="ID", help="the customer's service contract "
-                   "(hw-server contract show); checked to be this customer's")
+    s.add_argument("--city", required=True, type=city, help="customer city, one the on-site "
+                   "coverage knows (e.g. 上海 or Shanghai; `hw-server onsite policy`)")
+    s.add_argument("--ttl", type=TTL_HOURS, metavar="HOURS",
+                   help="validity in hours, more than 0 up to 720 (default from config: 24)")
+    s.add_argument("--contract", metavar="ID", type=contract_id, help="the customer's "
+                   "service contract (hw-server contract show); checked to be this customer's")
     s.set_defaults(func=cmd_enroll_token)
 
     c = sub.add_parser("contract", parents=[common], help="enterprise service contracts "
                        "(free on-site visits per period)")
     csub = c.add_subparsers(dest="contract_command", required=True, metavar="ACTION")
     s = csub.add_parser("add", parents=[common], help="record a service contract")
-    s.add_argument("--customer", required=True, help="customer name")
-    s.add_argument("--free-visits", type=int, required=True, metavar="N",
-                   help="free on-site visits in the period")
-    s.add_argument("--from", dest="valid_from", type=_date, required=True, metavar="DATE")
-    s.add_argument("--to", dest="valid_to", type=_date, required=True, metavar="DATE")
-    s.add_argument("--rate", type=int, metavar="CNY",
-                   help="price per visit once the free visits are used (default: standard)")
+    s.add_argument("--customer", required=True, type=customer_name, metavar="NAME",
+                   help="customer name, 1-128 characters")
+    s.add_argument("--free-visits", type=FREE_VISITS, required=True, metavar="N",
+                   help="free on-site visits in the period, 0-1000")
+    s.add_argument("--from", dest="valid_from", type=day, required=True, metavar="DATE",
+                   help="first day, e.g. 2026-01-01 (years 2000-2099)")
+    s.add_argument("--to", dest="valid_to", type=day, required=True, metavar="DATE",
+                   help="last day (years 2000-2099)")
+    s.add_argument("--rate", type=RATE_CNY, metavar="CNY",
+                   help="price per visit once the free visits are used, 0-100000 "
+                        "(default: standard)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_contract_add)
     s = csub.add_parser("show", parents=[common], help="contracts and their free-visit ledger")
-    s.add_argument("contract", nargs="?", metavar="ID", help="one contract (default: all)")
-    s.add_argument("--customer", help="only this customer's contracts")
+    s.add_argument("contract", nargs="?", metavar="ID", type=contract_id,
+                   help="one contract (default: all)")
+    s.add_argument("--customer", type=customer_name, metavar="NAME",
+                   help="only this customer's contracts")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_contract_show)
 
@@ -577,18 +600,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "eligibility, coverage, earliest standard date, price items")
     s.add_argument("--customer-kind", required=True,
                    choices=("individual", "small-business", "enterprise"))
-    s.add_argument("--contract", metavar="ID", help="service contract (hw-server contract)")
-    s.add_argument("--customer", metavar="NAME", help="customer name (promotions)")
-    s.add_argument("--city", required=True, help="city or address, e.g. 成都 or Chengdu")
-    s.add_argument("--service", required=True, help="service type (see `onsite policy`)")
-    s.add_argument("--when", required=True, metavar="DATETIME",
+    s.add_argument("--contract", metavar="ID", type=contract_id,
+                   help="service contract (hw-server contract)")
+    s.add_argument("--customer", metavar="NAME", type=customer_name,
+                   help="customer name (promotions)")
+    s.add_argument("--city", required=True, type=city,
+                   help="city or address, e.g. 成都 or Chengdu")
+    s.add_argument("--service", required=True, type=service_name,
+                   help="service type (see `onsite policy`)")
+    s.add_argument("--when", required=True, metavar="DATETIME", type=date_time,
                    help="slot start, e.g. 2026-12-02T10:00 (policy time zone if no offset)")
     s.add_argument("--urgent", action="store_true", help="customer asks for urgent service")
-    s.add_argument("--now", metavar="DATETIME", help="answer as of this time (reproducible)")
-    s.add_argument("--case-state", metavar="STATE",
+    s.add_argument("--now", metavar="DATETIME", type=date_time,
+                   help="answer as of this time (reproducible)")
+    s.add_argument("--case-state", metavar="STATE", choices=CASE_STATES,
                    help="the case's state, e.g. needs-onsite (a failed remote attempt)")
-    s.add_argument("--hours", type=float, metavar="H", help="expected duration if not the "
-                   "service's estimate")
+    s.add_argument("--hours", type=VISIT_HOURS, metavar="H", help="expected duration if not "
+                   "the service's estimate: more than 0, up to 24")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_onsite_quote)
 
@@ -596,13 +624,15 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="tech_command", required=True, metavar="ACTION")
     s = tsub.add_parser("add", parents=[common], help="issue a technician key, an OpenSSH "
                         "certificate signed by the org key, and a profile")
-    s.add_argument("name", help="technician name (certificate principal)")
+    s.add_argument("name", type=tech_name, help="technician name (certificate principal): "
+                   "1-64 lower-case letters, digits, '.', '_' or '-'")
     s.add_argument("--out", required=True, metavar="DIR", help="technician home to write")
-    s.add_argument("--days", type=int, default=90, help="certificate validity (default 90)")
+    s.add_argument("--days", type=CERT_DAYS, default=90, metavar="N",
+                   help="certificate validity in days, 1-365 (default 90)")
     s.add_argument("--replace", action="store_true", help="overwrite an existing key in --out")
     s.set_defaults(func=cmd_tech_add)
     s = tsub.add_parser("revoke", parents=[common], help="revoke a technician")
-    s.add_argument("name")
+    s.add_argument("name", type=tech_name)
     s.set_defaults(func=cmd_tech_revoke)
 
     a = sub.add_parser("audit", parents=[common], help="check or show the hash-chained "
@@ -613,9 +643,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_audit_verify)
     s = asub.add_parser("show", parents=[common], help="list the newest audit entries, "
                         "oldest of them first")
-    s.add_argument("--limit", type=int, default=50, metavar="N",
-                   help="how many of the newest entries (default 50)")
-    s.add_argument("--subject", metavar="S", help="only entries about S (a case, an agent)")
+    s.add_argument("--limit", type=AUDIT_LIMIT, default=50, metavar="N",
+                   help="how many of the newest entries, 1-10000 (default 50)")
+    s.add_argument("--subject", metavar="S", type=subject_text,
+                   help="only entries about S (a case, an agent)")
     s.add_argument("--json", action="store_true", help="JSON array with keys id, at, actor, "
                    "event, subject, detail, hash (hex)")
     s.set_defaults(func=cmd_audit_show)
@@ -635,8 +666,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except UsageError as exc:  # bad input only the home can judge: a usage error too
+        print(printable(f"hw-server: error: {exc}"), file=sys.stderr)
+        return 2
     except (ServerError, StoreError, OSError, ValueError) as exc:
-        print(f"hw-server: error: {exc}", file=sys.stderr)
+        print(printable(f"hw-server: error: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 1

@@ -4,7 +4,6 @@ a customer's signed service confirmation."""
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -12,10 +11,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from proto.errors import DecodeError
 from proto.messages import SignedVisit
 from proto.receipt import verify_visit
+from proto.textsafe import printable, safe_json_dumps
 from proto.timefmt import human_time
 
 from . import pki
-from .cliargs import _home, _run
+from .cliargs import (
+    DAILY_CAPACITY,
+    _home,
+    _run,
+    city,
+    field_tech_name,
+    known_service,
+    service_list,
+    ticket_id,
+)
 from .config import ServerConfig
 from .errors import ServerError
 from .onsite.policy import load_home_policy
@@ -35,9 +44,10 @@ async def _with_desk(args: argparse.Namespace, work: Any) -> Any:
 
 def cmd_field_tech_add(args: argparse.Namespace) -> int:
 
-    skills = [s.strip() for s in args.skills.split(",") if s.strip()]
+    skills: list[str] = args.skills
 
     async def work(desk: OnsiteDesk, _store: Store) -> Any:
+        known_service(desk.policy, skills, "--skills")
         now = pki.now_utc()
         tech = await desk.add_field_tech(name=args.name, base=args.base, skills=skills,
                                          capacity=args.capacity, now=now)
@@ -45,11 +55,11 @@ def cmd_field_tech_add(args: argparse.Namespace) -> int:
         return tech, await desk.propose_waiting(actor="operator", now=now)
 
     tech, proposed = _run(_with_desk(args, work))
-    print(f"field technician {tech.name}: base {tech.base}, skills {', '.join(tech.skills)}, "
-          f"{tech.daily_capacity} visits per day")
+    print(printable(f"field technician {tech.name}: base {tech.base}, skills "
+                    f"{', '.join(tech.skills)}, {tech.daily_capacity} visits per day"))
     for t in proposed:
-        print(f"ticket {t.ticket} (case {t.case}, {t.city}) had no slots: {len(t.slots)} "
-              f"proposed now (`hw-tech ticket show {t.ticket}`)")
+        print(printable(f"ticket {t.ticket} (case {t.case}, {t.city}) had no slots: "
+                        f"{len(t.slots)} proposed now (`hw-tech ticket show {t.ticket}`)"))
     return 0
 
 
@@ -62,12 +72,12 @@ def cmd_field_tech_list(args: argparse.Namespace) -> int:
     rows = [{"name": t.name, "base": t.base, "skills": list(t.skills),
              "daily_capacity": t.daily_capacity, "active": t.active} for t in techs]
     if args.json:
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        print(safe_json_dumps(rows))
     elif not rows:
         print("no field technicians; add one with `hw-server field-tech add`")
     for r in [] if args.json else rows:
-        print(f"{r['name']}  base {r['base']}  skills {','.join(r['skills'])}  "
-              f"{r['daily_capacity']}/day")
+        print(printable(f"{r['name']}  base {r['base']}  skills {','.join(r['skills'])}  "
+                        f"{r['daily_capacity']}/day"))
     return 0
 
 
@@ -78,7 +88,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     report = _run(_with_desk(args, work))
     if args.json:
-        print(json.dumps(report, ensure_ascii=False, indent=2))
+        print(safe_json_dumps(report))
         return 0
     rate = report["first_time_fix_rate"]
     mttr = report["mean_time_to_resolution_hours"]
@@ -118,11 +128,11 @@ def cmd_ticket_verify(args: argparse.Namespace) -> int:
     if (decision.ticket, decision.agent_id) != (info.ticket, info.agent_id):
         print(f"ticket {args.ticket}: the signature is valid but names another ticket/agent")
         return 1
-    print(f"ticket {args.ticket}: confirmation signed by agent {agent.agent_id} "
-          f"({agent.customer}) at {human_time(decision.at)}: "
-          f"{'resolved' if decision.resolved else 'unresolved'}, root cause "
-          f"{decision.root_cause.value if decision.root_cause else '-'}, fee {decision.fee} "
-          f"{info.currency}: valid")
+    print(printable(f"ticket {args.ticket}: confirmation signed by agent {agent.agent_id} "
+                    f"({agent.customer}) at {human_time(decision.at)}: "
+                    f"{'resolved' if decision.resolved else 'unresolved'}, root cause "
+                    f"{decision.root_cause.value if decision.root_cause else '-'}, fee "
+                    f"{decision.fee} {info.currency}: valid"))
     return 0
 
 
@@ -132,12 +142,12 @@ def add_onsite_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     fsub = f.add_subparsers(dest="field_tech_command", required=True, metavar="ACTION")
     s = fsub.add_parser("add", parents=[common], help="add a field technician (offers that "
                         "had no slots are proposed again)")
-    s.add_argument("name")
-    s.add_argument("--base", required=True, help="base city, e.g. 成都")
-    s.add_argument("--skills", required=True, metavar="A,B",
+    s.add_argument("name", type=field_tech_name, help="their name, 1-128 characters")
+    s.add_argument("--base", required=True, type=city, help="base city, e.g. 成都")
+    s.add_argument("--skills", required=True, metavar="A,B", type=service_list,
                    help="service types they do (see `hw-server onsite policy`)")
-    s.add_argument("--capacity", type=int, default=3, metavar="N",
-                   help="visits per day at most (default 3)")
+    s.add_argument("--capacity", type=DAILY_CAPACITY, default=3, metavar="N",
+                   help="visits per day at most, 1-20 (default 3)")
     s.set_defaults(func=cmd_field_tech_add)
     s = fsub.add_parser("list", parents=[common], help="list field technicians")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -153,5 +163,5 @@ def add_onsite_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     tsub = t.add_subparsers(dest="ticket_command", required=True, metavar="ACTION")
     s = tsub.add_parser("verify", parents=[common], help="verify the customer's signed "
                         "service confirmation with the agent's enrolled key")
-    s.add_argument("ticket", metavar="TICKET")
+    s.add_argument("ticket", metavar="TICKET", type=ticket_id)
     s.set_defaults(func=cmd_ticket_verify)

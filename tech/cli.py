@@ -2,6 +2,8 @@
 
 ``--json`` output is the protocol structs as JSON (``docs/protocol.md#messages``): keys are
 stable; new keys may be added, none renamed or removed within a protocol version.
+Control and format characters in values are written as ``\\uXXXX`` escapes
+(``proto/textsafe.py``), so the output is safe to show on a terminal.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ from typing import Any
 from proto import messages as m
 from proto.timefmt import human_time
 
+from .cliargs import (
+    any_case_number,
+    case_state,
+    customer_name,
+    fix_arg,
+    fixer_code,
+    minutes,
+    probe_list,
+    recording_id,
+    scope_list,
+    timeout_seconds,
+)
 from .client import TechClient
 from .common import (
     _act,
@@ -31,23 +45,6 @@ from .common import (
 )
 from .errors import TechError
 from .tickets import add_ticket_commands
-
-
-def probe_list(text: str) -> list[str]:
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    if not names or any(len(n) > 64 for n in names):
-        raise argparse.ArgumentTypeError("--probes takes names separated by commas")
-    return names
-
-
-def timeout_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 600:
-        raise argparse.ArgumentTypeError("--timeout takes seconds between 1 and 600")
-    return value
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
@@ -130,14 +127,6 @@ def cmd_diag(args: argparse.Namespace) -> int:
     return 0
 
 
-def fix_arg(text: str) -> tuple[str, Any]:
-    """argparse type: ``KEY=VALUE``; integers stay integers."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    return key, int(value) if value.lstrip("-").isdigit() else value
-
-
 def _print_fix(r: m.StoredResult) -> None:
     fix = r.fix
     if fix is None:
@@ -187,10 +176,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_consent_request(args: argparse.Namespace) -> int:
-    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
-    known = {s.value for s in m.Scope}
-    if not scopes or not set(scopes) <= known:
-        raise TechError(f"--scopes takes a comma-separated list of: {', '.join(sorted(known))}")
+    scopes: list[str] = args.scopes
     cmd_args = {"scopes": scopes, "minutes": args.minutes,
                 "fix_approval": not args.no_fix_approval}
     reply = _act(args, m.Action.CONSENT, cmd_args,
@@ -202,25 +188,15 @@ def cmd_consent_request(args: argparse.Namespace) -> int:
     elif reply.granted and reply.grant is not None:  # the receipt's times, in local time
         _out(f"{reply.case}: granted {', '.join(s.value for s in reply.grant.scopes)} until "
              f"{human_time(reply.grant.expires_at)}")
+        got = (reply.grant.expires_at - reply.grant.granted_at).total_seconds() / 60
+        if got < args.minutes - 1:  # the customer's policy or answer shortened it
+            _out(f"  capped: asked for {args.minutes:g} min, granted {got:.0f} min")
     elif reply.granted:
         _out(f"{reply.case}: {reply.message}")
     if not reply.granted:
         _out(f"hw-tech: error: not granted: {reply.message}", file=sys.stderr)
         return 1
     return 0
-
-
-def minutes(text: str) -> float:
-    """argparse type: ``20m``, ``1h``, ``90s`` or plain minutes."""
-    units = {"s": 1 / 60, "m": 1.0, "h": 60.0}
-    t = text.strip().lower()
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        value = -1
-    if not 0 < value <= 7 * 24 * 60:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 20m or 1h")
-    return value
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
@@ -337,18 +313,13 @@ def cmd_recording(args: argparse.Namespace) -> int:
     if args.out:
         _write_private_file(Path(args.out), data)
         if not args.json:
-            print(f"wrote {len(data)} bytes of recording {reply.info.id} to {args.out}"
-                  + (" (play it with `asciinema play FILE`)"
-                     if reply.info.kind is m.RecordingKind.SHELL else ""),
-                  file=sys.stderr)
+            _out(f"wrote {len(data)} bytes of recording {reply.info.id} to {args.out}"
+                 + (" (play it with `asciinema play FILE`)"
+                    if reply.info.kind is m.RecordingKind.SHELL else ""),
+                 file=sys.stderr)
     else:
         sys.stdout.buffer.write(data)
     return 0
-
-
-def any_case_number(text: str) -> str:
-    """argparse type for SSH host names: ``hw-…`` in any case is the case number."""
-    return case_number(text.upper())
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -394,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 refused or failed (reason on stderr), 2 usage error.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("agents", parents=[common], help="enrolled agents and whether online")
-    s.add_argument("--customer", metavar="NAME", help="only this customer's agents")
+    s.add_argument("--customer", metavar="NAME", type=customer_name,
+                   help="only this customer's agents")
     state = s.add_mutually_exclusive_group()
     state.add_argument("--online", dest="online", action="store_const", const=True,
                        help="only agents online now")
@@ -402,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only agents offline now")
     s.set_defaults(func=cmd_agents)
     s = sub.add_parser("cases", parents=[common], help="cases, newest first")
-    s.add_argument("--state", help="only cases in this state")
+    s.add_argument("--state", type=case_state, help="only cases in this state")
     s.set_defaults(func=cmd_cases)
     s = sub.add_parser("case", parents=[common], help="one case: history and stored results")
     s.add_argument("case", metavar="CASE", type=case_number,
@@ -414,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probes", metavar="A,B", type=probe_list, default=[],
                    help="only these probes (default: all)")
     s.add_argument("--timeout", type=timeout_seconds, default=60.0, metavar="S",
-                   help="how long to wait for the agent, 1-600 s (default 60)")
+                   help="how long to wait for the agent, up to 600 s (default 60)")
     s.set_defaults(func=cmd_diag)
     s = sub.add_parser("plugins", parents=[common], help="probes and fixers on the case's "
                        "agent, with versions (needs the diagnostics scope)")
@@ -423,26 +395,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fix", parents=[common], help="show a fixer's plan (--dry-run) or "
                        "apply it once the customer approves; prints plan, decision, outcome")
     s.add_argument("case", metavar="CASE", type=case_number)
-    s.add_argument("fixer", metavar="CODE", help="fixer code (e.g. disk.cleanup), or the "
-                   "finding code it fixes (e.g. disk.almost_full)")
+    s.add_argument("fixer", metavar="CODE", type=fixer_code, help="fixer code (e.g. "
+                   "disk.cleanup), or the finding code it fixes (e.g. disk.almost_full)")
     s.add_argument("--arg", action="append", type=fix_arg, metavar="KEY=VALUE",
-                   help="fixer argument (repeatable), e.g. --arg days=14")
+                   help="fixer argument (repeatable), e.g. --arg days=14; whole numbers "
+                        "within ±2**53")
     s.add_argument("--dry-run", action="store_true", help="only show what would change")
     s.add_argument("--timeout", type=timeout_seconds, default=300.0, metavar="S",
-                   help="how long to wait for the customer and the fix (default 300)")
+                   help="how long to wait for the customer and the fix, up to 600 s "
+                        "(default 300)")
     s.set_defaults(func=cmd_fix)
     s = sub.add_parser("consent-request", parents=[common], help="ask the case's customer "
                        "for a grant; waits for their answer")
     s.add_argument("case", metavar="CASE", type=case_number)
-    s.add_argument("--scopes", required=True, metavar="A,B",
+    s.add_argument("--scopes", required=True, metavar="A,B", type=scope_list,
                    help="diagnostics, fix, shell, files, book-visit (comma-separated)")
     s.add_argument("--for", dest="minutes", type=minutes, default=30.0, metavar="DURATION",
-                   help="how long, e.g. 20m or 1h (default 30m; the customer's policy may "
-                        "cap it)")
+                   help="how long, e.g. 20m or 1h, at most 7 days (default 30m; the "
+                        "customer's policy may cap it: the answer shows the grant's end)")
     s.add_argument("--no-fix-approval", action="store_true",
                    help="ask that fixes need no per-fix approval")
     s.add_argument("--timeout", type=timeout_seconds, default=120.0, metavar="S",
-                   help="how long to wait for the customer's answer (default 120)")
+                   help="how long to wait for the customer's answer, up to 600 s "
+                        "(default 120)")
     s.set_defaults(func=cmd_consent_request)
     home_only = argparse.ArgumentParser(add_help=False)
     home_only.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
@@ -478,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "SHA-256 of the agent's copy. Never written raw to a terminal unless "
                        "--raw: a recording replays escape sequences.")
     s.add_argument("case", metavar="CASE", type=case_number)
-    s.add_argument("--id", metavar="REC", help="this recording (default: the newest)")
+    s.add_argument("--id", metavar="REC", type=recording_id,
+                   help="this recording (default: the newest)")
     s.add_argument("--out", metavar="FILE", help="write the recording to FILE (0600)")
     s.add_argument("--raw", action="store_true", help="write it to stdout even when that "
                    "is a terminal (its escape sequences then act on the terminal)")
@@ -500,9 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "listed with why).")
     who = s.add_mutually_exclusive_group(required=True)
     who.add_argument("--all", action="store_true", help="every online agent")
-    who.add_argument("--customer", metavar="NAME", help="the online agents of this customer")
+    who.add_argument("--customer", metavar="NAME", type=customer_name,
+                     help="the online agents of this customer")
     s.add_argument("--timeout", type=timeout_seconds, default=10.0, metavar="S",
-                   help="how long to wait for the answers, 1-600 s (default 10)")
+                   help="how long to wait for the answers, up to 600 s (default 10)")
     s.set_defaults(func=cmd_ping)
     add_ticket_commands(sub, common)
     return p

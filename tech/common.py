@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import re
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +15,11 @@ from typing import Any, TextIO
 import msgspec
 
 from proto import messages as m
+from proto.textsafe import printable, safe_json_dumps
 from proto.timefmt import human_time
 
+from .cliargs import CASE_RE as CASE_RE  # re-exported for the command modules
+from .cliargs import case_number as case_number
 from .client import Profile, TechClient
 from .errors import TechError
 
@@ -56,25 +57,16 @@ def _act(args: argparse.Namespace, action: m.Action, cmd_args: dict[str, Any],
 
 
 def _dump(value: Any) -> None:
-    print(json.dumps(msgspec.to_builtins(value), ensure_ascii=False, indent=2))
-
-
-CASE_RE = re.compile(r"^HW-[0-9]{8}-[0-9]{4,6}$")
-
-
-def case_number(text: str) -> str:
-    """argparse type: a case number like HW-20261126-0007 (a usage error otherwise)."""
-    if not CASE_RE.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a case number (like "
-                                         "HW-20261126-0007; see `hw-tech cases`)")
-    return text
+    """``--json`` output: control and format characters escaped as ``\\uXXXX``
+    (:func:`proto.textsafe.safe_json_dumps`), so a hostile value cannot drive the terminal."""
+    print(safe_json_dumps(msgspec.to_builtins(value)))
 
 
 def _out(text: str, file: TextIO | None = None) -> None:
-    """Print a line that may hold agent-supplied text, without its control characters
-    (a hostile agent must not drive the technician's terminal with escape sequences)."""
-    print("".join(ch for ch in text if ch == "\n" or unicodedata.category(ch)[0] != "C"),
-          file=file)
+    """Print a line that may hold agent-supplied text, its control and format characters
+    shown as escapes (:func:`proto.textsafe.printable`): a hostile agent must not drive or
+    mislead the technician's terminal."""
+    print(printable(text), file=file)
 
 
 def _width(text: str) -> int:
@@ -86,10 +78,11 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
     if not rows:
         print("(none)")
         return
-    widths = [max(_width(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        _out("  ".join(str(c) + " " * (w - _width(str(c)))
-                       for c, w in zip(r, widths, strict=True)).rstrip())
+    cells = [[printable(str(c), keep_newlines=False) for c in r] for r in [header, *rows]]
+    widths = [max(_width(r[i]) for r in cells) for i in range(len(header))]
+    for r in cells:
+        print("  ".join(c + " " * (w - _width(c)) for c, w in zip(r, widths, strict=True))
+              .rstrip())
 
 
 def _when(dt: Any) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,45 +16,20 @@ from proto import messages as m
 from proto.ticketstatus import OFFERED, status, waits_for_slots
 from proto.timefmt import human_span
 
+from .cliargs import TICKET_RE as TICKET_RE  # re-exported
+from .cliargs import (
+    accepted_by,
+    note_text,
+    reason_text,
+    satisfaction,
+    service_name,
+    slot_time,
+    ticket_id,
+    yes_no,
+)
 from .client import TechClient
 from .common import _call, _dump, _out, _profile, _table, _when, case_number
 from .errors import TechError
-
-TICKET_RE = re.compile(r"^TK-[0-9]{8}-[0-9]{4,6}$")
-
-
-def ticket_id(text: str) -> str:
-    """argparse type: a ticket like TK-20261126-0001."""
-    if not TICKET_RE.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a ticket (like TK-20261126-0001; "
-                                         "see `hw-tech tickets`)")
-    return text
-
-
-def slot_time(text: str) -> datetime:
-    """argparse type: an ISO date-time; without an offset it is China time (+08:00)."""
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date-time like "
-                                         "2026-12-02T10:00 or 2026-12-02T10:00+08:00") from None
-    if when.tzinfo is None:
-        when = datetime.fromisoformat(text + "+08:00")
-    return when
-
-
-def yes_no(text: str) -> bool:
-    if text.lower() in ("yes", "y", "true"):
-        return True
-    if text.lower() in ("no", "n", "false"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r}: answer yes or no")
-
-
-def satisfaction(text: str) -> int:
-    if text.isdigit() and 1 <= int(text) <= 5:
-        return int(text)
-    raise argparse.ArgumentTypeError("--satisfaction takes 1 (poor) to 5 (excellent)")
 
 
 def _money(t: m.TicketInfo, amount: int | None) -> str:
@@ -229,8 +203,8 @@ def cmd_book(args: argparse.Namespace) -> int:
 
     reply = asyncio.run(go())
     if not args.json:
-        print(f"offered to the customer of {reply.ticket.case}; they accept with "
-              f"`hw-agent visit accept {reply.ticket.ticket} --slot N`")
+        _out(f"offered to the customer of {reply.ticket.case}; they accept with "
+             f"`hw-agent visit accept {reply.ticket.ticket} --slot N`")
     return _ticket_reply(args, reply)
 
 
@@ -245,8 +219,9 @@ def add_ticket_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        "a history entry and a ticket.proposed-again audit entry), any other "
                        "open ticket is shown as it is.")
     s.add_argument("case", metavar="CASE", type=case_number)
-    s.add_argument("--reason", required=True, help="why remote support cannot solve it")
-    s.add_argument("--service", default="hardware-repair",
+    s.add_argument("--reason", required=True, type=reason_text,
+                   help="why remote support cannot solve it (up to 4096 characters)")
+    s.add_argument("--service", default="hardware-repair", type=service_name,
                    help="service type of the on-site policy (default hardware-repair)")
     s.set_defaults(func=cmd_escalate)
 
@@ -273,7 +248,8 @@ def add_ticket_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     for name, text in specs.items():
         s = tsub.add_parser(name, parents=[common], help=text, description=text)
         s.add_argument("ticket", metavar="TICKET", type=ticket_id)
-        s.add_argument("--note", default="", help="a note for the ticket's history")
+        s.add_argument("--note", default="", type=note_text,
+                       help="a note for the ticket's history (up to 4096 characters)")
         if name == "show":
             s.add_argument("--ics", metavar="FILE",
                            help="also write the booked appointment as an .ics file")
@@ -287,7 +263,8 @@ def add_ticket_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                 "no fee; customer-device/third-party unresolved: base fee")
         if name == "followup":
             s.add_argument("--satisfaction", type=satisfaction, required=True,
-                           metavar="1-5", help="the customer's satisfaction")
+                           metavar="1-5", help="the customer's satisfaction, 1 (poor) to 5 "
+                                               "(excellent)")
         s.set_defaults(func=cmd_ticket)
 
     s = sub.add_parser("book", parents=[common], help="offer the ticket's quote and slots to "
@@ -295,8 +272,9 @@ def add_ticket_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        "record an acceptance given by phone")
     s.add_argument("ticket", metavar="TICKET", type=ticket_id)
     s.add_argument("--slot", type=slot_time, metavar="DATETIME",
-                   help="the slot the customer accepted, e.g. 2026-12-02T10:00 (China time)")
-    s.add_argument("--accepted-by", metavar="HOW", help="how the customer accepted, e.g. "
-                   "phone (required with --slot)")
+                   help="the slot the customer accepted, e.g. 2026-12-02T10:00 (China "
+                        "time; years 2000-2099)")
+    s.add_argument("--accepted-by", metavar="HOW", type=accepted_by, help="how the "
+                   "customer accepted, e.g. phone (required with --slot)")
     s.add_argument("--ics", metavar="FILE", help="write the booked appointment as .ics")
     s.set_defaults(func=cmd_book)

@@ -58,7 +58,7 @@ def test_fan_stalled_case_goes_on_site_and_is_confirmed_and_followed_up(
     # nothing is booked until the customer accepts (signed); a bad slot number changes nothing
     bad = h.run("hw-agent", "--home", str(home), "visit", "accept", ticket, "--slot", "7",
                 check=False)
-    assert bad.returncode == 1 and "--slot takes 1 to 3" in bad.stderr
+    assert bad.returncode == 2 and "7 is more than 3" in bad.stderr
     assert h.tech_json(alice, "ticket", "show", ticket)["state"] == "proposed"
     booked = agent_json(h, home, "visit", "accept", ticket, "--slot", "2")
     assert isinstance(booked, dict)

@@ -94,4 +94,4 @@ def test_an_unreachable_database_is_a_clear_error_without_the_password(
     assert not (h.server_home / "config.toml").exists(), "nothing written on failure"
     p = h.run("hw-server", "init", "--home", str(h.server_home), "--listen",
               f"127.0.0.1:{h.port}", "--db", "mysql://u@h/db", check=False)
-    assert p.returncode == 1 and "the store supports" in p.stderr
+    assert p.returncode == 2 and "the store supports" in p.stderr  # a usage error

@@ -73,4 +73,4 @@ def test_uncovered_city_and_unknown_city(home: str) -> None:
     assert q["covered"] is False and q["price"] is None
     p = hw("onsite", "quote", "--home", home, "--service", "hardware-repair",
            "--customer-kind", "individual", "--city", "Atlantis", "--when", "2026-12-02T10:00")
-    assert p.returncode == 1 and "known city" in p.stderr
+    assert p.returncode == 2 and "known city" in p.stderr  # a usage error (docs: exit 2)
