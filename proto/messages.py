@@ -953,12 +953,13 @@ class RecordingData(Struct, frozen=True, forbid_unknown_fields=True, tag="record
 AnyMessage = (
     Hello | Enroll | Challenge | Proof | Welcome | Enrolled
     | OpenCase | CaseOpened | Request | Result | ConsentUpdate | Revocations | Ack
-    | ListAgents | ListCases | GetCase | ClaimCase | AssignCase | CaseOwner | RunDiag | RunFix | ListPlugins | AskConsent
+    | ListAgents | ListCases | GetCase | RunDiag | RunFix | ListPlugins | AskConsent
     | AgentList | CaseList | CaseDetail | DiagDone | FixDone | PluginList | ConsentAnswer
     | EscalateCase | ListTickets | GetTicket | OfferVisit | BookVisit | UpdateTicket
     | TicketList | TicketDetail | GetVisits | VisitUpdate | VisitList
     | OpenTunnel | TunnelOpen | Recording | GetRecording | RecordingData
     | Fanout | Ping | Pong | FanoutDone
+    | ClaimCase | AssignCase | CaseOwner
     | Error | Bye
 )
 """Union of every message; :func:`proto.codec.decode` returns one of these."""
@@ -966,12 +967,13 @@ AnyMessage = (
 ALL_MESSAGES: tuple[type[Struct], ...] = (
     Hello, Enroll, Challenge, Proof, Welcome, Enrolled,
     OpenCase, CaseOpened, Request, Result, ConsentUpdate, Revocations, Ack,
-    ListAgents, ListCases, GetCase, ClaimCase, AssignCase, CaseOwner, RunDiag, RunFix, ListPlugins, AskConsent,
+    ListAgents, ListCases, GetCase, RunDiag, RunFix, ListPlugins, AskConsent,
     AgentList, CaseList, CaseDetail, DiagDone, FixDone, PluginList, ConsentAnswer,
     EscalateCase, ListTickets, GetTicket, OfferVisit, BookVisit, UpdateTicket,
     TicketList, TicketDetail, GetVisits, VisitUpdate, VisitList,
     OpenTunnel, TunnelOpen, Recording, GetRecording, RecordingData,
     Fanout, Ping, Pong, FanoutDone,
+    ClaimCase, AssignCase, CaseOwner,
     Error, Bye,
 )
 
