@@ -66,7 +66,7 @@ STORE_TABLES = {
     "contract_visits",
     "agent_presence",
 }
-HEAD = "0006"
+HEAD = "0008"
 
 BACKENDS = ["sqlite", "postgresql"]
 
