@@ -7,7 +7,7 @@ connection's :class:`Caller` (``docs/security.md#roles``, ``#case-owners``):
 - a technician holding only ``remote`` (of the roles that see cases) sees the cases they own
   and the unassigned queue; ``desk``, ``supervisor`` and ``auditor`` see every case;
 - acting on a case (a command to its agent, a tunnel, an escalation) needs the case to be
-  the caller's own or unassigned (it is then claimed for them: first action claims), unless
+  the caller's own or unassigned (the first work done on it then claims it), unless
   the caller is a ``supervisor``, or the action is the desk's (``offer_visit``, a
   ``book-visit`` consent request, an escalation by the desk);
 - a recording is readable by the technician of its session, supervisors and auditors;
@@ -40,10 +40,10 @@ SEE_ALL_TICKETS: frozenset[Role] = frozenset(
     {Role.REMOTE, Role.DESK, Role.SUPERVISOR, Role.AUDITOR})
 #: Roles that read every recording (others: their own sessions').
 READ_ALL_RECORDINGS: frozenset[Role] = frozenset({Role.SUPERVISOR, Role.AUDITOR})
-#: Requests that act on a case for the remote role: the first one on an unassigned case
-#: claims it for the caller.
+#: Requests that act on a case for the remote role: the first one done on an unassigned
+#: case (the agent did it, the customer granted it) claims it for the caller.
 REMOTE_WORK: tuple[type, ...] = (m.RunDiag, m.RunFix, m.ListPlugins, m.AskConsent,
-                                 m.OpenTunnel, m.EscalateCase)
+                                 m.EscalateCase)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def act_refusal(caller: Caller, case: CaseRecord, msg: m.AnyMessage) -> str | No
 
 
 def claims(caller: Caller, case: CaseRecord, msg: m.AnyMessage) -> bool:
-    """Whether ``msg`` claims the unassigned ``case`` for ``caller`` (first action claims)."""
+    """Whether ``msg``, once done, claims the unassigned ``case`` for ``caller``."""
     return (case.owner is None and Role.REMOTE in caller.roles
             and isinstance(msg, REMOTE_WORK) and not desk_consent(msg))
 

@@ -226,18 +226,21 @@ class TechGateway:
                 results=[stored_result(r) for r in results[-RESULTS_LIMIT:]])
         if isinstance(msg, m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent | m.OfferVisit
                       | m.EscalateCase):
-            refused = await self._case_work(caller, msg)
-            if refused is not None:
-                return refused
-        if isinstance(msg, m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent | m.OfferVisit):
-            return await self.relay.relay(tech, key, msg)
+            worked = await self._case_work(caller, msg)
+            if isinstance(worked, m.Error):
+                return worked
+            done: m.AnyMessage
+            if isinstance(msg, m.EscalateCase):
+                ticket, _created = await desk.escalate(
+                    msg.case, reason=msg.reason, actor=f"tech:{tech}", now=now_utc(),
+                    service=msg.service)
+                done = m.TicketDetail(re=msg.id, ticket=ticket)
+            else:
+                done = await self.relay.relay(tech, key, msg)
+            await self._claim_after(caller, worked, msg, done)
+            return done
         if isinstance(msg, m.Fanout):
             return await self.fanout.run(tech, key, msg)
-        if isinstance(msg, m.EscalateCase):
-            ticket, _created = await desk.escalate(
-                msg.case, reason=msg.reason, actor=f"tech:{tech}", now=now_utc(),
-                service=msg.service)
-            return m.TicketDetail(re=msg.id, ticket=ticket)
         if isinstance(msg, m.ListTickets):
             due = (now_utc().astimezone(desk.policy.hours.tz).date()
                    if msg.followup_due else None)
@@ -286,29 +289,41 @@ class TechGateway:
         return await self._refuse(caller, msg, why, subject=getattr(msg, "case", ""))
 
     async def _case_work(self, caller: Caller, msg: m.AnyMessage | m.OpenTunnel
-                         ) -> m.Error | None:
-        """Whether ``caller`` may act on ``msg``'s case (its owner's, unassigned, or a
-        supervisor); the first remote action on an unassigned case claims it."""
-        number = getattr(msg, "case", None)
-        if number is None:
-            return None
-        case = await self.relay.case(number)
+                         ) -> m.Error | CaseRecord:
+        """``msg``'s case if ``caller`` may act on it (their own, unassigned, or a
+        supervisor's any), else the refusal."""
+        case = await self.relay.case(str(getattr(msg, "case", "")))
         why = access.act_refusal(caller, case, msg)
         if why is not None:
-            return await self._refuse(caller, msg, why, subject=number)
-        if access.claims(caller, case, msg):
-            try:
-                await self.node.store.set_case_owner(
-                    number, caller.name, actor=f"tech:{caller.name}", now=now_utc(),
-                    expect=None)
-            except Conflict as exc:  # someone claimed it at the same moment
-                return await self._refuse(caller, msg, str(exc), subject=number)
-        return None
+            return await self._refuse(caller, msg, why, subject=case.number)
+        return case
+
+    async def _claim_after(self, caller: Caller, case: CaseRecord, msg: m.AnyMessage,
+                           answer: m.AnyMessage) -> None:
+        """The first remote work done on an unassigned case claims it for the caller: work
+        the agent did (not refused, a consent request the customer granted) or an
+        escalation. If someone claimed it meanwhile, theirs it stays."""
+        done = not isinstance(answer, m.Error) and not (
+            isinstance(answer, m.ConsentAnswer) and not answer.granted)
+        if not done or not access.claims(caller, case, msg):
+            return
+        try:
+            await self.node.store.set_case_owner(
+                case.number, caller.name, actor=f"tech:{caller.name}", now=now_utc(),
+                expect=None)
+        except Conflict:
+            log.info("case %s was claimed by someone else while %s worked on it",
+                     case.number, caller.name)
 
     async def _tunnel_refusal(self, msg: m.OpenTunnel) -> m.Error | None:
-        """The roles table and the case's owner for a tunnel, before it opens."""
+        """The roles table and the case's owner for a tunnel, before it opens (a tunnel
+        needs a grant, which a consent request or a diag before it has claimed)."""
         caller = CALLER.get()
-        return await self._role_refusal(caller, msg) or await self._case_work(caller, msg)
+        refused = await self._role_refusal(caller, msg)
+        if refused is not None:
+            return refused
+        case = await self._case_work(caller, msg)
+        return case if isinstance(case, m.Error) else None
 
     async def _recording_refusal(self, caller: Caller, case: CaseRecord, msg: m.GetRecording
                                  ) -> m.GetRecording | m.Error:

@@ -135,6 +135,8 @@ async def test_knowing_the_agent_does_not_let_bob_act_on_alices_case(world: Worl
 
 def test_the_first_action_claims_an_unassigned_case(world: World) -> None:
     _one, two = world.cases
+    assert "no_consent" in world.tech("bob", "diag", two, ok=False)
+    assert world.cases_of("sam")[two] is None, "a refused attempt claims nothing"
     world.h.grant(world.agent_home, two, "bob")
     out = json.loads(world.tech("bob", "diag", two, "--probes", "system", "--json"))
     assert out["result"]["ok"] is True
