@@ -57,14 +57,14 @@ RESULTS_LIMIT = 20
 Reply = Callable[[m.AnyMessage], Awaitable[None]]
 
 
-def case_info(c: CaseRecord, *, brief: bool = False, owner: int = 1) -> m.CaseInfo:
-    """The wire form of a case; its owner only for a session at version ``owner`` >= 3
-    (an older hw-tech refuses the unknown field)."""
+def case_info(c: CaseRecord, *, brief: bool = False, version: int = 1) -> m.CaseInfo:
+    """The wire form of a case for a session at protocol ``version``: its owner from version
+    3 on (an older hw-tech refuses the unknown field)."""
     description = c.description[:200] if brief else c.description
     return m.CaseInfo(number=c.number, agent_id=c.agent_id, customer=c.customer,
                       description=description, state=c.state, opened_at=c.opened_at,
                       updated_at=c.updated_at,
-                      owner=c.owner if speaks(owner, m.ClaimCase) else None)
+                      owner=c.owner if speaks(version, m.ClaimCase) else None)
 
 
 class TechGateway:
@@ -193,7 +193,7 @@ class TechGateway:
             cases = await node.store.list_cases(
                 state=msg.state, owner=msg.owner, unassigned=msg.unassigned,
                 visible_to=None if caller.sees_all_cases else caller.name)
-            return m.CaseList(re=msg.id, cases=[case_info(c, brief=True, owner=caller.version)
+            return m.CaseList(re=msg.id, cases=[case_info(c, brief=True, version=caller.version)
                                                 for c in cases[:LIST_LIMIT]])
         if isinstance(msg, m.ClaimCase | m.AssignCase):
             return await self._set_owner(caller, msg)
@@ -220,7 +220,7 @@ class TechGateway:
                                                                    RESULTS_LIMIT),
                                                     "key": key})
             return m.CaseDetail(
-                re=msg.id, case=case_info(case, owner=caller.version),
+                re=msg.id, case=case_info(case, version=caller.version),
                 history=[m.CaseEvent(state=h.state, at=h.at, actor=h.actor, note=h.note)
                          for h in history],
                 results=[stored_result(r) for r in results[-RESULTS_LIMIT:]])
@@ -383,7 +383,7 @@ class TechGateway:
                 any_owner=supervisor)
         except Conflict as exc:
             return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc))
-        return m.CaseOwner(re=msg.id, case=case_info(updated, owner=caller.version),
+        return m.CaseOwner(re=msg.id, case=case_info(updated, version=caller.version),
                            previous=before)
 
     async def _list_agents(self, msg: m.ListAgents) -> m.AgentList:
