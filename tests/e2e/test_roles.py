@@ -4,9 +4,11 @@ the customer granted it and the server forwarded it (docs/security.md#roles)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import sqlite3
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Harness
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from websockets.asyncio.server import ServerConnection, serve
 
 from agent.client import Agent
 from agent.consent import Policy
@@ -21,6 +25,7 @@ from agent.home import AgentHome
 from plugins import get_plugin_manager
 from proto import messages as m
 from proto.roles import Role
+from proto.session import ServerSession
 from tech.client import Profile, TechClient
 from tech.errors import TechError
 
@@ -199,3 +204,65 @@ async def test_a_desk_certificate_cannot_diagnose_on_the_agent(world: World) -> 
     finally:
         agent.store.close()
         agent.consents.close()
+
+
+async def test_a_server_that_forwards_a_desk_diag_still_gets_a_refusal(world: World) -> None:
+    """A real agent process behind a server that checks no roles at all (the server's TLS
+    identity, speaking the protocol, forwarding whatever it is given): the desk technician's
+    signed diag is refused `wrong_role` by the agent although the customer granted it; the
+    remote technician's, with the same grant, runs."""
+    h = world.h
+    home = h.enroll("A-fwd")
+    agent = h.start_agent(home)
+    case = h.help(home, "screen flickers").splitlines()[0]
+    for role in (Role.DESK, Role.REMOTE):
+        h.grant(home, case, NAMES[role], scopes="diagnostics")
+    db = sqlite3.connect(h.server_home / "store.db")
+    (agent_id, public_key) = db.execute(
+        "SELECT agents.agent_id, agents.public_key FROM agents JOIN cases "
+        "ON cases.agent_id = agents.agent_id WHERE cases.number = ?", (case,)).fetchone()
+    db.close()
+    h.procs[0].stop()  # the real server goes; the forwarding one takes its address
+
+    results: asyncio.Queue[m.Result] = asyncio.Queue()
+    signed = {role: TechClient(Profile.load(world.techs[role])).sign(
+        agent_id=agent_id, case=case, action=m.Action.DIAG, args={"probes": ["system"]})
+        for role in (Role.DESK, Role.REMOTE)}
+
+    async def forwarder(ws: ServerConnection) -> None:
+        session = ServerSession()
+        hello = session.receive(await ws.recv(decode=False))
+        if not isinstance(hello, m.Hello) or hello.mode is not m.Mode.RUN:
+            return
+        await ws.send(session.challenge(secrets.token_bytes(32), datetime.now(UTC)), text=True)
+        session.verify(session.receive(await ws.recv(decode=False)),  # type: ignore[arg-type]
+                       Ed25519PublicKey.from_public_bytes(public_key))
+        await ws.send(session.send(m.Welcome(session_id="fwd", identity=agent_id,
+                                             server_time=datetime.now(UTC))), text=True)
+        for role, command in signed.items():
+            await ws.send(session.send(m.Request(
+                id=f"rq-{role.value}", case=case, action=m.Action.DIAG,
+                tech=NAMES[role], command=command)), text=True)
+        while True:
+            msg = session.receive(await ws.recv(decode=False))
+            if isinstance(msg, m.Result):
+                await ws.send(session.send(m.Ack(re=msg.id)), text=True)
+                await results.put(msg)
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(h.server_home / "server.crt", h.server_home / "server.key")
+    async with serve(forwarder, "127.0.0.1", h.port, ssl=ctx, compression=None):
+        got = {}
+        async with asyncio.timeout(60):
+            while len(got) < 2:
+                result = await results.get()
+                got[result.re] = result
+    agent.stop()
+    desk, remote = got["rq-desk"], got["rq-remote"]
+    assert not desk.ok and desk.error_code is m.ErrorCode.REFUSED
+    assert desk.error.startswith("wrong_role: diag needs the remote role"), desk.error
+    assert not desk.reports
+    assert remote.ok and [r.probe for r in remote.reports] == ["system"], remote.error
+    log = h.run("hw-agent", "log", "--home", str(home)).stdout
+    assert "wrong_role" in log and "dana ran diagnostics" not in log
+    h.start_server()  # for the tests after this one
