@@ -28,7 +28,7 @@ from proto.command import (
     verify_fanout,
 )
 from proto.errors import CloseCode, ProtocolError
-from proto.gate import Allowed, GatedAction, Refusal, decide
+from proto.gate import Allowed, GatedAction, Refusal, decide, role_refusal
 from proto.receipt import sign_receipt
 from proto.timefmt import human_time
 
@@ -239,6 +239,10 @@ class Agent:
             self.store.log("refused", f"fan-out {msg.id}: {exc.reason.value}", now=now)
             return m.Pong(re=msg.id, ok=False, reason=exc.reason.value, error=exc.message)
         cmd = verified.command
+        wrong_role = role_refusal(verified.cert.roles, "ping")
+        if wrong_role is not None:
+            self.store.log("refused", f"fan-out {msg.id}: {wrong_role.text}", now=now)
+            return m.Pong(re=msg.id, ok=False, reason=wrong_role.reason, error=wrong_role.message)
         self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
         self.store.log("ping", f"{cmd.tech} pinged {cmd.audience} (fan-out {msg.id})", now=now)
         return m.Pong(re=msg.id, ok=True)
@@ -286,6 +290,9 @@ class Agent:
         except ConsentError as exc:
             return self._refuse(req, str(exc))
         cmd, fingerprint = verified.command, verified.cert.fingerprint
+        wrong_role = role_refusal(verified.cert.roles, req.action.value, cmd.args)
+        if wrong_role is not None:  # whatever the server let through (docs/security.md#roles)
+            return self._refuse(req, wrong_role.text)
         if req.action is m.Action.CONSENT:
             self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
             return await self._consent_request(req, verified)

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from .errors import CertificateError, CertReason
+from .roles import LEGACY_ROLES, ROLES_EXTENSION, Role, RolesError, parse_roles
 
 #: Longest certificate line accepted before any parsing (an Ed25519 certificate is ~600 bytes).
 MAX_CERTIFICATE_LENGTH = 16 * 1024
@@ -55,6 +56,9 @@ class CertInfo:
     key_id: str
     valid_after: datetime
     valid_before: datetime
+    roles: frozenset[Role] = LEGACY_ROLES
+    """The roles the organisation certified (:data:`proto.roles.ROLES_EXTENSION`); a
+    certificate without the extension has :data:`proto.roles.LEGACY_ROLES`."""
 
 
 def ssh_fingerprint(public_key: Ed25519PublicKey) -> str:
@@ -97,12 +101,18 @@ _MESSAGES: dict[CertReason, str] = {
     CertReason.NOT_ED25519:
         "the technician certificate certifies a key that is not Ed25519, and only Ed25519 "
         "technician keys are accepted; get a new key and certificate from `hw-server tech add`",
+    CertReason.BAD_ROLES:
+        "the technician certificate's roles extension ({detail}) cannot be read, so what the "
+        "technician may do is unknown; ask an operator for a new certificate "
+        "(`hw-server tech add NAME --role ROLE`)",
 }
 
 
-def _refused(reason: CertReason, when: datetime | None = None) -> CertificateError:
+def _refused(reason: CertReason, when: datetime | None = None, detail: str = ""
+             ) -> CertificateError:
     text = _MESSAGES[reason]
-    return CertificateError(reason, text.format(when=when.isoformat()) if when else text)
+    return CertificateError(reason, text.format(when=when.isoformat() if when else "",
+                                                detail=detail))
 
 
 def _utc(timestamp: int) -> datetime:
@@ -135,7 +145,8 @@ def verify_user_certificate(text: str, *, org_pub: bytes, principal: str, now: d
     where a key may be used and HelloWord cannot enforce them, so OpenSSH's rule applies:
     refuse); ``principal`` is listed (a certificate listing no principals is refused too,
     although OpenSSH reads that as "anyone"); ``valid_after <= now < valid_before``; the
-    certified key is Ed25519.
+    certified key is Ed25519; its roles extension, if any, names known roles
+    (:func:`proto.roles.parse_roles`; :attr:`CertInfo.roles`).
 
     Raises:
         CertificateError: with the :class:`CertReason` of the first failed check.
@@ -200,6 +211,10 @@ def _verify_chain(text: str, *, org_pub: bytes, principal: str, now: datetime) -
     key = cert.public_key()
     if not isinstance(key, Ed25519PublicKey):
         raise _refused(CertReason.NOT_ED25519)
+    try:
+        roles = parse_roles(cert.extensions.get(ROLES_EXTENSION.encode("ascii")))
+    except RolesError as exc:
+        raise _refused(CertReason.BAD_ROLES, detail=str(exc)) from None
     return _Chain(CertInfo(
         public_key=key,
         fingerprint=ssh_fingerprint(key),
@@ -207,4 +222,5 @@ def _verify_chain(text: str, *, org_pub: bytes, principal: str, now: datetime) -
         key_id=cert.key_id.decode("utf-8", errors="replace"),
         valid_after=valid_after,
         valid_before=valid_before,
+        roles=roles,
     ), frozenset(cert.valid_principals))

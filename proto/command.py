@@ -96,6 +96,7 @@ _FROM_CERT: dict[CertReason, RefusalReason] = {
     CertReason.UNTRUSTED: RefusalReason.UNTRUSTED_CERTIFICATE,
     CertReason.BAD_SIGNATURE: RefusalReason.UNTRUSTED_CERTIFICATE,
     CertReason.UNSUPPORTED_OPTION: RefusalReason.UNTRUSTED_CERTIFICATE,
+    CertReason.BAD_ROLES: RefusalReason.UNTRUSTED_CERTIFICATE,
     CertReason.WRONG_PRINCIPAL: RefusalReason.WRONG_TECHNICIAN,
     CertReason.NOT_YET_VALID: RefusalReason.CERTIFICATE_EXPIRED,
     CertReason.EXPIRED: RefusalReason.CERTIFICATE_EXPIRED,

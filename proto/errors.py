@@ -109,6 +109,7 @@ class CertReason(StrEnum):
     EXPIRED = "expired"
     NOT_ED25519 = "not_ed25519"
     UNSUPPORTED_OPTION = "unsupported_critical_option"
+    BAD_ROLES = "bad_roles"
 
 
 class CertificateError(Exception):
@@ -142,6 +143,7 @@ class RefusalReason(StrEnum):
     REPLAYED = "replayed"
     BUSY = "busy"
     WRONG_AUDIENCE = "wrong_audience"
+    WRONG_ROLE = "wrong_role"
 
 
 REFUSAL_MESSAGES: dict[RefusalReason, str] = {
@@ -183,6 +185,9 @@ REFUSAL_MESSAGES: dict[RefusalReason, str] = {
     RefusalReason.WRONG_AUDIENCE:
         "the fan-out command is addressed to another customer's agents; sign it for the "
         "audience you mean (`hw-tech ping --all` or `--customer NAME`)",
+    RefusalReason.WRONG_ROLE:
+        "the technician certificate that signed the command lacks the role this action "
+        "needs; a technician with that role must do it (`docs/security.md#roles`)",
 }
 
 

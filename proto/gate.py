@@ -7,6 +7,10 @@ that the agent calls for every command and that its SSH tunnels call again while
 is open. The refusal text it returns is the protocol's ``no_consent: …``
 (``docs/protocol.md#refusal-texts``).
 
+Before the consent gate, :func:`role_refusal` checks that the certificate that signed the
+command holds a role allowed to ask for the action (``docs/security.md#roles``): the
+customer's grant never extends what the organisation certified the technician for.
+
 Sans-I/O like the rest of :mod:`proto`: the caller passes the grants (any objects with the
 fields of :class:`GrantLike`: the agent's stored ``agent.consent.Grant``, or the wire
 ``ConsentGrant`` of a receipt) and ``now``. It runs after :func:`proto.command.verify_command`
@@ -16,17 +20,18 @@ are the verified command's, never the server's word.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from .errors import LocalProtocolError
+from .errors import LocalProtocolError, RefusalReason
 from .messages import Action, Scope
+from .roles import Role, allowed, consent_scopes_allowed
 
 __all__ = [
     "ACTION_SCOPE", "NO_CONSENT", "TUNNEL_SCOPES", "Allowed", "GatedAction", "GrantLike",
-    "Refusal", "decide", "grant_covers", "is_active", "needed_scopes",
+    "Refusal", "decide", "grant_covers", "is_active", "needed_scopes", "role_refusal",
 ]
 
 #: The scope an action needs in an active grant; ``None``: no grant needed (it asks for one).
@@ -90,7 +95,8 @@ class Allowed(Generic[G]):
 
 @dataclass(frozen=True)
 class Refusal:
-    """No active grant covers the action; :attr:`text` is the wire's ``no_consent: …``."""
+    """No active grant covers the action (:attr:`text` is the wire's ``no_consent: …``),
+    or the signer's roles do not allow it (``wrong_role: …``, :func:`role_refusal`)."""
 
     reason: str
     message: str
@@ -180,3 +186,24 @@ def _refusal(action: GatedAction, *, case: str, tech: str) -> Refusal:
         f"the customer has not granted {tech} the {scope.value} scope on case {case} (or the "
         f"grant expired or was revoked); ask with "
         f"`hw-tech consent-request {case} --scopes {scope.value}`"))
+
+
+def role_refusal(roles: Iterable[Role], action: str, args: Mapping[str, Any] | None = None
+                 ) -> Refusal | None:
+    """``None`` when a certificate with ``roles`` may sign ``action``, else the refusal
+    (``wrong_role: …``).
+
+    The agent calls it for every verified command (and fan-out ping), with the roles of the
+    certificate that signed it (:attr:`proto.certs.CertInfo.roles`), before the consent
+    gate: it holds even when the server forwards a command it should have refused.
+    ``action`` is a :class:`~proto.messages.Action` value or ``ping``; for ``consent``,
+    ``args`` are the signed command's (its ``scopes`` are checked: the desk role asks only
+    for ``book-visit``).
+    """
+    held = frozenset(roles)
+    why = allowed(held, action)
+    if why is None and action == Action.CONSENT.value:
+        scopes = (args or {}).get("scopes")
+        names = [str(s) for s in scopes] if isinstance(scopes, list) else []
+        why = consent_scopes_allowed(held, names)
+    return None if why is None else Refusal(RefusalReason.WRONG_ROLE.value, why)

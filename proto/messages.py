@@ -224,7 +224,10 @@ class AgentInfo(Struct, frozen=True, forbid_unknown_fields=True):
     last_seen: Timestamp | None
 
 
-class CaseInfo(Struct, frozen=True, forbid_unknown_fields=True):
+class CaseInfo(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A case as technicians see it; ``owner`` (version 3, omitted when ``None``): the
+    technician who owns it, ``None`` for the unassigned queue."""
+
     number: CaseNumber
     agent_id: Id
     customer: Name
@@ -232,6 +235,7 @@ class CaseInfo(Struct, frozen=True, forbid_unknown_fields=True):
     state: Name
     opened_at: Timestamp
     updated_at: Timestamp
+    owner: Name | None = None
 
 
 class CaseEvent(Struct, frozen=True, forbid_unknown_fields=True):
@@ -532,15 +536,49 @@ class ListAgents(Struct, frozen=True, forbid_unknown_fields=True, tag="list_agen
 
 
 class ListCases(Struct, frozen=True, forbid_unknown_fields=True, tag="list_cases",
-                tag_field="type"):
+                tag_field="type", omit_defaults=True):
+    """Cases, newest first; optionally only in ``state``, owned by ``owner`` or
+    ``unassigned`` (both version 3). A ``remote`` technician gets only their own cases and
+    the unassigned queue whatever the filter (``docs/security.md#case-owners``)."""
+
     id: Id
     state: Name | None = None
+    owner: Name | None = None
+    unassigned: bool = False
 
 
 class GetCase(Struct, frozen=True, forbid_unknown_fields=True, tag="get_case",
               tag_field="type"):
     id: Id
     case: CaseNumber
+
+
+class ClaimCase(Struct, frozen=True, forbid_unknown_fields=True, tag="claim_case",
+                tag_field="type"):
+    """Tech -> server (version 3): take the unassigned ``case`` for oneself."""
+
+    id: Id
+    case: CaseNumber
+
+
+class AssignCase(Struct, frozen=True, forbid_unknown_fields=True, tag="assign_case",
+                 tag_field="type"):
+    """Tech -> server (version 3): give ``case`` to technician ``to``: a supervisor assigns
+    any case, an owner transfers their own."""
+
+    id: Id
+    case: CaseNumber
+    to: Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class CaseOwner(Struct, frozen=True, forbid_unknown_fields=True, tag="case_owner",
+                tag_field="type", omit_defaults=True):
+    """Server -> tech (version 3): reply to :class:`ClaimCase` and :class:`AssignCase`;
+    ``previous``: the owner before (``None``: it was unassigned)."""
+
+    re: Id
+    case: CaseInfo
+    previous: Name | None = None
 
 
 class RunDiag(Struct, frozen=True, forbid_unknown_fields=True, tag="run_diag",
@@ -938,6 +976,7 @@ AnyMessage = (
     | TicketList | TicketDetail | GetVisits | VisitUpdate | VisitList
     | OpenTunnel | TunnelOpen | Recording | GetRecording | RecordingData
     | Fanout | Ping | Pong | FanoutDone
+    | ClaimCase | AssignCase | CaseOwner
     | Error | Bye
 )
 """Union of every message; :func:`proto.codec.decode` returns one of these."""
@@ -951,6 +990,7 @@ ALL_MESSAGES: tuple[type[Struct], ...] = (
     TicketList, TicketDetail, GetVisits, VisitUpdate, VisitList,
     OpenTunnel, TunnelOpen, Recording, GetRecording, RecordingData,
     Fanout, Ping, Pong, FanoutDone,
+    ClaimCase, AssignCase, CaseOwner,
     Error, Bye,
 )
 

@@ -56,15 +56,16 @@ SERVER_TO_AGENT: frozenset[type] = frozenset(
 TECH_SENDS: frozenset[type] = frozenset(
     {m.ListAgents, m.ListCases, m.GetCase, m.RunDiag, m.RunFix, m.ListPlugins, m.AskConsent,
      m.EscalateCase, m.ListTickets, m.GetTicket, m.OfferVisit, m.BookVisit, m.UpdateTicket,
-     m.OpenTunnel, m.GetRecording, m.Fanout, m.Bye})
+     m.OpenTunnel, m.GetRecording, m.Fanout, m.ClaimCase, m.AssignCase, m.Bye})
 SERVER_TO_TECH: frozenset[type] = frozenset(
     {m.AgentList, m.CaseList, m.CaseDetail, m.DiagDone, m.FixDone, m.PluginList,
      m.ConsentAnswer, m.TicketList, m.TicketDetail, m.TunnelOpen, m.RecordingData,
-     m.FanoutDone, m.Error, m.Bye}
+     m.FanoutDone, m.CaseOwner, m.Error, m.Bye}
 )
 
 #: Messages a session may carry only from this protocol version on (the rest: from 1).
-SINCE_VERSION: dict[type, int] = {m.Fanout: 2, m.Ping: 2, m.Pong: 2, m.FanoutDone: 2}
+SINCE_VERSION: dict[type, int] = {m.Fanout: 2, m.Ping: 2, m.Pong: 2, m.FanoutDone: 2,
+                                  m.ClaimCase: 3, m.AssignCase: 3, m.CaseOwner: 3}
 
 
 def speaks(version: int | None, cls: type) -> bool:

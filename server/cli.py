@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from proto.roles import LEGACY_ROLES, Role, format_roles
 from proto.textsafe import printable, safe_json_dumps
 from proto.timefmt import human_time
 from proto.token import EnrollToken, encode_token
@@ -60,6 +61,8 @@ from .store import AuditCheck, AuditEntry, ContractRecord, Store, StoreError
 
 KINDS = ("individual", "small-business", "enterprise")
 CASE_STATES = tuple(state.value for state in CaseState)
+#: How `tech list` shows a technician issued before roles (what their certificate means).
+LEGACY = format_roles(LEGACY_ROLES)
 
 
 class _LogFormatter(logging.Formatter):
@@ -251,7 +254,9 @@ def cmd_tech_add(args: argparse.Namespace) -> int:
     if (out / "tech.key").exists() and not args.replace:
         raise ServerError(f"{out} already holds a technician key; pass --replace to issue anew")
     now = pki.now_utc()
-    issued = pki.issue_tech(cfg.home, name=args.name, out=out, now=now, days=args.days)
+    roles = frozenset(Role(r) for r in (args.role or [Role.REMOTE.value]))
+    issued = pki.issue_tech(cfg.home, name=args.name, out=out, now=now, days=args.days,
+                            roles=roles)
     shutil.copyfile(cfg.path("ca.crt"), out / "ca.crt")
     profile = {"name": args.name, "urls": cfg.urls,
                "ca_sha256": pki.ca_fingerprint(cfg.path("ca.crt").read_bytes()).hex()}
@@ -261,18 +266,47 @@ def cmd_tech_add(args: argparse.Namespace) -> int:
         store = await Store.open(cfg.db_url)
         try:
             await store.add_technician(name=args.name, key_fingerprint=issued.key_fingerprint,
-                                       valid_before=issued.valid_before, now=now, replace=True)
+                                       valid_before=issued.valid_before, now=now, replace=True,
+                                       roles=format_roles(roles))
             await store.append_audit(event="tech.added", actor="operator", subject=args.name,
                                      now=now, detail={"key": issued.key_fingerprint,
+                                                      "roles": format_roles(roles),
                                                       "valid_before":
                                                       issued.valid_before.isoformat()})
         finally:
             await store.close()
 
     _run(add())
-    print(f"technician {args.name}: key, certificate (valid until "
+    print(f"technician {args.name} ({format_roles(roles)}): key, certificate (valid until "
           f"{human_time(issued.valid_before)}) and profile written to {out}")
     print(f"next: hw-tech --home {out} agents")
+    return 0
+
+
+def cmd_tech_list(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.load(_home(args))
+
+    async def fetch() -> list[Any]:
+        store = await Store.open(cfg.db_url)
+        try:
+            return await store.list_technicians()
+        finally:
+            await store.close()
+
+    techs = _run(fetch())
+    if args.json:
+        print(json.dumps([{"name": t.name, "roles": (t.roles or LEGACY).split(","),
+                           "key": t.key_fingerprint,
+                           "valid_before": t.valid_before.isoformat(),
+                           "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None}
+                          for t in techs], indent=2, ensure_ascii=False))
+        return 0
+    if not techs:
+        print("no technicians; add one with `hw-server tech add NAME --out DIR`")
+    for t in techs:
+        state = (f"revoked {human_time(t.revoked_at)}" if t.revoked_at else
+                 f"valid until {human_time(t.valid_before)}")
+        print(f"{t.name:<20} {t.roles or LEGACY + ' (issued before roles)':<30} {state}")
     return 0
 
 
@@ -630,7 +664,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=CERT_DAYS, default=90, metavar="N",
                    help="certificate validity in days, 1-365 (default 90)")
     s.add_argument("--replace", action="store_true", help="overwrite an existing key in --out")
+    s.add_argument("--role", action="append", choices=[r.value for r in Role], metavar="ROLE",
+                   help="a role the certificate carries, repeatable: "
+                        + ", ".join(r.value for r in Role) + " (default: remote; "
+                        "docs/security.md#roles)")
     s.set_defaults(func=cmd_tech_add)
+    s = tsub.add_parser("list", parents=[common], help="the technicians, their roles and "
+                        "certificates' validity (the certificate is the authority on roles)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_tech_list)
     s = tsub.add_parser("revoke", parents=[common], help="revoke a technician")
     s.add_argument("name", type=tech_name)
     s.set_defaults(func=cmd_tech_revoke)

@@ -2,8 +2,9 @@
 
 The TLS side uses ``cryptography`` (an ECDSA P-256 CA and a server certificate whose SANs
 come from the listen address and names). The organisation key is Ed25519 in OpenSSH
-format and certifies technicians with OpenSSH user certificates (asyncssh), a form stock
-``ssh`` understands. See ``docs/security.md``.
+format and certifies technicians with OpenSSH user certificates (``cryptography``'s
+builder, so the certificate can carry the roles extension), a form stock ``ssh``
+understands. See ``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from proto.certs import verify_user_certificate
 from proto.errors import CertificateError
+from proto.roles import LEGACY_ROLES, ROLES_EXTENSION, Role, format_roles
 
 from .errors import CertificateRefused
 
@@ -139,30 +141,56 @@ class IssuedTech:
     name: str
     key_fingerprint: str
     valid_before: datetime
+    roles: frozenset[Role] = LEGACY_ROLES
 
 
-def issue_tech(home: Path, *, name: str, out: Path, now: datetime, days: int = 90
-               ) -> IssuedTech:
+#: The OpenSSH extensions every technician certificate carries (``ssh-keygen``'s defaults;
+#: stock ``ssh`` through a tunnel needs ``permit-pty``).
+_PERMITS = (b"permit-X11-forwarding", b"permit-agent-forwarding", b"permit-port-forwarding",
+            b"permit-pty", b"permit-user-rc")
+
+
+def issue_tech(home: Path, *, name: str, out: Path, now: datetime, days: int = 90,
+               roles: frozenset[Role] = LEGACY_ROLES) -> IssuedTech:
     """Make a technician key and an OpenSSH user certificate signed by the org key.
 
     Writes ``tech.key`` (private, 0600), ``tech.key.pub`` and ``tech.key-cert.pub`` into
-    ``out``; the certificate's principal is ``name`` and it is valid for ``days``.
+    ``out``; the certificate's principal is ``name``, it is valid for ``days`` and carries
+    ``roles`` as the :data:`proto.roles.ROLES_EXTENSION` extension (what ``ssh-keygen -O
+    extension:roles@helloword.cn=...`` writes; ``docs/security.md#roles``).
+
+    Raises:
+        proto.roles.RolesError: ``roles`` is empty.
     """
     import asyncssh
 
-    org = asyncssh.read_private_key(home / "org.key")
+    value = format_roles(roles).encode("ascii")
+    org = serialization.load_ssh_private_key((home / "org.key").read_bytes(), None)
+    if not isinstance(org, Ed25519PrivateKey):
+        raise CertificateRefused("the organisation key is not Ed25519; only Ed25519 keys sign "
+                                 "technician certificates")
     key = asyncssh.generate_private_key("ssh-ed25519", comment=f"helloword-tech-{name}")
+    public = serialization.load_ssh_public_key(key.export_public_key("openssh"))
+    assert isinstance(public, Ed25519PublicKey)
     valid_before = now + timedelta(days=days)
-    cert = org.generate_user_certificate(
-        key, key_id=f"helloword-tech:{name}", principals=[name],
-        valid_after=int((now - timedelta(minutes=5)).timestamp()),
-        valid_before=int(valid_before.timestamp()))
+    builder = (serialization.SSHCertificateBuilder()
+               .public_key(public)
+               .serial(0)
+               .type(serialization.SSHCertificateType.USER)
+               .key_id(f"helloword-tech:{name}".encode())
+               .valid_principals([name.encode()])
+               .valid_after(int((now - timedelta(minutes=5)).timestamp()))
+               .valid_before(int(valid_before.timestamp())))
+    for permit in _PERMITS:
+        builder = builder.add_extension(permit, b"")
+    cert = builder.add_extension(ROLES_EXTENSION.encode("ascii"), value).sign(org)
     out.mkdir(parents=True, exist_ok=True)
     _write_private(out / "tech.key", key.export_private_key("openssh"))
     (out / "tech.key.pub").write_bytes(key.export_public_key("openssh"))
-    cert.write_certificate(out / "tech.key-cert.pub")
+    (out / "tech.key-cert.pub").write_bytes(
+        cert.public_bytes() + f" helloword-tech-{name}\n".encode())
     return IssuedTech(name=name, key_fingerprint=key.get_fingerprint("sha256"),
-                      valid_before=valid_before.replace(microsecond=0))
+                      valid_before=valid_before.replace(microsecond=0), roles=frozenset(roles))
 
 
 def verify_tech_certificate(cert_text: str, *, org_pub: bytes, name: str

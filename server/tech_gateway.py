@@ -19,10 +19,19 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
-from proto.errors import AuthenticationFailed, FrameTooLarge, RemoteProtocolError, UnexpectedMessage
+from proto.certs import verify_user_certificate
+from proto.errors import (
+    AuthenticationFailed,
+    CertificateError,
+    FrameTooLarge,
+    RemoteProtocolError,
+    UnexpectedMessage,
+)
+from proto.roles import Role, allowed, consent_scopes_allowed, describe
 from proto.session import ServerSession, speaks
 
-from . import pki
+from . import access, pki
+from .access import CALLER, Caller
 from .errors import CertificateRefused
 from .fanout import FanoutService
 from .node import Node, recv
@@ -31,7 +40,7 @@ from .pki import now_utc
 from .recordings import for_version
 from .relay import Relay
 from .results import stored_result
-from .store import CaseRecord, NotFound, StoreError
+from .store import CaseRecord, Conflict, NotFound, StoreError
 from .tunnel import get_recording, open_tunnel
 
 log = logging.getLogger("hw.server")
@@ -49,11 +58,14 @@ RESULTS_LIMIT = 20
 Reply = Callable[[m.AnyMessage], Awaitable[None]]
 
 
-def case_info(c: CaseRecord, *, brief: bool = False) -> m.CaseInfo:
+def case_info(c: CaseRecord, *, brief: bool = False, version: int = 1) -> m.CaseInfo:
+    """The wire form of a case for a session at protocol ``version``: its owner from version
+    3 on (an older hw-tech refuses the unknown field)."""
     description = c.description[:200] if brief else c.description
     return m.CaseInfo(number=c.number, agent_id=c.agent_id, customer=c.customer,
                       description=description, state=c.state, opened_at=c.opened_at,
-                      updated_at=c.updated_at)
+                      updated_at=c.updated_at,
+                      owner=c.owner if speaks(version, m.ClaimCase) else None)
 
 
 class TechGateway:
@@ -80,6 +92,11 @@ class TechGateway:
                                                                org_pub=node.org_pub, name=name)
             except CertificateRefused as exc:
                 raise session.reject(AuthenticationFailed(str(exc))) from None
+            try:  # cached by proto.certs: the roles the check above read
+                roles = verify_user_certificate(hello.certificate, org_pub=node.org_pub,
+                                                principal=name, now=now_utc()).roles
+            except CertificateError as exc:
+                raise session.reject(AuthenticationFailed(exc.message)) from None
             tech = await node.store.get_technician(name)
             if tech is None or tech.revoked_at is not None or tech.key_fingerprint != fingerprint:
                 raise session.reject(AuthenticationFailed(
@@ -91,6 +108,8 @@ class TechGateway:
             session.verify(proof, key)
             await ws.send(session.send(m.Welcome(session_id=secrets.token_hex(8), identity=name,
                                                  server_time=now_utc())), text=True)
+        CALLER.set(Caller(name=name, key=fingerprint, roles=roles,
+                          version=session.version or 1))
         log.info("technician %s connected from %s", name, peer)
         await node.audit(event="tech.login", actor=f"tech:{name}", subject=name,
                          now=now_utc(), detail={"peer": peer, "key": fingerprint})
@@ -120,6 +139,10 @@ class TechGateway:
                 if isinstance(msg, m.Bye):
                     break
                 if isinstance(msg, m.OpenTunnel):  # the connection becomes the tunnel
+                    refused = await self._tunnel_refusal(msg)
+                    if refused is not None:
+                        await reply(refused)
+                        continue
                     for task in tasks:
                         task.cancel()
                     if await open_tunnel(self.relay.tunnel_context(), tech=name,
@@ -162,50 +185,209 @@ class TechGateway:
     async def _serve(self, tech: str, key: str, msg: m.AnyMessage) -> m.AnyMessage:
         node = self.node
         desk = node.desk
+        caller = CALLER.get()
+        rid: str = getattr(msg, "id", "")
+        refused = await self._role_refusal(caller, msg)
+        if refused is not None:
+            return refused
         if isinstance(msg, m.ListAgents):
             return await self._list_agents(msg)
         if isinstance(msg, m.ListCases):
-            cases = await node.store.list_cases(state=msg.state)
-            return m.CaseList(re=msg.id, cases=[case_info(c, brief=True)
+            cases = await node.store.list_cases(
+                state=msg.state, owner=msg.owner, unassigned=msg.unassigned,
+                visible_to=None if caller.sees_all_cases else caller.name)
+            return m.CaseList(re=msg.id, cases=[case_info(c, brief=True, version=caller.version)
                                                 for c in cases[:LIST_LIMIT]])
+        if isinstance(msg, m.ClaimCase | m.AssignCase):
+            return await self._set_owner(caller, msg)
         if isinstance(msg, m.GetRecording):
-            await self.relay.case(msg.case)
-            return await get_recording(node.store, msg)
+            case = await self.relay.case(msg.case)
+            answer = await self._recording_refusal(caller, case, msg)
+            if isinstance(answer, m.Error):
+                return answer
+            data = await get_recording(node.store, answer)
+            if isinstance(data, m.RecordingData) and data.info is not None:
+                await node.audit(event="recording.read", actor=f"tech:{tech}",
+                                 subject=msg.case, now=now_utc(),
+                                 detail={"recording": data.info.id, "key": key})
+            return data
         if isinstance(msg, m.GetCase):
             case = await self.relay.case(msg.case)
+            why = access.read_refusal(caller, case)
+            if why is not None:
+                return await self._refuse(caller, msg, why, subject=case.number)
             history = await node.store.case_history(case.number)
             results = await node.store.list_results(case.number)
+            await node.audit(event="case.read", actor=f"tech:{tech}", subject=case.number,
+                             now=now_utc(), detail={"results": min(len(results),
+                                                                   RESULTS_LIMIT),
+                                                    "key": key})
             return m.CaseDetail(
-                re=msg.id, case=case_info(case),
+                re=msg.id, case=case_info(case, version=caller.version),
                 history=[m.CaseEvent(state=h.state, at=h.at, actor=h.actor, note=h.note)
                          for h in history],
                 results=[stored_result(r) for r in results[-RESULTS_LIMIT:]])
-        if isinstance(msg, m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent | m.OfferVisit):
-            return await self.relay.relay(tech, key, msg)
+        if isinstance(msg, m.RunDiag | m.RunFix | m.ListPlugins | m.AskConsent | m.OfferVisit
+                      | m.EscalateCase):
+            worked = await self._case_work(caller, msg)
+            if isinstance(worked, m.Error):
+                return worked
+            done: m.AnyMessage
+            if isinstance(msg, m.EscalateCase):
+                ticket, _created = await desk.escalate(
+                    msg.case, reason=msg.reason, actor=f"tech:{tech}", now=now_utc(),
+                    service=msg.service)
+                done = m.TicketDetail(re=msg.id, ticket=ticket)
+            else:
+                done = await self.relay.relay(tech, key, msg)
+            await self._claim_after(caller, worked, msg, done)
+            return done
         if isinstance(msg, m.Fanout):
             return await self.fanout.run(tech, key, msg)
-        if isinstance(msg, m.EscalateCase):
-            ticket, _created = await desk.escalate(
-                msg.case, reason=msg.reason, actor=f"tech:{tech}", now=now_utc(),
-                service=msg.service)
-            return m.TicketDetail(re=msg.id, ticket=ticket)
         if isinstance(msg, m.ListTickets):
             due = (now_utc().astimezone(desk.policy.hours.tz).date()
                    if msg.followup_due else None)
-            return m.TicketList(re=msg.id, tickets=await desk.tickets(
-                state=msg.state, followup_due_on=due, limit=LIST_LIMIT))
-        if isinstance(msg, m.GetTicket):
-            return m.TicketDetail(re=msg.id, ticket=await desk.get(msg.ticket))
-        if isinstance(msg, m.BookVisit):
-            return m.TicketDetail(re=msg.id, ticket=await desk.book(
-                msg.ticket, start=msg.start, accepted_by=f"{msg.accepted_by} (recorded by "
-                f"{tech})", actor=f"tech:{tech}", now=now_utc()))
-        if isinstance(msg, m.UpdateTicket):
+            return m.TicketList(re=msg.id, tickets=[
+                t for t in await desk.tickets(state=msg.state, followup_due_on=due,
+                                              limit=LIST_LIMIT)
+                if access.sees_ticket(caller, t)])
+        if isinstance(msg, m.GetTicket | m.UpdateTicket):
+            ticket = await desk.get(msg.ticket)
+            why = access.ticket_refusal(caller, ticket)
+            if why is not None:
+                return await self._refuse(caller, msg, why, subject=msg.ticket)
+            if isinstance(msg, m.GetTicket):
+                return m.TicketDetail(re=rid, ticket=ticket)
             return m.TicketDetail(re=msg.id, ticket=await desk.move(
                 msg.ticket, msg.to, actor=f"tech:{tech}", now=now_utc(), note=msg.note,
                 resolved=msg.resolved, root_cause=msg.root_cause,
                 satisfaction=msg.satisfaction))
+        if isinstance(msg, m.BookVisit):
+            return m.TicketDetail(re=msg.id, ticket=await desk.book(
+                msg.ticket, start=msg.start, accepted_by=f"{msg.accepted_by} (recorded by "
+                f"{tech})", actor=f"tech:{tech}", now=now_utc()))
         raise AssertionError(f"unhandled {type(msg).__name__}")  # session table forbids it
+
+    # -- access (server/access.py, proto/roles.py) ---------------------------------------
+
+    async def _refuse(self, caller: Caller, msg: m.AnyMessage | m.OpenTunnel, why: str, *,
+                      subject: str = "") -> m.Error:
+        """Refuse ``msg`` with ``why`` (code ``refused``) and audit it (``tech.refused``)."""
+        request = type(msg).__struct_config__.tag
+        await self.node.audit(event="tech.refused", actor=f"tech:{caller.name}",
+                              subject=subject or caller.name, now=now_utc(),
+                              detail={"request": request, "roles": describe(caller.roles),
+                                      "why": why[:500]})
+        return m.Error(re=getattr(msg, "id", None), code=m.ErrorCode.REFUSED, message=why)
+
+    async def _role_refusal(self, caller: Caller, msg: m.AnyMessage | m.OpenTunnel
+                            ) -> m.Error | None:
+        """The roles table (:func:`proto.roles.allowed`) for ``msg``; the desk asks only for
+        the ``book-visit`` scope."""
+        why = allowed(caller.roles, str(type(msg).__struct_config__.tag))
+        if why is None and isinstance(msg, m.AskConsent):
+            why = consent_scopes_allowed(caller.roles, access.consent_scopes(msg))
+        if why is None:
+            return None
+        return await self._refuse(caller, msg, why, subject=getattr(msg, "case", ""))
+
+    async def _case_work(self, caller: Caller, msg: m.AnyMessage | m.OpenTunnel
+                         ) -> m.Error | CaseRecord:
+        """``msg``'s case if ``caller`` may act on it (their own, unassigned, or a
+        supervisor's any), else the refusal."""
+        case = await self.relay.case(str(getattr(msg, "case", "")))
+        why = access.act_refusal(caller, case, msg)
+        if why is not None:
+            return await self._refuse(caller, msg, why, subject=case.number)
+        return case
+
+    async def _claim_after(self, caller: Caller, case: CaseRecord, msg: m.AnyMessage,
+                           answer: m.AnyMessage) -> None:
+        """The first remote work done on an unassigned case claims it for the caller: work
+        the agent did (not refused, a consent request the customer granted) or an
+        escalation. If someone claimed it meanwhile, theirs it stays."""
+        done = not isinstance(answer, m.Error) and not (
+            isinstance(answer, m.ConsentAnswer) and not answer.granted)
+        if not done or not access.claims(caller, case, msg):
+            return
+        try:
+            await self.node.store.set_case_owner(
+                case.number, caller.name, actor=f"tech:{caller.name}", now=now_utc(),
+                expect=None)
+        except Conflict:
+            log.info("case %s was claimed by someone else while %s worked on it",
+                     case.number, caller.name)
+
+    async def _tunnel_refusal(self, msg: m.OpenTunnel) -> m.Error | None:
+        """The roles table and the case's owner for a tunnel, before it opens (a tunnel
+        needs a grant, which a consent request or a diag before it has claimed)."""
+        caller = CALLER.get()
+        refused = await self._role_refusal(caller, msg)
+        if refused is not None:
+            return refused
+        case = await self._case_work(caller, msg)
+        return case if isinstance(case, m.Error) else None
+
+    async def _recording_refusal(self, caller: Caller, case: CaseRecord, msg: m.GetRecording
+                                 ) -> m.GetRecording | m.Error:
+        """The request to serve (a remote technician asking for "the newest" gets the newest
+        of their own sessions), or the refusal."""
+        if caller.has(access.READ_ALL_RECORDINGS):
+            return msg
+        techs = await self.node.store.recording_techs(case.number)
+        if msg.recording is None:
+            mine = [rid for rid, tech in techs if tech == caller.name]
+            if not mine and techs:
+                return await self._refuse(caller, msg, (
+                    f"case {case.number} has no recording of a session of {caller.name}; "
+                    "recordings are readable by the session's technician, supervisors and "
+                    "auditors only"), subject=case.number)
+            return m.GetRecording(id=msg.id, case=msg.case, recording=mine[0] if mine else None)
+        tech = dict(techs).get(msg.recording)
+        if tech is None:
+            return msg  # get_recording answers not_found
+        why = access.recording_refusal(caller, tech, msg.recording)
+        if why is not None:
+            return await self._refuse(caller, msg, why, subject=case.number)
+        return msg
+
+    async def _set_owner(self, caller: Caller, msg: m.ClaimCase | m.AssignCase
+                         ) -> m.AnyMessage:
+        """Claim (an unassigned case, or a supervisor's any), assign (supervisor) or
+        transfer (the owner's own case); audited by the store in the same transaction."""
+        case = await self.relay.case(msg.case)
+        supervisor = Role.SUPERVISOR in caller.roles
+        actor = f"tech:{caller.name}"
+        if isinstance(msg, m.ClaimCase):
+            to = caller.name
+            if case.owner not in (None, caller.name) and not supervisor:
+                return await self._refuse(caller, msg, (
+                    f"case {case.number} is owned by {case.owner}; ask a supervisor to "
+                    f"assign it to you or {case.owner} to transfer it"), subject=case.number)
+        else:
+            to = msg.to
+            if not supervisor and case.owner != caller.name:
+                return await self._refuse(caller, msg, (
+                    f"only a supervisor assigns case {case.number}, or its owner "
+                    f"({case.owner or 'nobody yet'}) transfers it; claim it first "
+                    f"(`hw-tech claim {case.number}`) or ask a supervisor"), subject=case.number)
+            target = await self.node.store.get_technician(to)
+            if target is None or target.revoked_at is not None:
+                return m.Error(re=msg.id, code=m.ErrorCode.NOT_FOUND, message=(
+                    f"no technician {to!r} on this server (or revoked); list them with "
+                    "`hw-server tech list`"))
+            if target.roles is not None and Role.REMOTE.value not in target.roles.split(","):
+                return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=(
+                    f"technician {to} does not hold the remote role ({target.roles}), so "
+                    "they could not work on the case; assign it to a remote technician"))
+        try:
+            updated, before = await self.node.store.set_case_owner(
+                case.number, to, actor=actor, now=now_utc(), expect=case.owner,
+                any_owner=supervisor)
+        except Conflict as exc:
+            return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc))
+        return m.CaseOwner(re=msg.id, case=case_info(updated, version=caller.version),
+                           previous=before)
 
     async def _list_agents(self, msg: m.ListAgents) -> m.AgentList:
         """One page of the enrolled agents (enrollment order), filtered."""

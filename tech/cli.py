@@ -30,6 +30,7 @@ from .cliargs import (
     probe_list,
     recording_id,
     scope_list,
+    tech_name,
     timeout_seconds,
 )
 from .client import TechClient
@@ -74,13 +75,36 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
-    reply = _call(args, lambda rid: m.ListCases(id=rid, state=args.state))
+    owner = _profile(args).name if args.mine else args.owner
+    reply = _call(args, lambda rid: m.ListCases(id=rid, state=args.state, owner=owner,
+                                                unassigned=args.unassigned))
     if args.json:
         _dump(reply.cases)
     else:
-        _table([[c.number, c.state, c.customer, _when(c.opened_at), c.description[:50]]
-                for c in reply.cases], ["CASE", "STATE", "CUSTOMER", "OPENED", "DESCRIPTION"])
+        _table([[c.number, c.state, c.customer, c.owner or "-", _when(c.opened_at),
+                 c.description[:50]] for c in reply.cases],
+               ["CASE", "STATE", "CUSTOMER", "OWNER", "OPENED", "DESCRIPTION"])
     return 0
+
+
+def _print_owner(reply: m.CaseOwner, args: argparse.Namespace) -> int:
+    if args.json:
+        _dump(reply)
+        return 0
+    c = reply.case
+    _out(f"{c.number} is now owned by {c.owner}"
+         + (f" (was {reply.previous})" if reply.previous and reply.previous != c.owner
+            else " (was unassigned)" if reply.previous is None else ""))
+    return 0
+
+
+def cmd_claim(args: argparse.Namespace) -> int:
+    return _print_owner(_call(args, lambda rid: m.ClaimCase(id=rid, case=args.case)), args)
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    return _print_owner(_call(args, lambda rid: m.AssignCase(id=rid, case=args.case,
+                                                             to=args.tech)), args)
 
 
 def cmd_case(args: argparse.Namespace) -> int:
@@ -373,9 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--offline", dest="online", action="store_const", const=False,
                        help="only agents offline now")
     s.set_defaults(func=cmd_agents)
-    s = sub.add_parser("cases", parents=[common], help="cases, newest first")
+    s = sub.add_parser("cases", parents=[common], help="cases, newest first (a remote "
+                       "technician sees their own cases and the unassigned queue)")
     s.add_argument("--state", type=case_state, help="only cases in this state")
+    who = s.add_mutually_exclusive_group()
+    who.add_argument("--mine", action="store_true", help="only the cases you own")
+    who.add_argument("--owner", metavar="NAME", type=tech_name,
+                     help="only the cases technician NAME owns")
+    who.add_argument("--unassigned", action="store_true",
+                     help="only the unassigned queue (cases nobody owns yet)")
     s.set_defaults(func=cmd_cases)
+    s = sub.add_parser("claim", parents=[common], help="take an unassigned case: you own it "
+                       "from now on (your first diag or consent request on it does the same)")
+    s.add_argument("case", metavar="CASE", type=case_number)
+    s.set_defaults(func=cmd_claim)
+    s = sub.add_parser("assign", parents=[common], help="give a case to technician TECH: a "
+                       "supervisor assigns any case, an owner transfers their own")
+    s.add_argument("case", metavar="CASE", type=case_number)
+    s.add_argument("tech", metavar="TECH", type=tech_name, help="the technician's name")
+    s.set_defaults(func=cmd_assign)
     s = sub.add_parser("case", parents=[common], help="one case: history and stored results")
     s.add_argument("case", metavar="CASE", type=case_number,
                    help="case number, e.g. HW-20261126-0007")

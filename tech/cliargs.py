@@ -152,3 +152,12 @@ def yes_no(text: str) -> bool:
     if text.lower() in ("no", "n", "false"):
         return False
     raise argparse.ArgumentTypeError(f"{safe_repr(text)}: answer yes or no")
+
+
+def tech_name(text: str) -> str:
+    """argparse type: a technician name as `hw-server tech add` makes them."""
+    if not re.fullmatch(r"[a-z][a-z0-9._-]{0,63}", text):
+        raise argparse.ArgumentTypeError(
+            f"{safe_repr(text)} is not a technician name: 1-64 lower-case letters, digits, "
+            "'.', '_' or '-', starting with a letter")
+    return text

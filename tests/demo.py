@@ -54,7 +54,8 @@ def main() -> int:
             case = say("customer", "hw-agent", "help", "--home", A,
                        "laptop gets hot and shuts down").splitlines()[0]
             T = str(h.root / "T")
-            say("operator", "hw-server", "tech", "add", "--home", S, "alice", "--out", T)
+            say("operator", "hw-server", "tech", "add", "--home", S, "alice", "--out", T,
+                "--role", "remote", "--role", "desk")
             say("technician", "hw-tech", "--home", T, "agents")
             say("technician", "hw-tech", "--home", T, "ping", "--all")  # one signed fan-out
             say("technician", "hw-tech", "--home", T, "cases")

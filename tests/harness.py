@@ -153,10 +153,13 @@ class Harness:
                        "--tech", tech, "--scopes", scopes, "--for", duration, "--json")
         return json.loads(out.stdout)
 
-    def add_tech(self, name: str = "alice") -> Path:
+    def add_tech(self, name: str = "alice", roles: tuple[str, ...] = ("remote", "desk")
+                 ) -> Path:
+        """A technician with ``roles`` (default: remote work and the desk's ticket work, what
+        one technician did before roles; docs/security.md#roles)."""
         home = self.root / ("T-" + name)
         self.run("hw-server", "tech", "add", "--home", str(self.server_home), name,
-                 "--out", str(home))
+                 "--out", str(home), *[a for r in roles for a in ("--role", r)])
         return home
 
     def stop_all(self) -> None:

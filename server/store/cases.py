@@ -22,10 +22,10 @@ from .. import audit as _audit
 from .audit import append_entry, append_entry_sqlite
 from .base import StoreBase
 from .engine import pg_xact_lock
-from .errors import NotFound, StoreError
+from .errors import Conflict, NotFound, StoreError
 from .records import CaseEventRecord, CaseRecord, ResultRecord
 from .rows import case_select, result_select, to_case, to_result
-from .schema import agents, as_utc, case_events, cases, results
+from .schema import agents, as_utc, case_events, cases, recordings, results
 from .sqlitewriter import SqliteBatch, SqliteBusy, sqlite_time, utc_from_sqlite
 
 __all__ = ["CASE_NUMBER_ATTEMPTS", "CaseStore", "case_number", "china_day"]
@@ -57,7 +57,7 @@ _SQLITE_RESULT: Final = (
 _SQLITE_CASE_STATE: Final = "UPDATE cases SET state = ?, updated_at = ? WHERE id = ?"
 _SQLITE_GET_CASE: Final = (
     "SELECT cases.number, cases.agent_id, customers.name, cases.description, cases.state, "
-    "cases.opened_at, cases.updated_at FROM cases JOIN customers "
+    "cases.opened_at, cases.updated_at, cases.owner FROM cases JOIN customers "
     "ON cases.customer_id = customers.id WHERE cases.number = ?")
 _SQLITE_CASE_EVENT: Final = ("INSERT INTO case_events (case_id, state, at, actor, note) "
                              "VALUES (?, ?, ?, ?, ?)")
@@ -189,23 +189,83 @@ class CaseStore(StoreBase):
                 return None if found is None else CaseRecord(
                     number=found[0], agent_id=found[1], customer=found[2],
                     description=found[3], state=found[4],
-                    opened_at=utc_from_sqlite(found[5]), updated_at=utc_from_sqlite(found[6]))
+                    opened_at=utc_from_sqlite(found[5]), updated_at=utc_from_sqlite(found[6]),
+                    owner=found[7])
         async with self._tx(write=False) as conn:
             row = (await conn.execute(case_select.where(cases.c.number == number))).one_or_none()
         return None if row is None else to_case(row)
 
     async def list_cases(
-        self, *, state: str | None = None, agent_id: str | None = None
+        self, *, state: str | None = None, agent_id: str | None = None,
+        owner: str | None = None, unassigned: bool = False, visible_to: str | None = None,
     ) -> list[CaseRecord]:
-        """Cases, newest first, optionally only those in ``state`` and/or of ``agent_id``."""
+        """Cases, newest first, optionally only those in ``state`` and/or of ``agent_id``,
+        owned by ``owner``, ``unassigned``, or ``visible_to`` a technician (the cases they
+        own and the unassigned queue: what a ``remote`` technician sees)."""
         query = case_select.order_by(cases.c.opened_at.desc(), cases.c.id.desc())
         if state is not None:
             query = query.where(cases.c.state == state)
         if agent_id is not None:
             query = query.where(cases.c.agent_id == agent_id)
+        if owner is not None:
+            query = query.where(cases.c.owner == owner)
+        if unassigned:
+            query = query.where(cases.c.owner.is_(None))
+        if visible_to is not None:
+            query = query.where(sa.or_(cases.c.owner == visible_to, cases.c.owner.is_(None)))
         async with self._tx(write=False) as conn:
             rows = (await conn.execute(query)).all()
         return [to_case(row) for row in rows]
+
+    async def set_case_owner(
+        self, number: str, owner: str, *, actor: str, now: datetime,
+        expect: str | None = None, any_owner: bool = False,
+    ) -> tuple[CaseRecord, str | None]:
+        """Make ``owner`` the case's owner and audit it, in one transaction.
+
+        ``expect``: the owner the case must have now (``None``: unassigned), else nothing
+        changes; with ``any_owner``, whoever owns it (a supervisor's assignment). The audit event is
+        ``case.claimed`` (``actor`` takes an unassigned case for themself),
+        ``case.assigned`` (an unassigned case to someone else) or ``case.transferred`` (from
+        one owner to another); setting the owner it already has changes and audits nothing.
+
+        Returns:
+            The case and its previous owner.
+
+        Raises:
+            NotFound: no such case.
+            Conflict: the case's owner is not ``expect`` (someone else took it first).
+        """
+        now = as_utc(now, "now")
+        async with self._tx(write=True) as conn:
+            found = (await conn.execute(sa.select(cases.c.id, cases.c.owner)
+                                        .where(cases.c.number == number))).one_or_none()
+            if found is None:
+                raise NotFound(f"no case {number}; list cases with `hw-tech cases`")
+            before: str | None = found.owner
+            if not any_owner and before != expect:
+                raise Conflict(
+                    f"case {number} is owned by {before or 'nobody'} now, not "
+                    f"{expect or 'nobody'}; list it again (`hw-tech case {number}`) and retry")
+            if before != owner:
+                await conn.execute(sa.update(cases).where(cases.c.id == found.id)
+                                   .values(owner=owner))
+                event = ("case.transferred" if before is not None else
+                         "case.claimed" if actor == f"tech:{owner}" else "case.assigned")
+                await append_entry(
+                    conn, event=event, actor=actor, subject=number, now=now,
+                    detail_json=_audit.canonical_detail({"from": before, "to": owner}))
+            row = (await conn.execute(case_select.where(cases.c.id == found.id))).one()
+        return to_case(row), before
+
+    async def recording_techs(self, case: str) -> list[tuple[str, str]]:
+        """``(recording id, technician)`` of the case's recordings, newest first (the
+        technician's access check, without reading any recording's data)."""
+        query = (sa.select(recordings.c.recording_id, recordings.c.tech)
+                 .where(recordings.c.case_number == case)
+                 .order_by(recordings.c.started_at.desc(), recordings.c.recording_id))
+        async with self._tx(write=False) as conn:
+            return [(str(r.recording_id), str(r.tech)) for r in (await conn.execute(query))]
 
     async def set_case_state(
         self, number: str, state: str, *, actor: str, now: datetime, note: str = ""

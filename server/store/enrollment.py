@@ -273,12 +273,14 @@ class EnrollmentStore(StoreBase):
         valid_before: datetime,
         now: datetime,
         replace: bool = False,
+        roles: str | None = None,
     ) -> TechnicianRecord:
         """Add a technician, or with ``replace=True`` replace (and un-revoke) an existing one.
 
         Replacing gives the technician a new key: the key it replaces, if different, is
         revoked for good (listed by :meth:`revoked_technician_fingerprints`), so a stolen old
-        key does not come back to life when its owner is re-issued a key.
+        key does not come back to life when its owner is re-issued a key. ``roles`` are the
+        roles the certificate was issued with (``remote,desk``), kept for listing only.
 
         Raises:
             Conflict: ``name`` exists (revoked or not) and ``replace`` is false, or
@@ -291,6 +293,7 @@ class EnrollmentStore(StoreBase):
             "valid_before": valid_before,
             "added_at": now,
             "revoked_at": None,
+            "roles": roles,
         }
         conflict = Conflict(
             f"technician {name!r} already exists (possibly revoked); "
@@ -355,6 +358,12 @@ class EnrollmentStore(StoreBase):
                 await conn.execute(technician_select.where(technicians.c.name == name))
             ).one_or_none()
         return None if row is None else to_technician(row)
+
+    async def list_technicians(self) -> list[TechnicianRecord]:
+        """Every technician (revoked ones included), by name."""
+        async with self._tx(write=False) as conn:
+            rows = (await conn.execute(technician_select.order_by(technicians.c.name))).all()
+        return [to_technician(row) for row in rows]
 
     async def revoke_technician(self, name: str, *, now: datetime) -> None:
         """Mark the technician revoked at ``now``; revoking twice keeps the first time.

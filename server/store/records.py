@@ -50,6 +50,8 @@ class CaseRecord:
     state: str
     opened_at: datetime
     updated_at: datetime
+    owner: str | None = None
+    """The technician who owns the case; ``None``: unassigned (``docs/security.md``)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,9 @@ class TechnicianRecord:
     valid_before: datetime
     added_at: datetime
     revoked_at: datetime | None
+    roles: str | None = None
+    """The roles issued with the certificate (``remote,desk``; ``None``: before roles). The
+    certificate is the authority; this is for listing."""
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ case_select: Final = sa.select(
     cases.c.state,
     cases.c.opened_at,
     cases.c.updated_at,
+    cases.c.owner,
 ).join_from(cases, customers, cases.c.customer_id == customers.c.id)
 
 result_select: Final = sa.select(
@@ -95,6 +96,7 @@ technician_select: Final = sa.select(
     technicians.c.valid_before,
     technicians.c.added_at,
     technicians.c.revoked_at,
+    technicians.c.roles,
 )
 
 
@@ -162,6 +164,7 @@ def to_case(row: Row) -> CaseRecord:
         state=row.state,
         opened_at=row.opened_at,
         updated_at=row.updated_at,
+        owner=row.owner,
     )
 
 
@@ -258,6 +261,7 @@ def to_technician(row: Row) -> TechnicianRecord:
         valid_before=row.valid_before,
         added_at=row.added_at,
         revoked_at=row.revoked_at,
+        roles=row.roles,
     )
 
 

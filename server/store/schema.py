@@ -97,6 +97,9 @@ technicians = sa.Table(
     sa.Column("valid_before", UTCDateTime, nullable=False),
     sa.Column("added_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
+    # Roles the certificate was issued with, "remote,desk" (migration 0008); NULL: issued
+    # before roles (the certificate, not this column, is the authority).
+    sa.Column("roles", sa.String(200), nullable=True),
 )
 
 cases = sa.Table(
@@ -113,9 +116,12 @@ cases = sa.Table(
     sa.Column("opened_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("open_request_id", sa.String(100), nullable=False),
+    # The technician who owns the case (migration 0008); NULL: in the unassigned queue.
+    sa.Column("owner", sa.String(100), nullable=True),
     sa.UniqueConstraint("number_day", "number_seq"),
     sa.UniqueConstraint("agent_id", "open_request_id"),
     sa.Index(None, "state"),
+    sa.Index(None, "owner"),
 )
 
 case_events = sa.Table(

@@ -55,6 +55,20 @@ def make_cert(org: asyncssh.SSHKey, user: asyncssh.SSHKey, *, principals: list[s
     return cert.export_certificate().decode()
 
 
+def roles_cert(org: asyncssh.SSHKey, user: asyncssh.SSHKey, roles: bytes) -> str:
+    """A certificate carrying ``roles`` as its roles extension (what ``ssh-keygen -O
+    extension:roles@helloword.cn=...`` writes; asyncssh cannot write custom extensions)."""
+    ca = serialization.load_ssh_private_key(org.export_private_key("openssh"), None)
+    pub = serialization.load_ssh_public_key(user.export_public_key("openssh"))
+    assert isinstance(ca, Ed25519PrivateKey) and isinstance(pub, Ed25519PublicKey)
+    cert = (serialization.SSHCertificateBuilder().public_key(pub).serial(42)
+            .type(serialization.SSHCertificateType.USER).key_id(b"helloword-tech:alice")
+            .valid_principals([b"alice"]).valid_after(int(VALID_AFTER.timestamp()))
+            .valid_before(int(VALID_BEFORE.timestamp()))
+            .add_extension(b"roles@helloword.cn", roles).sign(ca))
+    return cert.public_bytes().decode()
+
+
 @pytest.fixture(scope="module")
 def org() -> asyncssh.SSHKey:
     return asyncssh.generate_private_key("ssh-ed25519")
@@ -153,6 +167,7 @@ def _cases(org: asyncssh.SSHKey, tech: Ed25519PrivateKey
         CertReason.NOT_ED25519: (make_cert(org, ecdsa_user), "alice", NOW),
         CertReason.UNSUPPORTED_OPTION: (make_cert(org, user, force_command="true"), "alice",
                                         NOW),
+        CertReason.BAD_ROLES: (roles_cert(org, user, b"remote,root"), "alice", NOW),
     }
 
 

@@ -205,9 +205,12 @@ def test_every_reason_is_produced_with_a_distinct_message(
         assert exc.reason is reason, (reason, exc.message)
         assert str(exc) == exc.message
         messages[reason] = exc.message
-    # wrong_audience is verify_fanout's own (tests/proto/test_fanout.py)
-    assert set(messages) == set(RefusalReason) - {RefusalReason.WRONG_AUDIENCE}
-    messages[RefusalReason.WRONG_AUDIENCE] = CommandRefused(RefusalReason.WRONG_AUDIENCE).message
+    # wrong_audience is verify_fanout's own (tests/proto/test_fanout.py), wrong_role the
+    # role check's after it (proto.gate.role_refusal, tests/proto/test_roles_matrix.py)
+    own = {RefusalReason.WRONG_AUDIENCE, RefusalReason.WRONG_ROLE}
+    assert set(messages) == set(RefusalReason) - own
+    for reason in own:
+        messages[reason] = CommandRefused(reason).message
     assert len(set(messages.values())) == len(messages)
     assert all(r.value == r.name.lower() for r in RefusalReason)
 
