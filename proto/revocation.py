@@ -1,4 +1,6 @@
-"""Revocation lists signed by the organisation key, with freshness (``docs/security.md#revocation-lists``).
+"""Revocation lists signed by the organisation key, with freshness.
+
+See ``docs/security.md#revocation-lists``.
 
 The organisation key signs a list of revoked technician keys together with a sequence
 number, when it was issued and when the next one is due (``next_update``). The server only
