@@ -63,10 +63,15 @@ class SignedRevocationStore:
             return exc
         outcome = consider(self.held, body)
         if outcome is Offer.NEWER:
-            tmp = self.path.with_name(FILE + ".tmp")
-            tmp.write_bytes(codec.encode(signed))
-            os.replace(tmp, self.path)
             self.held = body
+            try:
+                tmp = self.path.with_name(FILE + ".tmp")
+                tmp.write_bytes(codec.encode(signed))
+                os.replace(tmp, self.path)
+            except OSError as exc:  # a full disk: in force until a restart all the same
+                log.warning("cannot keep revocation list number %d in %s (%s); free some "
+                            "space: after a restart this computer waits for the list again",
+                            body.sequence, self.path, exc.strerror)
         elif outcome is not Offer.SAME:
             assert self.held is not None
             log.warning("ignored revocation list number %d from the server: this computer "

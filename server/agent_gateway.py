@@ -206,7 +206,12 @@ class AgentGateway:
         the log as its ``next_update`` approaches (server/revocations.py)."""
         before = self._pushed
         now = now_utc()
-        if self._signed() != before:
+        try:
+            changed = self._signed() != before
+        except OSError as exc:  # the home unreadable: keep serving the list held
+            log.warning("cannot read the signed revocation list: %s", exc.strerror)
+            changed = False
+        if changed:
             await self.push_revocations()
         warning = self.keeper.warning(now)
         if warning is not None:

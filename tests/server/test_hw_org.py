@@ -27,7 +27,7 @@ from server import pki
 from server.cli import main as server_main
 from server.org.cli import main as org_main
 from server.org.orgdir import OrgDir
-from server.revocations import SIGNED_FILE
+from server.revocations import SIGNED_FILE, SIMPLE_VALIDITY, RevocationKeeper, read_signed
 from tests.harness import wait_until
 
 BIN = Path(sys.executable).parent
@@ -265,3 +265,63 @@ def test_revocations_load_checks_signature_and_sequence(
                         str(tmp_path / "junk")]) == 1
     assert "not a signed revocation list" in capsys.readouterr().err
     assert (home / SIGNED_FILE).read_bytes() == held  # nothing changed
+
+
+# -- the running server's list (server/revocations.py) -----------------------------------
+
+FP = "SHA256:" + "Q" * 43
+
+
+def test_simple_layout_resigns_when_keys_change_and_before_next_update(tmp_path: Path) -> None:
+    home = tmp_path / "S"
+    assert server_init(home) == 0
+    keeper = RevocationKeeper(home, pki.org_public_raw(home))
+    now = datetime.now(UTC)
+    first = keeper.current([], now)
+    assert first is not None and keeper.body is not None
+    seq = keeper.body.sequence
+    assert keeper.current([], now + timedelta(minutes=1)) == first   # nothing to do
+    changed = keeper.current([FP], now + timedelta(minutes=2))        # tech revoke
+    assert changed != first and keeper.body.fingerprints == [FP]
+    assert keeper.body.sequence > seq
+    seq = keeper.body.sequence
+    later = now + SIMPLE_VALIDITY * 0.75                              # half of it left
+    assert keeper.current([FP], later) != changed
+    assert keeper.body.sequence > seq and keeper.body.next_update > later
+    assert keeper.warning(later) is None  # it signs its own: nothing to warn about
+
+
+def test_offline_layout_warns_as_next_update_approaches(org: Path, tmp_path: Path) -> None:
+    home = tmp_path / "S"
+    assert server_init(home, "--org-pub", str(org / "org.pub")) == 0
+    keeper = RevocationKeeper(home, pki.org_public_raw(home))
+    now = datetime.now(UTC)
+    assert keeper.current([], now) is None
+    missing = keeper.warning(now)
+    assert missing is not None and "no signed revocation list" in missing
+    assert keeper.warning(now + timedelta(minutes=5)) is None  # once per WARN_EVERY
+    assert org_main(["revocations", "--dir", str(org), "--days", "7",
+                     "--out", str(tmp_path / "l")]) == 0
+    assert server_main(["revocations", "load", "--home", str(home), str(tmp_path / "l")]) == 0
+    assert keeper.current([FP], now) is not None  # re-read from the home, never re-signed
+    assert keeper.body is not None and keeper.body.fingerprints == []
+    assert keeper.warning(now + timedelta(days=1)) is None
+    due = keeper.warning(now + timedelta(days=6))
+    assert due is not None and "due to be replaced" in due and "hw-org revocations" in due
+
+
+def test_tech_revoke_in_the_simple_layout_resigns_at_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "S"
+    assert server_init(home) == 0
+    assert server_main(["tech", "add", "--home", str(home), "alice", "--out",
+                        str(tmp_path / "T")]) == 0
+    capsys.readouterr()
+    assert server_main(["tech", "revoke", "--home", str(home), "alice"]) == 0
+    assert "signed revocation list number" in capsys.readouterr().out
+    held = read_signed(home, pki.org_public_raw(home))
+    assert held is not None
+    fp = pki.check_tech_certificate((tmp_path / "T" / "tech.key-cert.pub").read_text(),
+                                    org_pub=pki.org_public_raw(home), name="alice",
+                                    now=datetime.now(UTC)).key_fingerprint
+    assert held[1].fingerprints == [fp]
