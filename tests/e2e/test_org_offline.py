@@ -4,14 +4,21 @@ revocation list with freshness (docs/security.md#organisation-key, #revocation-l
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import ssl
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from websockets.asyncio.client import connect
 
+from proto import messages as m
+from proto.session import ClientSession
 from tests.harness import Harness, Proc, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -69,6 +76,29 @@ def register(h: Harness, org: Path, name: str, *, stock: bool = False) -> Path:
 def diag(h: Harness, tech: Path, case: str) -> subprocess.CompletedProcess[str]:
     return h.run("hw-tech", "--home", str(tech), "diag", case, "--probes", "system", "--json",
                  check=False)
+
+
+async def after_welcome(h: Harness, home: Path, versions: tuple[int, int]
+                        ) -> list[type]:
+    """The message types an agent of protocol ``versions`` gets on a ``run`` session after
+    ``welcome``, up to the server's refusal of a forged result (``home``: an enrolled agent
+    that is not running, or this session would replace its own)."""
+    state = json.loads((home / "agent.json").read_text())
+    key = serialization.load_pem_private_key((home / "agent.key").read_bytes(), None)
+    assert isinstance(key, Ed25519PrivateKey)
+    ctx = ssl.create_default_context(cafile=str(h.server_home / "ca.crt"))
+    async with connect(f"wss://127.0.0.1:{h.port}/agent", ssl=ctx, compression=None) as ws:
+        s = ClientSession(role=m.Role.AGENT, identity=state["agent_id"], versions=versions)
+        await ws.send(s.hello(software="test", mode=m.Mode.RUN), text=True)
+        s.receive(await ws.recv(decode=False))
+        await ws.send(s.prove(key.sign(s.proof_payload())), text=True)
+        s.receive(await ws.recv(decode=False))
+        await ws.send(s.send(m.Result(id="rs-probe", re="rq-x", case="HW-20000101-0001",
+                                      action=m.Action.DIAG, ok=True)), text=True)
+        seen: list[type] = []
+        while not seen or seen[-1] is not m.Error:
+            seen.append(type(s.receive(await ws.recv(decode=False))))
+        return seen
 
 
 def start_case(h: Harness, customer: str = "Li Wei") -> tuple[Path, Proc, str]:
@@ -157,6 +187,16 @@ def test_an_agent_refuses_commands_once_its_list_is_stale(harness: Harness) -> N
     wait_until(lambda: diag(h, alice, case).returncode == 0, timeout=30,
                what="commands accepted again")
     assert json.loads(diag(h, alice, case).stdout)["result"]["ok"] is True
+
+
+def test_version_2_agents_get_the_plain_list_only(harness: Harness) -> None:
+    h = harness
+    offline_server(h)
+    h.start_server()
+    home = h.enroll("QUIET")
+    assert asyncio.run(after_welcome(h, home, (1, 2))) == [m.Revocations, m.Error]
+    assert asyncio.run(after_welcome(h, home, (1, 3))) == [m.Revocations, m.SignedRevocations,
+                                                           m.Error]
 
 
 @pytest.mark.skipif(SSH_KEYGEN is None, reason="needs OpenSSH's ssh-keygen")
