@@ -135,6 +135,8 @@ def cmd_revocations(args: argparse.Namespace) -> int:
     org = OrgDir.open(_dir(args))
     now = _now()
     issued = args.issued or now
+    if issued > now + timedelta(minutes=5):
+        raise OrgError("--issued is in the future; a list cannot be issued later than now")
     sequence = max(org.next_sequence(), int(now.timestamp()))
     try:
         body = make_list(sequence=sequence, issued=issued,
