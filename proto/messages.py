@@ -509,7 +509,7 @@ class Revocations(Struct, frozen=True, forbid_unknown_fields=True, tag="revocati
 class SignedRevocations(Struct, frozen=True, forbid_unknown_fields=True,
                         tag="signed_revocations", tag_field="type"):
     """Server -> agent (version 3): the organisation-signed revocation list, as the server
-    got it (``docs/protocol.md#signed_revocations-signedrevocations``).
+    got it (``docs/security.md#revocation-lists``).
 
     ``payload`` is the canonical JSON of :class:`proto.revocation.RevocationList`;
     ``signature`` the organisation key's Ed25519 signature over

@@ -113,8 +113,7 @@ class AgentGateway:
         self.tunnels = tunnels
         #: agent id -> when last seen (connect/disconnect), written in batches
         self.seen: dict[str, datetime] = {}
-        #: the organisation-signed revocation list (server/revocations.py)
-        self.keeper = RevocationKeeper(node.cfg.home, node.org_pub)
+        self._keeper: RevocationKeeper | None = None
         self._pushed: m.SignedRevocations | None = None
 
     async def serve(self, ws: ServerConnection, session: ServerSession, peer: str) -> None:
@@ -178,6 +177,13 @@ class AgentGateway:
                 self.seen[agent.agent_id] = now_utc()
                 if not node.stopping:
                     log.info("agent %s disconnected from %s", agent.agent_id, peer)
+
+    @property
+    def keeper(self) -> RevocationKeeper:
+        """The organisation-signed revocation list (server/revocations.py)."""
+        if self._keeper is None:
+            self._keeper = RevocationKeeper(self.node.cfg.home, self.node.org_pub)
+        return self._keeper
 
     def _signed(self) -> m.SignedRevocations | None:
         signed = self.keeper.current(self.node.revoked, now_utc())
