@@ -16,6 +16,7 @@ result is checked with ``cryptography``'s parser before it is written.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import struct
@@ -71,7 +72,7 @@ def read_tech_public_key(data: bytes) -> Ed25519PublicKey:
     """
     try:
         key = load_ssh_public_identity(data.strip())
-    except (ValueError, TypeError, Exception):  # UnsupportedAlgorithm too
+    except Exception:  # ValueError, UnsupportedAlgorithm, ...: not a key we can use
         raise OrgError("the technician's key is not an OpenSSH public key line; give "
                        "their tech.key.pub (`ssh-keygen -t ed25519 -f tech.key` makes one)"
                        ) from None
@@ -153,7 +154,5 @@ def _sign_by_hand(signer: Signer, *, org_pub: bytes, tech_key: Ed25519PublicKey,
         _s(_s(_ED25519) + _s(org_pub)),  # signature key
     ))
     signature = signer.sign(tbs)
-    import base64
-
     blob = tbs + _s(_s(_ED25519) + _s(signature))
     return CERT_TYPE + b" " + base64.b64encode(blob)
