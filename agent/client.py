@@ -48,6 +48,7 @@ from .fixrunner import apply_fix, list_fixers, plan_fix
 from .home import AgentHome
 from .localstore import LocalCase, LocalStore
 from .pending import Answer, Ask, Kind, Pending
+from .revocations import SignedRevocationStore
 from .runner import list_probes, run_probes, sanitize_readings
 from .terminal import Terminal
 from .tunnel import MAX_SESSIONS, TunnelHost, Tunnels
@@ -88,7 +89,10 @@ class Agent:
         started = now_utc()
         for nonce, expires_at in self.consents.seen_nonces(started):
             self.replay.check_and_add(nonce, expires_at=expires_at, now=started)
-        self.revoked: frozenset[str] = frozenset()
+        #: the organisation-signed list (kept in the home) and the server's plain one
+        self.signed_revocations = SignedRevocationStore(home.path, self.org_pub)
+        self._plain_revoked: frozenset[str] = frozenset()
+        self.revoked: frozenset[str] = self.signed_revocations.fingerprints
         self._work = asyncio.Semaphore(2)
         self._tasks: dict[asyncio.Task[None], str] = {}  # running request -> its case
         self._revoking: set[str] = set()
@@ -214,8 +218,12 @@ class Agent:
             task = asyncio.create_task(self._answer(link, pong))
             self._tasks[task] = ""
             task.add_done_callback(lambda t: self._tasks.pop(t, None))
-        elif isinstance(msg, m.Revocations):
-            self.revoked = frozenset(msg.fingerprints)
+        elif isinstance(msg, m.Revocations):  # the server's word: it can only add
+            self._plain_revoked = frozenset(msg.fingerprints)
+            self.revoked = self._plain_revoked | self.signed_revocations.fingerprints
+        elif isinstance(msg, m.SignedRevocations):  # the organisation's, checked
+            self.signed_revocations.offer(msg)
+            self.revoked = self._plain_revoked | self.signed_revocations.fingerprints
         elif isinstance(msg, m.Ack):
             self.store.ack(msg.re)
         elif isinstance(msg, m.Error):
@@ -231,6 +239,11 @@ class Agent:
         audience, validity, nonce) and say so. It reads nothing from this machine, so it
         needs no consent grant; it is written to the local log all the same."""
         now = now_utc()
+        stale = self.signed_revocations.stale(now, self.policy.revocation_grace)
+        if stale is not None:
+            self.store.log("refused", f"fan-out {msg.id}: stale_revocations", now=now)
+            return m.Pong(re=msg.id, ok=False, reason="stale_revocations",
+                          error=stale.message[:4000])
         try:
             verified = verify_fanout(msg.command, org_pub=self.org_pub, now=now,
                                      customer=self.state.customer, revoked=self.revoked,
@@ -278,6 +291,9 @@ class Agent:
 
     async def _act(self, req: m.Request) -> m.Result:
         now = now_utc()
+        stale = self.signed_revocations.stale(now, self.policy.revocation_grace)
+        if stale is not None:  # docs/security.md#revocation-lists
+            return self._refuse(req, stale.message)
         try:
             if req.command is None:
                 raise ConsentError("unsigned: the request carries no technician signature")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from proto.gate import is_active
 from proto.messages import ConsentGrant, Scope
+from proto.revocation import DEFAULT_GRACE
 
 from .errors import ConsentError
 
@@ -80,6 +81,9 @@ class Policy:
     preapproved_techs: frozenset[str] = frozenset()
     prompt_timeout_s: float = 120.0
     fix_approval: bool = True
+    revocation_grace: timedelta = DEFAULT_GRACE
+    """How long after the signed revocation list's ``next_update`` commands are still
+    taken (``revocation_grace_hours``; default 24 h, 0 to 720)."""
 
     @classmethod
     def load(cls, path: Path | None) -> Policy:
@@ -90,7 +94,7 @@ class Policy:
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConsentError(f"policy file {path}: {exc}") from None
         known = {"max_minutes", "preapproved_scopes", "preapproved_techs", "prompt_timeout_s",
-                 "fix_approval"}
+                 "fix_approval", "revocation_grace_hours"}
         if unknown := sorted(set(data) - known):
             raise ConsentError(f"policy file {path}: unknown key(s) {', '.join(unknown)}; "
                                f"known: {', '.join(sorted(known))}")
@@ -110,8 +114,13 @@ class Policy:
         fix_approval = data.get("fix_approval", True)
         if not isinstance(fix_approval, bool):
             raise ConsentError(f"policy file {path}: fix_approval must be true or false")
+        grace = data.get("revocation_grace_hours", DEFAULT_GRACE / timedelta(hours=1))
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace <= 720:
+            raise ConsentError(f"policy file {path}: revocation_grace_hours must be a number "
+                               "of hours from 0 to 720")
         return cls(max_minutes=max_minutes, preapproved=pre, preapproved_techs=techs,
-                   prompt_timeout_s=timeout, fix_approval=fix_approval)
+                   prompt_timeout_s=timeout, fix_approval=fix_approval,
+                   revocation_grace=timedelta(hours=grace))
 
     def cap(self, duration: timedelta) -> timedelta:
         return min(duration, timedelta(minutes=self.max_minutes))

@@ -510,6 +510,21 @@ class Revocations(Struct, frozen=True, forbid_unknown_fields=True, tag="revocati
                             Meta(max_length=10000)]
 
 
+class SignedRevocations(Struct, frozen=True, forbid_unknown_fields=True,
+                        tag="signed_revocations", tag_field="type"):
+    """Server -> agent (version 3): the organisation-signed revocation list, as the server
+    got it (``docs/security.md#revocation-lists``).
+
+    ``payload`` is the canonical JSON of :class:`proto.revocation.RevocationList`;
+    ``signature`` the organisation key's Ed25519 signature over
+    ``b"helloword-revocations-v1\\0" + payload``. The server cannot make one; the agent
+    verifies it against the organisation key pinned at enrollment (:mod:`proto.revocation`).
+    """
+
+    payload: Annotated[bytes, Meta(min_length=2, max_length=768 * 1024)]
+    signature: Signature
+
+
 class Ack(Struct, frozen=True, forbid_unknown_fields=True, tag="ack", tag_field="type"):
     """Server -> agent: result ``re`` is durably stored; drop it from the outbox."""
 
@@ -969,7 +984,8 @@ class RecordingData(Struct, frozen=True, forbid_unknown_fields=True, tag="record
 
 AnyMessage = (
     Hello | Enroll | Challenge | Proof | Welcome | Enrolled
-    | OpenCase | CaseOpened | Request | Result | ConsentUpdate | Revocations | Ack
+    | OpenCase | CaseOpened | Request | Result | ConsentUpdate | Revocations | SignedRevocations
+    | Ack
     | ListAgents | ListCases | GetCase | RunDiag | RunFix | ListPlugins | AskConsent
     | AgentList | CaseList | CaseDetail | DiagDone | FixDone | PluginList | ConsentAnswer
     | EscalateCase | ListTickets | GetTicket | OfferVisit | BookVisit | UpdateTicket
@@ -983,7 +999,7 @@ AnyMessage = (
 
 ALL_MESSAGES: tuple[type[Struct], ...] = (
     Hello, Enroll, Challenge, Proof, Welcome, Enrolled,
-    OpenCase, CaseOpened, Request, Result, ConsentUpdate, Revocations, Ack,
+    OpenCase, CaseOpened, Request, Result, ConsentUpdate, Revocations, SignedRevocations, Ack,
     ListAgents, ListCases, GetCase, RunDiag, RunFix, ListPlugins, AskConsent,
     AgentList, CaseList, CaseDetail, DiagDone, FixDone, PluginList, ConsentAnswer,
     EscalateCase, ListTickets, GetTicket, OfferVisit, BookVisit, UpdateTicket,

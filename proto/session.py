@@ -52,7 +52,8 @@ AGENT_SENDS: frozenset[type] = frozenset(
     {m.OpenCase, m.Result, m.ConsentUpdate, m.Recording, m.GetVisits, m.VisitUpdate, m.Pong,
      m.Error, m.Bye})
 SERVER_TO_AGENT: frozenset[type] = frozenset(
-    {m.CaseOpened, m.Request, m.Revocations, m.Ack, m.VisitList, m.Ping, m.Error, m.Bye})
+    {m.CaseOpened, m.Request, m.Revocations, m.SignedRevocations, m.Ack, m.VisitList, m.Ping,
+     m.Error, m.Bye})
 TECH_SENDS: frozenset[type] = frozenset(
     {m.ListAgents, m.ListCases, m.GetCase, m.RunDiag, m.RunFix, m.ListPlugins, m.AskConsent,
      m.EscalateCase, m.ListTickets, m.GetTicket, m.OfferVisit, m.BookVisit, m.UpdateTicket,
@@ -65,7 +66,8 @@ SERVER_TO_TECH: frozenset[type] = frozenset(
 
 #: Messages a session may carry only from this protocol version on (the rest: from 1).
 SINCE_VERSION: dict[type, int] = {m.Fanout: 2, m.Ping: 2, m.Pong: 2, m.FanoutDone: 2,
-                                  m.ClaimCase: 3, m.AssignCase: 3, m.CaseOwner: 3}
+                                  m.ClaimCase: 3, m.AssignCase: 3, m.CaseOwner: 3,
+                                  m.SignedRevocations: 3}
 
 
 def speaks(version: int | None, cls: type) -> bool:

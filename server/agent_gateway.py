@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from proto import messages as m
 from proto.errors import AuthenticationFailed, CloseCode, DecodeError, RemoteProtocolError
 from proto.receipt import verify_receipt, verify_visit
-from proto.session import ServerSession
+from proto.session import ServerSession, speaks
 
 from .admission import HandshakeGate
 from .cases import GUARDED, CaseState, case_state_after, decide, parse_state, unresolved_findings
@@ -38,6 +38,7 @@ from .onsite.tickets import TicketError
 from .pki import now_utc
 from .recordings import RecordingDesk
 from .results import result_payload, stored_result
+from .revocations import RevocationKeeper
 from .store import NotFound, StoreError, TokenRefused
 from .tunnel import TunnelBroker
 
@@ -114,6 +115,8 @@ class AgentGateway:
         self.tunnels = tunnels
         #: agent id -> when last seen (connect/disconnect), written in batches
         self.seen: dict[str, datetime] = {}
+        self._keeper: RevocationKeeper | None = None
+        self._pushed: m.SignedRevocations | None = None
 
     @functools.cached_property
     def recordings(self) -> RecordingDesk:
@@ -161,7 +164,7 @@ class AgentGateway:
             if node.presence is not None:
                 await node.presence.claim(agent.agent_id, now_utc())
             self.seen[agent.agent_id] = now_utc()
-            await link.send(m.Revocations(fingerprints=node.revoked))
+            await self._send_revocations(link, self._signed())
             log.info("agent %s (%s) connected from %s", agent.agent_id, agent.customer, peer)
         else:
             log.info("agent %s (%s) call from %s", agent.agent_id, agent.customer, peer)
@@ -182,13 +185,50 @@ class AgentGateway:
                 if not node.stopping:
                     log.info("agent %s disconnected from %s", agent.agent_id, peer)
 
+    @property
+    def keeper(self) -> RevocationKeeper:
+        """The organisation-signed revocation list (server/revocations.py)."""
+        if self._keeper is None:
+            self._keeper = RevocationKeeper(self.node.cfg.home, self.node.org_pub)
+        return self._keeper
+
+    def _signed(self) -> m.SignedRevocations | None:
+        signed = self.keeper.current(self.node.revoked, now_utc())
+        self._pushed = signed
+        return signed
+
+    async def _send_revocations(self, link: AgentLink, signed: m.SignedRevocations | None
+                                ) -> None:
+        """The plain list (every version: what this server refuses) and, to version-3
+        agents, the organisation-signed list (what the agent requires to stay fresh)."""
+        await link.send(m.Revocations(fingerprints=self.node.revoked))
+        if signed is not None and speaks(link.session.version, m.SignedRevocations):
+            await link.send(signed)
+
     async def push_revocations(self) -> None:
         """Send the current revoked technician keys to every connected agent."""
+        signed = self._signed()
         for link in list(self.node.links.values()):
             try:
-                await link.send(m.Revocations(fingerprints=self.node.revoked))
+                await self._send_revocations(link, signed)
             except ConnectionClosed:
                 pass
+
+    async def tend_revocations(self) -> None:
+        """Periodic: re-read or re-sign the signed list; push it when it changed; warn in
+        the log as its ``next_update`` approaches (server/revocations.py)."""
+        before = self._pushed
+        now = now_utc()
+        try:
+            changed = self._signed() != before
+        except OSError as exc:  # the home unreadable: keep serving the list held
+            log.warning("cannot read the signed revocation list: %s", exc.strerror)
+            changed = False
+        if changed:
+            await self.push_revocations()
+        warning = self.keeper.warning(now)
+        if warning is not None:
+            log.warning("%s", warning)
 
     async def _enroll(self, ws: ServerConnection, session: ServerSession, msg: m.Enroll,
                       peer: str) -> None:

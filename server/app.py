@@ -162,6 +162,7 @@ class Server:
             if current != node.revoked:
                 node.revoked = current
                 await self.agent_gateway.push_revocations()
+            await self.agent_gateway.tend_revocations()  # the signed list (server/revocations.py)
 
     async def renew_presence(self) -> None:
         """Several nodes: keep this node's agents' leases alive."""

@@ -25,7 +25,7 @@ from proto.textsafe import printable, safe_json_dumps
 from proto.timefmt import human_time
 from proto.token import EnrollToken, encode_token
 
-from . import pki
+from . import pki, revocations
 from .cases import CaseState
 from .cliargs import (
     AUDIT_LIMIT,
@@ -94,6 +94,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise ServerError(f"{home} is already a server home; use another directory "
                           "(re-initialising would invalidate every agent and technician)")
     host, _port = parse_listen(args.listen)
+    org_pub = pki.read_org_pub(Path(args.org_pub)) if args.org_pub is not None else None
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o700)
     names = list(dict.fromkeys([*args.name, host] if args.name else [host, "localhost"]))
@@ -107,9 +108,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     if cfg.db:  # a database server: fail before writing anything if it cannot be used
         _run(migrate())
+    offline = org_pub is not None
+    if org_pub is not None:
+        (home / "org.pub").write_bytes(org_pub)
     pki.make_ca(home, now=now)
     pki.make_server_cert(home, names=names, now=now)
-    pki.make_org_key(home)
+    if not offline:
+        pki.make_org_key(home)
+        revocations.sign_in_home(home, pki.org_public_raw(home), revoked=[], now=now)
     recording_key = init_recording_key(home)
     cfg.write()
     ServerConfig.load(home)
@@ -120,7 +126,22 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  agents dial   {', '.join(cfg.urls)}")
     print(f"  store         {safe_url(cfg.db_url)}")
     print(f"  CA sha256     {fp}")
-    print(f"  org key       {home / 'org.key'} (keep it safe; it certifies technicians)")
+    if offline:
+        print(f"  layout        offline organisation key: {home / 'org.pub'} only; this server "
+              "cannot certify technicians or sign revocation lists, so it cannot make an "
+              "agent trust anyone")
+        print("  next          sign the first revocation list offline and load it (agents "
+              "refuse commands until they have one):")
+        print("                  hw-org revocations --dir ORGDIR --out revocations.signed")
+        print(f"                  hw-server revocations load --home {home} revocations.signed")
+        print("                then register technicians with certificates signed offline: "
+              "hw-server tech add NAME --cert FILE --out DIR")
+    else:
+        print(f"  layout        simple: the organisation key {home / 'org.key'} is in this "
+              "home, so this server can certify technicians and sign revocation lists itself "
+              "(whoever holds this home can make every agent trust a technician of their "
+              "choosing); for production keep it offline: `hw-server init --org-pub FILE` "
+              "(docs/operations.md#organisation-key-offline)")
     print(*recording_key, sep="\n")
     print(f"next: hw-server run --home {home}")
     return 0
@@ -250,6 +271,18 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
 
 def cmd_tech_add(args: argparse.Namespace) -> int:
     cfg = ServerConfig.load(_home(args))
+    if args.cert is not None:
+        if args.role:
+            raise UsageError("--role does not go with --cert: the roles are the ones the "
+                             "certificate carries (sign them in: `hw-org sign --role ...`)")
+        return _tech_register(args, cfg)
+    if not revocations.has_org_key(cfg.home):
+        raise ServerError(
+            f"{cfg.home} holds no org.key (the organisation key is kept offline), so this "
+            "server cannot certify technicians; sign the technician's key offline (`hw-org "
+            f"sign --name {args.name} --role remote TECH.pub`, or `ssh-keygen -s org.key "
+            f"...`) and register it: hw-server tech add {args.name} --cert TECH-cert.pub "
+            "--out DIR")
     out = Path(args.out)
     if (out / "tech.key").exists() and not args.replace:
         raise ServerError(f"{out} already holds a technician key; pass --replace to issue anew")
@@ -283,6 +316,56 @@ def cmd_tech_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tech_register(args: argparse.Namespace, cfg: ServerConfig) -> int:
+    """``tech add NAME --cert FILE``: a certificate signed elsewhere, checked and registered
+    (its key fingerprint); ``--out`` gets the profile, ``ca.crt`` and the certificate."""
+    path = Path(args.cert)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServerError(f"cannot read the certificate {path} ({type(exc).__name__}); give "
+                          "the -cert.pub file made by `hw-org sign` or `ssh-keygen -s`") from None
+    now = pki.now_utc()
+    issued = pki.check_tech_certificate(text, org_pub=pki.org_public_raw(cfg.home),
+                                        name=args.name, now=now)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "tech.key-cert.pub"
+    if not (target.exists() and target.samefile(path)):
+        if target.exists() and not args.replace:
+            raise ServerError(f"{out} already holds a technician certificate; pass --replace "
+                              "to overwrite it")
+        target.write_text(text, encoding="utf-8")
+    shutil.copyfile(cfg.path("ca.crt"), out / "ca.crt")
+    profile = {"name": args.name, "urls": cfg.urls,
+               "ca_sha256": pki.ca_fingerprint(cfg.path("ca.crt").read_bytes()).hex()}
+    (out / "profile.json").write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+
+    async def add() -> None:
+        store = await Store.open(cfg.db_url)
+        try:
+            await store.add_technician(name=args.name, key_fingerprint=issued.key_fingerprint,
+                                       valid_before=issued.valid_before, now=now, replace=True,
+                                       roles=format_roles(issued.roles))
+            await store.append_audit(event="tech.added", actor="operator", subject=args.name,
+                                     now=now, detail={"key": issued.key_fingerprint,
+                                                      "roles": format_roles(issued.roles),
+                                                      "valid_before":
+                                                      issued.valid_before.isoformat(),
+                                                      "signed": "offline"})
+        finally:
+            await store.close()
+
+    _run(add())
+    print(f"technician {args.name} ({format_roles(issued.roles)}): certificate "
+          f"{issued.key_fingerprint} (valid until "
+          f"{human_time(issued.valid_before)}) registered; profile and ca.crt written to {out}")
+    if not (out / "tech.key").exists():
+        print(f"put the technician's private key next to it as {out / 'tech.key'}")
+    print(f"next: hw-tech --home {out} agents")
+    return 0
+
+
 def cmd_tech_list(args: argparse.Namespace) -> int:
     cfg = ServerConfig.load(_home(args))
 
@@ -312,18 +395,83 @@ def cmd_tech_list(args: argparse.Namespace) -> int:
 
 def cmd_tech_revoke(args: argparse.Namespace) -> int:
     cfg = ServerConfig.load(_home(args))
+    now = pki.now_utc()
 
-    async def revoke() -> None:
+    async def revoke() -> tuple[str | None, list[str]]:
         store = await Store.open(cfg.db_url)
         try:
-            await store.revoke_technician(args.name, now=pki.now_utc())
+            await store.revoke_technician(args.name, now=now)
             await store.append_audit(event="tech.revoked", actor="operator",
-                                     subject=args.name, now=pki.now_utc())
+                                     subject=args.name, now=now)
+            tech = await store.get_technician(args.name)
+            return (tech.key_fingerprint if tech else None,
+                    await store.revoked_technician_fingerprints())
         finally:
             await store.close()
 
-    _run(revoke())
-    print(f"technician {args.name} revoked; their certificate is refused from now on")
+    fingerprint, revoked = _run(revoke())
+    print(f"technician {args.name} revoked; their certificate is refused by this server from "
+          "now on")
+    if revocations.has_org_key(cfg.home):
+        body = revocations.sign_in_home(cfg.home, pki.org_public_raw(cfg.home),
+                                        revoked=revoked, now=now)
+        print(f"signed revocation list number {body.sequence} ({len(body.fingerprints)} keys); "
+              "the running server sends it to every agent")
+    else:
+        print("agents learn it from this server's plain list at once, but they trust only a "
+              "list signed by the organisation key, which is offline: on the signing machine "
+              f"run `hw-org revoke --name {args.name}` (or --fingerprint "
+              f"{fingerprint or 'SHA256:...'}) and `hw-org revocations --out FILE`, then here "
+              "`hw-server revocations load FILE`")
+    return 0
+
+
+def cmd_revocations_load(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.load(_home(args))
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise ServerError(f"cannot read {args.file} ({exc.strerror}); give the file written "
+                          "by `hw-org revocations --out FILE`") from None
+
+    async def revoked() -> list[str]:
+        store = await Store.open(cfg.db_url)
+        try:
+            return await store.revoked_technician_fingerprints()
+        finally:
+            await store.close()
+
+    loaded = revocations.load_into_home(cfg.home, pki.org_public_raw(cfg.home), data,
+                                        revoked=_run(revoked()))
+    body = loaded.body
+    print(f"revocation list number {body.sequence} ({len(body.fingerprints)} keys, issued "
+          f"{human_time(body.issued)}, next update due {human_time(body.next_update)}) "
+          "loaded; the running server sends it to every agent within seconds")
+    if loaded.missing:
+        print(f"note: {len(loaded.missing)} key(s) revoked on this server are not in it "
+              f"({', '.join(loaded.missing[:5])}); revoke them with `hw-org revoke "
+              "--fingerprint FP` and sign a new list")
+    return 0
+
+
+def cmd_revocations_show(args: argparse.Namespace) -> int:
+    cfg = ServerConfig.load(_home(args))
+    layout = "simple (org.key here)" if revocations.has_org_key(cfg.home) else "offline"
+    held = revocations.read_signed(cfg.home, pki.org_public_raw(cfg.home))
+    if held is None:
+        print(f"layout {layout}; no signed revocation list")
+        return 0
+    body = held[1]
+    if args.json:
+        print(json.dumps({"layout": layout.split()[0], "sequence": body.sequence,
+                          "issued": body.issued.isoformat(),
+                          "next_update": body.next_update.isoformat(),
+                          "fingerprints": body.fingerprints}, indent=2))
+        return 0
+    print(f"layout {layout}; list number {body.sequence}, issued {human_time(body.issued)}, "
+          f"next update due {human_time(body.next_update)}, {len(body.fingerprints)} keys")
+    for fp in body.fingerprints:
+        print(f"  {fp}")
     return 0
 
 
@@ -560,6 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "config.toml, e.g. "
                    "postgresql+asyncpg://hw@127.0.0.1:5432/helloword (default: SQLite "
                    "store.db in the home); the database must exist, init migrates it")
+    s.add_argument("--org-pub", metavar="FILE", help="the organisation's public key (org.pub "
+                   "from hw-org init): the home gets no org.key, technicians and revocation "
+                   "lists are signed offline (default: make org.key in the home)")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("run", parents=[common], help="serve in the foreground; one log line "
@@ -664,6 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=CERT_DAYS, default=90, metavar="N",
                    help="certificate validity in days, 1-365 (default 90)")
     s.add_argument("--replace", action="store_true", help="overwrite an existing key in --out")
+    s.add_argument("--cert", metavar="FILE", help="register this certificate signed "
+                   "elsewhere (hw-org sign, ssh-keygen -s) instead of issuing a key: checked "
+                   "against org.pub, principal NAME, validity (the only way without org.key)")
     s.add_argument("--role", action="append", choices=[r.value for r in Role], metavar="ROLE",
                    help="a role the certificate carries, repeatable: "
                         + ", ".join(r.value for r in Role) + " (default: remote; "
@@ -673,9 +827,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "certificates' validity (the certificate is the authority on roles)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_tech_list)
-    s = tsub.add_parser("revoke", parents=[common], help="revoke a technician")
+    s = tsub.add_parser("revoke", parents=[common], help="revoke a technician: refused by the "
+                        "server at once; with org.key here the signed revocation list is "
+                        "re-signed, else it says what to sign offline")
     s.add_argument("name", type=tech_name)
     s.set_defaults(func=cmd_tech_revoke)
+
+    r = sub.add_parser("revocations", parents=[common], help="the organisation-signed "
+                       "revocation list this server distributes to agents")
+    rsub = r.add_subparsers(dest="revocations_command", required=True, metavar="ACTION")
+    s = rsub.add_parser("load", parents=[common], help="load a list signed offline (hw-org "
+                        "revocations); checks the signature and that it is newer")
+    s.add_argument("file", metavar="FILE")
+    s.set_defaults(func=cmd_revocations_load)
+    s = rsub.add_parser("show", parents=[common], help="the list held: number, issue time, "
+                        "next update, revoked keys")
+    s.add_argument("--json", action="store_true", help="JSON with keys layout, sequence, "
+                   "issued, next_update, fingerprints")
+    s.set_defaults(func=cmd_revocations_show)
 
     a = sub.add_parser("audit", parents=[common], help="check or show the hash-chained "
                        "audit log")

@@ -212,5 +212,49 @@ def verify_tech_certificate(cert_text: str, *, org_pub: bytes, name: str
     return info.public_key, info.fingerprint
 
 
+def read_org_pub(source: Path) -> bytes:
+    """The offline layout: the organisation *public* key in ``source``, as the ``org.pub``
+    line to write into the home.
+
+    Raises:
+        CertificateRefused: ``source`` is unreadable, not an OpenSSH public key, not
+            Ed25519, or a private key.
+    """
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise CertificateRefused(f"cannot read {source} ({exc.strerror}); give the org.pub "
+                                 "file made by `hw-org init`") from None
+    if b"PRIVATE KEY" in data:
+        raise CertificateRefused(f"{source} is a private key; give the organisation's public "
+                                 "key (org.pub) and keep the private key off the server")
+    try:
+        pub = serialization.load_ssh_public_key(data.strip())
+    except (ValueError, TypeError):
+        raise CertificateRefused(f"{source} is not an OpenSSH public key line; give the "
+                                 "org.pub file made by `hw-org init`") from None
+    if not isinstance(pub, Ed25519PublicKey):
+        raise CertificateRefused(f"{source} is not an Ed25519 key; the organisation key "
+                                 "must be Ed25519 (`hw-org init` makes one)")
+    return pub.public_bytes(serialization.Encoding.OpenSSH,
+                            serialization.PublicFormat.OpenSSH) + b" helloword-org\n"
+
+
+def check_tech_certificate(cert_text: str, *, org_pub: bytes, name: str, now: datetime
+                           ) -> IssuedTech:
+    """A technician certificate signed elsewhere (``hw-org sign``, ``ssh-keygen -s``):
+    checked like the agent checks it, described like :func:`issue_tech`'s output.
+
+    Raises:
+        CertificateRefused: what :func:`verify_user_certificate` refuses, in its words.
+    """
+    try:
+        info = verify_user_certificate(cert_text, org_pub=org_pub, principal=name, now=now)
+    except CertificateError as exc:
+        raise CertificateRefused(exc.message) from None
+    return IssuedTech(name=name, key_fingerprint=info.fingerprint,
+                      valid_before=info.valid_before.replace(microsecond=0), roles=info.roles)
+
+
 def now_utc() -> datetime:
     return datetime.now(UTC)

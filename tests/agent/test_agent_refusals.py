@@ -4,6 +4,7 @@ misuse is refused with its own documented reason (docs/protocol.md#signed-comman
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from plugins import get_plugin_manager
 from proto import messages as m
 from proto.command import Command, sign_command
 from server import pki
+from server.revocations import SIGNED_FILE, sign_in_home
 
 CASE = "HW-20261126-0001"
 NOW = datetime.now(UTC)
@@ -62,6 +64,9 @@ def world(tmp_path: Path) -> Iterator[tuple[Agent, Tech, Tech, Tech]]:
                        ca_sha256=pki.ca_fingerprint((home / "ca.crt").read_bytes()).hex(),
                        org_pub=pki.org_public_raw(org).hex(), enrolled_at=NOW.isoformat())
     AgentHome(home).save(state, Ed25519PrivateKey.generate())
+    # a fresh organisation-signed revocation list, as the server sends it at every connect
+    sign_in_home(org, pki.org_public_raw(org), revoked=[], now=datetime.now(UTC))
+    shutil.copyfile(org / SIGNED_FILE, home / SIGNED_FILE)
     agent = Agent(AgentHome(home), get_plugin_manager(autoload=False))
     alice = make_tech(org, tmp_path / "alice", "alice")
     bob = make_tech(org, tmp_path / "bob", "bob")

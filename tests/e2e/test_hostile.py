@@ -123,7 +123,7 @@ async def test_agent_cannot_write_into_anothers_case(running: Running) -> None:
     await ws.send(s.send(m.Result(id="rs-forged", re="rq-x", case=running.case,
                                   action=m.Action.DIAG, ok=True)), text=True)
     reply = s.receive(await ws.recv(decode=False))
-    while isinstance(reply, m.Revocations):  # pushed after every welcome
+    while isinstance(reply, m.Revocations | m.SignedRevocations):  # pushed after welcome
         reply = s.receive(await ws.recv(decode=False))
     assert isinstance(reply, m.Error) and reply.code is m.ErrorCode.REFUSED
     await ws.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
 import sqlite3
 import ssl
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from plugins import get_plugin_manager
 from proto import messages as m
 from proto.roles import Role
 from proto.session import ServerSession
+from server.revocations import SIGNED_FILE
 from tech.client import Profile, TechClient
 from tech.errors import TechError
 
@@ -178,6 +180,8 @@ async def test_a_desk_certificate_cannot_diagnose_on_the_agent(world: World) -> 
     agent refuses it `wrong_role` and runs nothing. A remote certificate, same grant, runs."""
     h = world.h
     home = h.enroll("A-desk")
+    # the organisation-signed revocation list the server sends at every connect
+    shutil.copyfile(h.server_home / SIGNED_FILE, home / SIGNED_FILE)
     agent = Agent(AgentHome(home), get_plugin_manager(autoload=False))
     try:
         case = "HW-20261206-0001"

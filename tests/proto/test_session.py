@@ -540,7 +540,7 @@ EXAMPLES_BY_TYPE: dict[type, m.AnyMessage] = {type(x): x for x in [
     m.FixDone(re="6", case=CASE, result=STORED),
     m.ConsentAnswer(re="5", case=CASE, granted=False, message="declined"),
     m.ConsentUpdate(id="cg-1", receipt=m.SignedReceipt(payload=b"{}", signature=b"\x00" * 64)),
-    m.Revocations(fingerprints=[]),
+    m.Revocations(fingerprints=[]), m.SignedRevocations(payload=b"{}", signature=b"\x01" * 64),
     *TICKET_EXAMPLES,
     *TUNNEL_EXAMPLES,
     m.Fanout(id="f1", command=SIGNED), m.Ping(id="f1", command=SIGNED),
