@@ -19,6 +19,7 @@ from proto.token import decode_token
 
 from .cliargs import _home, _run
 from .errors import AgentError
+from .fixcli import add_fix_commands
 from .visitcli import add_visit_commands
 
 
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the hash chain; exit 1 naming the first broken entry")
     s.set_defaults(func=cmd_log)
     add_visit_commands(sub, common)
+    add_fix_commands(sub, common)
     return p
 
 
