@@ -27,6 +27,7 @@ from proto.command import (
     CommandRefused,
     ReplayCache,
     VerifiedCommand,
+    clock_advice,
     verify_command,
     verify_fanout,
 )
@@ -264,7 +265,8 @@ class Agent:
                                      replay=self.replay)
         except CommandRefused as exc:
             self.store.log("refused", f"fan-out {msg.id}: {exc.reason.value}", now=now)
-            return m.Pong(re=msg.id, ok=False, reason=exc.reason.value, error=exc.message)
+            return m.Pong(re=msg.id, ok=False, reason=exc.reason.value,
+                          error=self._with_clock(exc, msg.command, now, fanout=True))
         cmd = verified.command
         try:
             with self.store.batch():
@@ -311,6 +313,18 @@ class Agent:
             result = self._refusal(req, self._cannot_record_text())
         await self._deliver(result.id, result, also=self._with_result.pop(req.id, None))
 
+    def _with_clock(self, exc: CommandRefused, signed: m.SignedCommand | None, now: datetime,
+                    *, fanout: bool = False) -> str:
+        """The refusal's message, and for a refusal for time reasons which clock is off and
+        by how much (:func:`proto.command.clock_advice`, from the offset at welcome)."""
+        if signed is None:
+            return exc.message
+        offset = (None if self._server_offset is None
+                  else timedelta(seconds=self._server_offset))
+        advice = clock_advice(signed, exc.reason, org_pub=self.org_pub, now=now,
+                              server_offset=offset, fanout=fanout)
+        return f"{exc.message}: {advice}" if advice else exc.message
+
     def _cannot_record_text(self) -> str:
         return CANNOT_RECORD.format(home=self.home.path)
 
@@ -329,7 +343,8 @@ class Agent:
                 case=req.case, action=req.action.value, revoked=self.revoked,
                 replay=self.replay)
         except CommandRefused as exc:
-            return self._refuse(req, f"{exc.reason.value}: {exc.message}")
+            return self._refuse(req, f"{exc.reason.value}: "
+                                f"{self._with_clock(exc, req.command, now)}")
         except ConsentError as exc:
             return self._refuse(req, str(exc))
         cmd, fingerprint = verified.command, verified.cert.fingerprint
