@@ -694,7 +694,10 @@ class Agent:
                 self.store.log("granted", self._describe(grant), now=now)
                 await self._send_receipt(grant)
             # else: it answers the waiting request; the receipt travels in its result
-            return {"ok": True, "grant": _grant_json(grant), "answered": ask is not None}
+            capped = self.policy.cap(duration) < duration
+            return {"ok": True, "grant": _grant_json(grant), "answered": ask is not None,
+                    "capped": capped, "asked_minutes": duration.total_seconds() / 60,
+                    "max_minutes": self.policy.max_minutes}
         if op == "deny":
             case = str(request.get("case", ""))
             denied = 0
