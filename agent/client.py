@@ -596,11 +596,20 @@ class Agent:
             result = m.Result(id="rs-" + secrets.token_hex(8), re=rec.request_id,
                               case=rec.case, action=m.Action.FIX, ok=False, fix=report)
             now = now_utc()
-            with self.store.batch():  # reported exactly once: outbox and mark together
-                self.store.put_outbox(result.id, codec.encode(result), now=now)
-                self.store.end_fix(rec.request_id, state=FIX_INTERRUPTED, undo=undo, now=now)
-                self.store.log("fix-interrupted", f"fix {rec.fixer} on {rec.case} by "
-                               f"{rec.tech} was interrupted: {outcome.summary}", now=now)
+            try:
+                with self.store.batch():  # reported exactly once: outbox and mark together
+                    self.store.put_outbox(result.id, codec.encode(result), now=now)
+                    self.store.end_fix(rec.request_id, state=FIX_INTERRUPTED, undo=undo,
+                                       now=now)
+                    self.store.log("fix-interrupted", f"fix {rec.fixer} on {rec.case} by "
+                                   f"{rec.tech} was interrupted: {outcome.summary}", now=now)
+            except Exception as exc:
+                if not cannot_record(exc):
+                    raise
+                log.warning("fix %s on %s was interrupted when the agent stopped, and it "
+                            "cannot be reported yet (%s); free disk space on this computer "
+                            "and restart the agent", rec.fixer, rec.case, exc)
+                continue
             log.warning("fix %s on %s was interrupted when the agent stopped: %s; reported "
                         "to the server", rec.fixer, rec.case, outcome.summary)
         return len(found)

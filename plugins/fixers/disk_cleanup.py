@@ -738,7 +738,8 @@ def recover(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
         return FixOutcome(False, f"Interrupted before any of the {planned} planned files "
                           "was moved: nothing changed.",
                           {"fix_id": fix_id, "files_planned": planned, "files_moved": 0})
-    _write_manifest(qdir, {**header, "entries": moved})
+    with contextlib.suppress(OSError):  # a full disk: rollback reads the journal instead
+        _write_manifest(qdir, {**header, "entries": moved})
     size = sum(int(e["size"]) for e in moved if isinstance(e.get("size"), int))
     details: dict[str, Any] = {
         "fix_id": fix_id, "quarantine": str(qdir), "files_planned": planned,
