@@ -27,7 +27,7 @@ from proto.command import (
     CommandRefused,
     ReplayCache,
     VerifiedCommand,
-    clock_advice,
+    refusal_message,
     verify_command,
     verify_fanout,
 )
@@ -321,9 +321,8 @@ class Agent:
             return exc.message
         offset = (None if self._server_offset is None
                   else timedelta(seconds=self._server_offset))
-        advice = clock_advice(signed, exc.reason, org_pub=self.org_pub, now=now,
-                              server_offset=offset, fanout=fanout)
-        return f"{exc.message}: {advice}" if advice else exc.message
+        return refusal_message(exc, signed, org_pub=self.org_pub, now=now,
+                               server_offset=offset, fanout=fanout)
 
     def _cannot_record_text(self) -> str:
         return CANNOT_RECORD.format(home=self.home.path)

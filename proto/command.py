@@ -32,8 +32,8 @@ __all__ = [
     "CLOCK_NOISE", "CLOCK_SKEW", "COMMAND_CONTEXT", "FANOUT_CONTEXT", "MAX_LIFETIME",
     "MAX_PAYLOAD", "Command", "CommandRefused", "FanoutCommand", "RefusalReason", "ReplayCache",
     "SignedCommand", "VerifiedCommand", "VerifiedFanout", "audience_matches", "clock_advice",
-    "decode_fanout", "human_offset", "sign_command", "sign_fanout", "verify_command",
-    "verify_fanout",
+    "decode_fanout", "human_offset", "refusal_message", "sign_command", "sign_fanout",
+    "verify_command", "verify_fanout",
 ]
 
 COMMAND_CONTEXT = b"helloword-command-v1"
@@ -370,6 +370,17 @@ def clock_advice(signed: SignedCommand, reason: RefusalReason, *, org_pub: bytes
     if -sign * theirs.total_seconds() >= CLOCK_NOISE.total_seconds():
         notes.append(_technician(theirs))
     return "; and ".join(notes)
+
+
+def refusal_message(exc: CommandRefused, signed: SignedCommand, *, org_pub: bytes,
+                    now: datetime, server_offset: timedelta | None = timedelta(0),
+                    fanout: bool = False) -> str:
+    """``exc``'s message, then which clock is off when one explains the refusal
+    (:func:`clock_advice`). The server leaves ``server_offset`` at zero: its own clock is
+    the reference, so only the technician's clock can be named there."""
+    advice = clock_advice(signed, exc.reason, org_pub=org_pub, now=now,
+                          server_offset=server_offset, fanout=fanout)
+    return f"{exc.message}: {advice}" if advice else exc.message
 
 
 class ReplayCache:
