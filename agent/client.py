@@ -575,7 +575,7 @@ class Agent:
                 plan = _plan_from_json(rec.plan)
                 info: m.FixPlanInfo | None = msgspec.json.decode(rec.plan_info,
                                                                  type=m.FixPlanInfo)
-            except (ValueError, TypeError, msgspec.DecodeError):
+            except (ValueError, TypeError, KeyError, msgspec.DecodeError):
                 plan, info = None, None
             outcome = (await recover_fix(self.pm, rec.fixer, ctx, plan) if plan is not None
                        else FixOutcome(False, "The result is unknown: the fix's record is "
@@ -762,7 +762,8 @@ def _plan_json(plan: FixPlan) -> str:
 
 
 def _plan_from_json(text: str) -> FixPlan:
-    """The plan :func:`_plan_json` recorded. Raises ValueError/TypeError when damaged."""
+    """The plan :func:`_plan_json` recorded. Raises ValueError, TypeError or KeyError when
+    damaged."""
     raw = json.loads(text)
     if not isinstance(raw, dict):
         raise ValueError("not a plan")
