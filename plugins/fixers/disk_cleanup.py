@@ -20,8 +20,9 @@ with counts; ``apply`` checks again that a file is not open just before moving i
 
 ``apply`` moves the planned files that are unchanged since the plan into
 ``<workdir>/quarantine/<fix-id>/files/<location index>/<relative path>`` and writes
-``manifest.json`` beside; files it cannot move are skipped and reported. Before each move
-it appends the move to ``journal.jsonl`` there and fsyncs it, so an agent killed half-way
+``manifest.json`` beside; files it cannot move are skipped and reported. Before moving a
+batch of files (at most :data:`JOURNAL_BATCH`) it appends one line per move to
+``journal.jsonl`` there and fsyncs it (one fsync per batch), so an agent killed half-way
 (``kill -9``, a power cut) leaves a journal that names every file it may have moved:
 ``recover`` rebuilds the manifest from it after the restart (keeping the moves that
 happened) and the clean-up can be rolled back like a finished one. When the journal
@@ -95,6 +96,8 @@ QUARANTINE_DIR = "quarantine"
 MANIFEST = "manifest.json"
 #: One JSON line per move, appended and fsynced before the move (the first line: header).
 JOURNAL = "journal.jsonl"
+#: Moves journaled (one fsync) before they are made, at most this many at a time.
+JOURNAL_BATCH = 64
 #: At most this many quarantined files are named in an interrupted fix's outcome.
 MAX_MANIFEST_LISTED = 200
 FIX_ID_PATTERN = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
@@ -498,18 +501,26 @@ class _Journal:
         self._file = open(qdir / JOURNAL, "a", encoding="utf-8")  # closed in close()
         try:
             self.append(header)
+            self.sync()
             _fsync_dir(qdir)
         except BaseException:
             self._file.close()
             raise
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Write one line and make it durable.
+        """Write one line (durable only after :meth:`sync`).
 
         Raises:
             OSError: it could not be written (``ENOSPC``: the disk is full).
         """
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def sync(self) -> None:
+        """Make every line written so far durable (flush, fsync).
+
+        Raises:
+            OSError: it could not be written (``ENOSPC``: the disk is full).
+        """
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -622,7 +633,7 @@ def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
                                 "roots": [str(r) for r in roots], "entries": entries}
     live = open_files()  # a file opened since the plan is left alone too
     now = time.time()
-    stopped = ""
+    stopped = ""  # why no more files were moved (the journal could not be written)
     try:
         journal = _Journal(qdir, {k: v for k, v in manifest.items() if k != "entries"})
     except OSError as exc:
@@ -630,25 +641,21 @@ def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
         return FixOutcome(False, "Nothing was moved: the quarantine's journal could not be "
                           f"written ({exc.strerror or exc}); free disk space on this "
                           "computer, then try again.", {"files_moved": 0})
-    try:
-        for entry in files:
-            checked = _movable(entry, targets, roots, excluded, live, now)
-            if isinstance(checked, str):
-                path = entry.get("path") if isinstance(entry, Mapping) else None
-                skipped.append({"path": str(path), "reason": checked})
-                continue
-            source, index, st = checked
-            stored = Path("files") / str(index) / source.relative_to(roots[index])
-            destination = qdir / stored
-            record = {"source": str(source), "stored": stored.as_posix(),
-                      "size": st.st_size, "mtime": st.st_mtime}
-            try:
-                journal.append(record)  # durable before the move: a kill cannot lose it
-            except OSError as exc:
-                stopped = (f"the quarantine's journal could not be written "
-                           f"({exc.strerror or exc}), so no more files were moved; free disk "
-                           "space on this computer")
-                break
+    batch: list[tuple[Path, int, os.stat_result, dict[str, Any]]] = []
+
+    def move_batch() -> str:
+        """Journal the batch (one fsync for all), then move its files: ``""``, or why no
+        more files are moved."""
+        nonlocal moved, freed
+        try:
+            for *_, record in batch:
+                journal.append(record)
+            journal.sync()  # durable before any of these moves: a kill cannot lose one
+        except OSError as exc:
+            return (f"the quarantine's journal could not be written ({exc.strerror or exc}), "
+                    "so no more files were moved; free disk space on this computer")
+        for source, index, st, record in batch:
+            destination = qdir / record["stored"]
             try:
                 destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 _move_nofollow(roots[index], source, destination)
@@ -659,6 +666,25 @@ def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
             moved += st.st_size
             if st.st_dev != qdev:
                 freed += st.st_size
+        batch.clear()
+        return ""
+
+    try:
+        for entry in files:
+            checked = _movable(entry, targets, roots, excluded, live, now)
+            if isinstance(checked, str):
+                path = entry.get("path") if isinstance(entry, Mapping) else None
+                skipped.append({"path": str(path), "reason": checked})
+                continue
+            source, index, st = checked
+            stored = Path("files") / str(index) / source.relative_to(roots[index])
+            batch.append((source, index, st, {"source": str(source), "stored": stored.as_posix(),
+                                              "size": st.st_size, "mtime": st.st_mtime}))
+            if len(batch) >= JOURNAL_BATCH and (stopped := move_batch()):
+                break
+        else:
+            if batch:
+                stopped = move_batch()
     finally:
         journal.close()
         try:

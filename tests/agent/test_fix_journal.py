@@ -125,15 +125,18 @@ def test_a_journal_that_cannot_be_written_stops_the_moves(
 
     def append(self: Any, record: Any) -> None:
         lines[0] += 1
-        if lines[0] > 5:  # the header and 4 moves fit, then the disk is full
+        if lines[0] > 5:  # the header and a batch of 4 moves fit, then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(self, record)
 
     monkeypatch.setattr(disk_cleanup._Journal, "append", append)
+    monkeypatch.setattr(disk_cleanup, "JOURNAL_BATCH", 4)  # one fsync per 4 moves
     outcome = disk_cleanup.apply(ctx, plan)
     assert not outcome.ok and outcome.details["files_moved"] == 4
     assert "journal could not be written" in outcome.summary
     assert "free disk space" in outcome.summary
     assert len(list(temp.rglob("*.bin"))) == 16, "no file moved without its journal line"
+    journal = (ctx.workdir / "quarantine" / plan.data["fix_id"] / "journal.jsonl")
+    assert len(journal.read_text().splitlines()) == 5
     assert disk_cleanup.rollback(ctx, outcome).ok
     assert len(list(temp.rglob("*.bin"))) == 20
