@@ -28,6 +28,7 @@ from .cliargs import (
     tech_name,
 )
 from .errors import AgentError
+from .fixcli import add_fix_commands
 from .visitcli import add_visit_commands
 
 
@@ -134,7 +135,29 @@ def cmd_consent_grant(args: argparse.Namespace) -> int:
         _print_grant(reply["grant"])
         if reply.get("answered"):
             print(f"this answers the request {args.tech} is waiting on")
+    if reply.get("capped"):
+        print(f"hw-agent: note: you asked for {_minutes(reply['asked_minutes'])}; this "
+              f"computer's policy allows grants of at most {_minutes(reply['max_minutes'])}, "
+              "so this one lasts that long", file=sys.stderr)
     return 0
+
+
+def _minutes(minutes: float) -> str:
+    whole = round(minutes)
+    return f"{whole // 60} h {whole % 60} min" if whole % 60 and whole > 60 else (
+        f"{whole // 60} h" if whole >= 60 else f"{whole} min")
+
+
+def _duration_arg(text: str) -> str:
+    """``--for``: checked here, so bad input exits 2 before the agent is asked."""
+    from .consent import parse_duration
+    from .errors import ConsentError
+
+    try:
+        parse_duration(text)
+    except ConsentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def cmd_consent_deny(args: argparse.Namespace) -> int:
@@ -258,7 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scopes", required=True, metavar="A,B", type=scope_list,
                    help="diagnostics, fix, shell, files, book-visit (comma-separated)")
     s.add_argument("--for", dest="duration", default="30m", metavar="DURATION",
-                   help="how long, e.g. 20m or 1h (default 30m; capped by the policy)")
+                   type=_duration_arg,
+                   help="how long, e.g. 20m or 1h: more than 0, at most 7 days (default "
+                        "30m); this computer's policy caps it (8 h unless set otherwise), "
+                        "and says so when it does")
     s.add_argument("--no-fix-approval", action="store_true",
                    help="fixes need no per-fix approval (default: each fix asks you)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -296,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the hash chain; exit 1 naming the first broken entry")
     s.set_defaults(func=cmd_log)
     add_visit_commands(sub, common)
+    add_fix_commands(sub, common)
     return p
 
 

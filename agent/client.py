@@ -8,22 +8,26 @@ result once per ``Result.id``, so resending is safe (``docs/protocol.md#durable-
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pluggy
 from websockets.exceptions import ConnectionClosed
 
-from plugins.api import FixContext, ProbeContext
+from plugins.api import FixContext, FixOutcome, FixPlan, ProbeContext
 from proto import codec
 from proto import messages as m
 from proto.command import (
     CommandRefused,
     ReplayCache,
     VerifiedCommand,
+    refusal_message,
     verify_command,
     verify_fanout,
 )
@@ -44,9 +48,16 @@ from .consent import (
 )
 from .control import serve_control
 from .errors import ConsentError, FixError, Refused, Unreachable
-from .fixrunner import apply_fix, list_fixers, plan_fix
+from .fixrunner import apply_fix, list_fixers, plan_fix, recover_fix
 from .home import AgentHome
-from .localstore import LocalCase, LocalStore
+from .localstore import (
+    FIX_APPLYING,
+    FIX_DONE,
+    FIX_INTERRUPTED,
+    LocalCase,
+    LocalStore,
+    cannot_record,
+)
 from .pending import Answer, Ask, Kind, Pending
 from .revocations import SignedRevocationStore
 from .runner import list_probes, run_probes, sanitize_readings
@@ -55,6 +66,14 @@ from .tunnel import MAX_SESSIONS, TunnelHost, Tunnels
 from .visit import describe_offer, save_offer
 
 log = logging.getLogger("hw.agent")
+
+#: The refusal when the agent cannot write its records (a full or read-only disk): it
+#: records every action before acting, so it acts on nothing until it can.
+CANNOT_RECORD = (
+    "cannot record: this computer's disk is full (or its agent data is read-only), so the "
+    "agent cannot record the action as it must before acting; nothing was done. Ask the "
+    "customer to free disk space on this computer (the agent's data is in {home}), then "
+    "retry")
 
 
 def now_utc() -> datetime:
@@ -100,6 +119,8 @@ class Agent:
         self._questions: set[asyncio.Task[None]] = set()  # terminal prompts on the screen
         self._applying: set[asyncio.Task[Any]] = set()  # fixes past approval: never cut off
         self._fix_lock = asyncio.Lock()  # one fix at a time on this machine
+        # request id -> a write that must commit with its result (a fix marked done)
+        self._with_result: dict[str, Callable[[], None]] = {}
         self._server_offset: float | None = None
         self.tunnels = Tunnels(TunnelHost(
             host_key=self.key,
@@ -138,6 +159,7 @@ class Agent:
         Raises:
             Refused: the server refused this agent for good (revoked, unknown).
         """
+        await self.recover_fixes()
         control = await serve_control(self.home.path, self._control)
         try:
             await self._loop(stop)
@@ -225,7 +247,13 @@ class Agent:
             self.signed_revocations.offer(msg)
             self.revoked = self._plain_revoked | self.signed_revocations.fingerprints
         elif isinstance(msg, m.Ack):
-            self.store.ack(msg.re)
+            try:
+                self.store.ack(msg.re)
+            except Exception as exc:
+                if not cannot_record(exc):
+                    raise
+                log.warning("cannot remove %s from the outbox (%s); free disk space on this "
+                            "computer", msg.re, exc)
         elif isinstance(msg, m.Error):
             log.warning("server reports %s: %s", msg.code.value, msg.message)
             if (msg.code is m.ErrorCode.REFUSED and msg.re is not None
@@ -250,14 +278,24 @@ class Agent:
                                      replay=self.replay)
         except CommandRefused as exc:
             self.store.log("refused", f"fan-out {msg.id}: {exc.reason.value}", now=now)
-            return m.Pong(re=msg.id, ok=False, reason=exc.reason.value, error=exc.message)
+            return m.Pong(re=msg.id, ok=False, reason=exc.reason.value,
+                          error=self._with_clock(exc, msg.command, now, fanout=True))
         cmd = verified.command
         wrong_role = role_refusal(verified.cert.roles, "ping")
         if wrong_role is not None:
             self.store.log("refused", f"fan-out {msg.id}: {wrong_role.text}", now=now)
             return m.Pong(re=msg.id, ok=False, reason=wrong_role.reason, error=wrong_role.message)
-        self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
-        self.store.log("ping", f"{cmd.tech} pinged {cmd.audience} (fan-out {msg.id})", now=now)
+        try:
+            with self.store.batch():
+                self.consents.remember_nonce(cmd.nonce, cmd.expires_at, now)
+                self.store.log("ping", f"{cmd.tech} pinged {cmd.audience} (fan-out {msg.id})",
+                               now=now)
+        except Exception as exc:
+            if not cannot_record(exc):
+                raise
+            log.warning("fan-out %s refused: the agent cannot record it (%s)", msg.id, exc)
+            return m.Pong(re=msg.id, ok=False, reason="cannot_record",
+                          error=self._cannot_record_text())
         return m.Pong(re=msg.id, ok=True)
 
     @staticmethod
@@ -274,15 +312,37 @@ class Agent:
     async def _handle(self, req: m.Request) -> None:
         """Verify the signed command and the customer's consent, act, answer via the outbox."""
         try:
-            result = await self._act(req)
-        except asyncio.CancelledError:
-            if req.case not in self._revoking:
-                raise  # the agent is stopping
-            self.store.log("cancelled", f"{req.action.value} on {req.case} cancelled: the "
-                           "customer revoked consent", now=now_utc())
-            result = self._refusal(req, "consent revoked: the customer revoked consent for "
-                                   "this case, so the running action was cancelled")
-        await self._deliver(result.id, result)
+            try:
+                result = await self._act(req)
+            except asyncio.CancelledError:
+                if req.case not in self._revoking:
+                    raise  # the agent is stopping
+                self.store.log("cancelled", f"{req.action.value} on {req.case} cancelled: "
+                               "the customer revoked consent", now=now_utc())
+                result = self._refusal(req, "consent revoked: the customer revoked consent "
+                                       "for this case, so the running action was cancelled")
+        except Exception as exc:
+            if not cannot_record(exc):
+                raise
+            # A full disk: answer at once rather than leave the technician waiting.
+            log.warning("refused %s on %s: cannot record it (%s)", req.action.value, req.case,
+                        exc)
+            result = self._refusal(req, self._cannot_record_text())
+        await self._deliver(result.id, result, also=self._with_result.pop(req.id, None))
+
+    def _with_clock(self, exc: CommandRefused, signed: m.SignedCommand | None, now: datetime,
+                    *, fanout: bool = False) -> str:
+        """The refusal's message, and for a refusal for time reasons which clock is off and
+        by how much (:func:`proto.command.clock_advice`, from the offset at welcome)."""
+        if signed is None:
+            return exc.message
+        offset = (None if self._server_offset is None
+                  else timedelta(seconds=self._server_offset))
+        return refusal_message(exc, signed, org_pub=self.org_pub, now=now,
+                               server_offset=offset, fanout=fanout)
+
+    def _cannot_record_text(self) -> str:
+        return CANNOT_RECORD.format(home=self.home.path)
 
     def _refusal(self, req: m.Request, why: str) -> m.Result:
         return m.Result(id="rs-" + secrets.token_hex(8), re=req.id, case=req.case,
@@ -302,7 +362,8 @@ class Agent:
                 case=req.case, action=req.action.value, revoked=self.revoked,
                 replay=self.replay)
         except CommandRefused as exc:
-            return self._refuse(req, f"{exc.reason.value}: {exc.message}")
+            return self._refuse(req, f"{exc.reason.value}: "
+                                f"{self._with_clock(exc, req.command, now)}")
         except ConsentError as exc:
             return self._refuse(req, str(exc))
         cmd, fingerprint = verified.command, verified.cert.fingerprint
@@ -383,8 +444,13 @@ class Agent:
 
     def _refuse(self, req: m.Request, why: str) -> m.Result:
         tech = req.tech
-        self.store.log("refused", f"{req.action.value} on {req.case} asked by {tech} (as the "
-                       f"server says): {why}", now=now_utc())
+        try:
+            self.store.log("refused", f"{req.action.value} on {req.case} asked by {tech} (as "
+                           f"the server says): {why}", now=now_utc())
+        except Exception as exc:
+            if not cannot_record(exc):
+                raise
+            log.warning("cannot write the refusal to the local log: %s", exc)
         log.warning("refused %s on %s: %s", req.action.value, req.case, why)
         return self._refusal(req, why)
 
@@ -485,8 +551,14 @@ class Agent:
                 return result(m.FixReport(
                     decision=m.FixDecision.NOT_POSSIBLE, plan=info,
                     outcome="the grant for fixes ended before the fix could start"), False)
-        self.store.log("fix", f"{tech} applies fix {fixer} on {req.case} ({decision.value}): "
-                       f"{plan.summary}", now=now_utc())
+        # Recorded (committed) before the fixer starts: if the agent dies half-way, the next
+        # start finds it and reports it as interrupted (recover_fixes). A full disk refuses.
+        with self.store.batch():
+            self.store.begin_fix(req.id, case=req.case, tech=tech, fixer=fixer,
+                                 decision=decision.value, plan_info=msgspec.json.encode(info),
+                                 plan=_plan_json(plan), now=now_utc())
+            self.store.log("fix", f"{tech} applies fix {fixer} on {req.case} "
+                           f"({decision.value}): {plan.summary}", now=now_utc())
         task = asyncio.current_task()
         assert task is not None
         self._applying.add(task)  # from here on a revocation lets the fix finish
@@ -496,13 +568,73 @@ class Agent:
         finally:
             self._applying.discard(task)
         verified = outcome.ok and not note
-        self.store.log("fix-done", f"fix {fixer} on {req.case}: {outcome.summary}"
-                       + ("; verified" if verified else f"; not verified: {note}"),
-                       now=now_utc())
+        undo = None if outcome.undo is None else json.dumps(dict(outcome.undo), default=str)
+        summary = (f"fix {fixer} on {req.case}: {outcome.summary}"
+                   + ("; verified" if verified else f"; not verified: {note}"))
+
+        def done() -> None:  # commits with the result in the outbox (see _handle)
+            self.store.end_fix(req.id, state=FIX_DONE, undo=undo, now=now_utc())
+            self.store.log("fix-done", summary, now=now_utc())
+
+        self._with_result[req.id] = done
         return result(m.FixReport(
             decision=decision, plan=info, applied=True, ok=outcome.ok,
             outcome=outcome.summary[:4000], verified=verified, verify_note=note[:4000],
             details=sanitize_readings(dict(outcome.details))), outcome.ok)
+
+    async def recover_fixes(self) -> int:
+        """Report every fix a previous run of the agent was applying when it died.
+
+        Each becomes a result for its request, in the outbox (sent once connected): not
+        ok, applied, not verified, with what the fixer's journal says was done (for
+        ``disk.cleanup``: the files moved, the partial manifest). Its undo data is kept, so
+        ``hw-agent fixes undo`` can still roll it back. Returns how many were found.
+        """
+        found = self.store.fixes(FIX_APPLYING)
+        for rec in found:
+            ctx = FixContext(args={}, workdir=self.home.path / "fixes",
+                             protected=(self.home.path,))
+            try:
+                plan = _plan_from_json(rec.plan)
+                info: m.FixPlanInfo | None = msgspec.json.decode(rec.plan_info,
+                                                                 type=m.FixPlanInfo)
+            except (ValueError, TypeError, KeyError, msgspec.DecodeError):
+                plan, info = None, None
+            outcome = (await recover_fix(self.pm, rec.fixer, ctx, plan) if plan is not None
+                       else FixOutcome(False, "The result is unknown: the fix's record is "
+                                       "unreadable; check the computer by hand."))
+            undo = (None if outcome.undo is None
+                    else json.dumps(dict(outcome.undo), default=str))
+            restore = (f" The customer can restore it with `hw-agent fixes undo {rec.request_id}`."
+                       if undo is not None else "")
+            text = ("Interrupted: the agent stopped (killed, or the computer shut down) while "
+                    f"applying this fix; it was found when the agent restarted. "
+                    f"{outcome.summary}{restore}")
+            report = m.FixReport(
+                decision=_decision(rec.decision), plan=info, applied=True, ok=False,
+                outcome=text[:4000], verified=False,
+                verify_note="Not verified: the fix was interrupted; run diagnostics again.",
+                details=sanitize_readings({"interrupted": True, **dict(outcome.details)}))
+            result = m.Result(id="rs-" + secrets.token_hex(8), re=rec.request_id,
+                              case=rec.case, action=m.Action.FIX, ok=False, fix=report)
+            now = now_utc()
+            try:
+                with self.store.batch():  # reported exactly once: outbox and mark together
+                    self.store.put_outbox(result.id, codec.encode(result), now=now)
+                    self.store.end_fix(rec.request_id, state=FIX_INTERRUPTED, undo=undo,
+                                       now=now)
+                    self.store.log("fix-interrupted", f"fix {rec.fixer} on {rec.case} by "
+                                   f"{rec.tech} was interrupted: {outcome.summary}", now=now)
+            except Exception as exc:
+                if not cannot_record(exc):
+                    raise
+                log.warning("fix %s on %s was interrupted when the agent stopped, and it "
+                            "cannot be reported yet (%s); free disk space on this computer "
+                            "and restart the agent", rec.fixer, rec.case, exc)
+                continue
+            log.warning("fix %s on %s was interrupted when the agent stopped: %s; reported "
+                        "to the server", rec.fixer, rec.case, outcome.summary)
+        return len(found)
 
     async def _approve(self, req: m.Request, tech: str, plan: m.FixPlanInfo) -> bool:
         """The customer approves or declines a fix plan: terminal or control socket, first
@@ -541,10 +673,21 @@ class Agent:
         return (f"{g.tech} may {', '.join(s.value for s in g.scopes)} on {g.case} until "
                 f"{human_time(g.expires_at)} ({g.via}, {g.receipt_id})")
 
-    async def _deliver(self, msg_id: str, msg: m.Result | m.ConsentUpdate | m.Recording
-                       ) -> None:
-        """Outbox first, then send if connected; the Ack removes it from the outbox."""
-        self.store.put_outbox(msg_id, codec.encode(msg), now=now_utc())
+    async def _deliver(self, msg_id: str, msg: m.Result | m.ConsentUpdate | m.Recording,
+                       *, also: Callable[[], None] | None = None) -> None:
+        """Outbox first, then send if connected; the Ack removes it from the outbox.
+
+        ``also``: writes committed in the same transaction as the outbox entry. When the
+        disk is full the message is sent without the outbox (at most once, then)."""
+        try:
+            with self.store.batch():
+                self.store.put_outbox(msg_id, codec.encode(msg), now=now_utc())
+                if also is not None:
+                    also()
+        except Exception as exc:
+            if not cannot_record(exc):
+                raise
+            log.warning("%s cannot be kept in the outbox (%s); sending it once", msg_id, exc)
         link = self.link
         if link is None:
             log.info("%s kept in the outbox until the server is back", msg_id)
@@ -582,7 +725,10 @@ class Agent:
                 self.store.log("granted", self._describe(grant), now=now)
                 await self._send_receipt(grant)
             # else: it answers the waiting request; the receipt travels in its result
-            return {"ok": True, "grant": _grant_json(grant), "answered": ask is not None}
+            capped = self.policy.cap(duration) < duration
+            return {"ok": True, "grant": _grant_json(grant), "answered": ask is not None,
+                    "capped": capped, "asked_minutes": duration.total_seconds() / 60,
+                    "max_minutes": self.policy.max_minutes}
         if op == "deny":
             case = str(request.get("case", ""))
             denied = 0
@@ -628,6 +774,35 @@ class Agent:
             return {"ok": True, "revoked": [_grant_json(g, now) for g in revoked],
                     "cancelled": len(running) - len(finishing), "finished": len(finishing)}
         raise ConsentError(f"unknown control operation {op!r}")
+
+
+def _plan_json(plan: FixPlan) -> str:
+    """A fixer's plan as recorded in ``agent.db`` (its ``data`` is JSON-safe by contract)."""
+    return json.dumps({"fixer": plan.fixer, "summary": plan.summary,
+                       "summary_zh": plan.summary_zh, "changes": list(plan.changes),
+                       "reversible": plan.reversible, "needs_privileges": plan.needs_privileges,
+                       "data": dict(plan.data)}, default=str)
+
+
+def _plan_from_json(text: str) -> FixPlan:
+    """The plan :func:`_plan_json` recorded. Raises ValueError, TypeError or KeyError when
+    damaged."""
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError("not a plan")
+    return FixPlan(fixer=str(raw["fixer"]), summary=str(raw["summary"]),
+                   summary_zh=str(raw.get("summary_zh", "")),
+                   changes=[str(c) for c in raw.get("changes", [])],
+                   reversible=bool(raw.get("reversible")),
+                   needs_privileges=str(raw.get("needs_privileges", "")),
+                   data=dict(raw.get("data") or {}))
+
+
+def _decision(value: str) -> m.FixDecision:
+    try:
+        return m.FixDecision(value)
+    except ValueError:
+        return m.FixDecision.APPROVED
 
 
 def _grant_json(g: Grant, now: datetime | None = None) -> dict[str, Any]:

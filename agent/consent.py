@@ -9,6 +9,7 @@ act is decided by the consent gate, :func:`proto.gate.decide`; this module only 
 
 from __future__ import annotations
 
+import math
 import secrets
 import sqlite3
 import tomllib
@@ -52,19 +53,35 @@ def parse_scopes(text: str | list[str]) -> list[Scope]:
     return list(dict.fromkeys(scopes))
 
 
+#: The longest duration a grant can be asked for (the policy caps it further, 8 h by default).
+LONGEST = timedelta(days=7)
+
+
 def parse_duration(text: str) -> timedelta:
-    """``20m``, ``1h``, ``90s`` or plain minutes."""
+    """``20m``, ``1h``, ``90s`` or plain minutes: more than 0 and at most 7 days.
+
+    Raises:
+        ConsentError: not a duration, zero or negative, not finite, or over 7 days.
+    """
     text = text.strip().lower()
     units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 60)
     try:
-        if text and text[-1] in units:
-            seconds = float(text[:-1]) * units[text[-1]]
-        else:
-            seconds = float(text) * 60
+        value = float(number)
     except ValueError:
-        raise ConsentError(f"duration {text!r} is not like 20m, 1h or 90s") from None
+        raise ConsentError(f"duration {text[:40]!r} is not like 20m, 1h or 90s; give "
+                           "minutes (m), hours (h) or seconds (s)") from None
+    seconds = value * unit  # inf when huge: refused below as over 7 days
+    if math.isnan(value):
+        raise ConsentError(f"duration {text[:40]!r} is not a number of minutes, hours or "
+                           "seconds; give one like 20m, 1h or 90s")
     if seconds <= 0:
-        raise ConsentError("a grant must last more than zero seconds")
+        raise ConsentError("a grant must last more than zero seconds; give a duration like "
+                           "20m or 1h")
+    if seconds > LONGEST.total_seconds():
+        raise ConsentError(f"duration {text[:40]!r} is longer than the 7 days a grant can "
+                           "last; give one like 1h (this computer's policy may cap it "
+                           "further)")
     return timedelta(seconds=seconds)
 
 

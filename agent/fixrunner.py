@@ -1,7 +1,8 @@
 """Run fixers off the event loop, each step under the fixer's timeout, each isolated.
 
 A fix goes ``plan_fix`` (dry run) → the customer's decision → ``apply_fix`` (apply, then
-verify) → perhaps ``rollback_fix``. Every step runs on the probe runner's executor
+verify) → perhaps ``rollback_fix``; after a restart, ``recover_fix`` says what an apply the
+agent's death cut off had done. Every step runs on the probe runner's executor
 (:data:`agent.runner.PROBE_EXECUTOR`) with the fixer's ``timeout``, like a probe:
 
 ===========================================  ==========================================
@@ -50,7 +51,7 @@ from plugins.api import FixContext, Fixer, FixOutcome, FixPlan, FixRefused, NotA
 
 from .errors import FixError
 
-__all__ = ["FixError", "apply_fix", "list_fixers", "plan_fix", "rollback_fix"]
+__all__ = ["FixError", "apply_fix", "list_fixers", "plan_fix", "recover_fix", "rollback_fix"]
 
 #: The verify note when the fix itself did not succeed.
 NOT_VERIFIED = "Not verified: the fix did not succeed."
@@ -166,6 +167,27 @@ async def rollback_fix(
     if not isinstance(outcome, FixOutcome) or outcome.undo is None:
         raise FixError(f"nothing to undo: the outcome of {name} carries no undo data")
     return await _outcome(entry, "rolling back", executor, rollback, ctx, outcome)
+
+
+async def recover_fix(
+    pm: pluggy.PluginManager,
+    name: str,
+    ctx: FixContext,
+    plan: FixPlan,
+    *,
+    executor: concurrent.futures.Executor | None = None,
+) -> FixOutcome:
+    """What an ``apply`` of ``plan`` that the agent's death cut off had done (the fixer's
+    ``recover``, from its journal). Never raises: a fixer without ``recover``, one no
+    longer installed, or one that fails gives an outcome saying the result is unknown."""
+    unknown = f"The result is unknown: the fixer {name} keeps no journal of its changes"
+    try:
+        entry = _find(pm, name)
+    except FixError as exc:
+        return FixOutcome(False, f"The result is unknown: {exc}.")
+    if entry.fixer.recover is None:
+        return FixOutcome(False, unknown + "; check the computer by hand.")
+    return await _outcome(entry, "recovering", executor, entry.fixer.recover, ctx, plan)
 
 
 # -- internals ---------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """The agent's own durable state in ``agent.db`` (stdlib sqlite3, synchronous, tiny writes).
 
 - ``outbox``: results not yet acknowledged by the server, resent after every reconnect;
+- ``fixes``: every fix about to be applied, recorded (durably) before the fixer starts and
+  marked when it ends, so that after a crash or ``kill -9`` the agent finds a fix that was
+  cut off, reports it as interrupted and can still undo it (``hw-agent fixes``);
 - ``cases``: cases this computer's customer opened with ``hw-agent help`` (opening a case
   is not consent: grants live in :mod:`agent.consent`);
 - ``log``: what was done on this machine, for ``hw-agent log``; append-only and hash-chained
@@ -23,6 +26,7 @@ entries chained as they are then: the chain vouches for them from that moment on
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import sqlite3
 from collections.abc import Iterator
@@ -37,6 +41,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     msg_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, frame BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS cases (
     number TEXT PRIMARY KEY, opened_at TEXT NOT NULL, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fixes (
+    request_id TEXT PRIMARY KEY, started_at TEXT NOT NULL, case_number TEXT NOT NULL,
+    tech TEXT NOT NULL, fixer TEXT NOT NULL, decision TEXT NOT NULL, plan_info BLOB NOT NULL,
+    plan TEXT NOT NULL, state TEXT NOT NULL, undo TEXT, ended_at TEXT);
 CREATE TABLE IF NOT EXISTS log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, event TEXT NOT NULL,
     detail TEXT NOT NULL);
@@ -52,11 +60,49 @@ HASH_SIZE = 32
 GENESIS = bytes(HASH_SIZE)
 
 
+#: ``errno`` values that mean "nothing more can be written here".
+_NO_ROOM = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def cannot_record(exc: BaseException) -> bool:
+    """Whether ``exc`` says the agent cannot write its records: SQLite's "database or disk
+    is full" / read-only database / disk I/O error, or an ``OSError`` such as ``ENOSPC``."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return any(word in text for word in ("full", "readonly", "read-only", "disk i/o"))
+    return isinstance(exc, OSError) and exc.errno in _NO_ROOM
+
+
 @dataclass(frozen=True)
 class LocalCase:
     number: str
     opened_at: datetime
     description: str
+
+
+#: A fix's ``state`` in the ``fixes`` table.
+FIX_APPLYING = "applying"
+FIX_DONE = "done"
+FIX_INTERRUPTED = "interrupted"
+FIX_UNDONE = "undone"
+
+
+@dataclass(frozen=True)
+class FixRecord:
+    """One fix as the agent recorded it before applying it (``plan`` and ``undo`` JSON,
+    ``plan_info`` the wire :class:`~proto.messages.FixPlanInfo` as sent)."""
+
+    request_id: str
+    started_at: datetime
+    case: str
+    tech: str
+    fixer: str
+    decision: str
+    plan_info: bytes
+    plan: str
+    state: str
+    undo: str | None
+    ended_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -134,9 +180,17 @@ class LocalStore:
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK
+            # would raise and hide the error that matters.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            if self._db.in_transaction:  # a failed COMMIT may leave it open: end it
+                self._db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -183,6 +237,31 @@ class LocalStore:
 
     def ack(self, msg_id: str) -> bool:
         return self._db.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,)).rowcount == 1
+
+    # fixes
+    def begin_fix(self, request_id: str, *, case: str, tech: str, fixer: str, decision: str,
+                  plan_info: bytes, plan: str, now: datetime) -> None:
+        """Record a fix as being applied (committed before the fixer moves anything)."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO fixes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, "
+                       "NULL)", (request_id, now.isoformat(), case, tech, fixer, decision,
+                                 plan_info, plan, FIX_APPLYING))
+
+    def end_fix(self, request_id: str, *, state: str, undo: str | None, now: datetime
+                ) -> None:
+        """Mark a fix ``done``, ``interrupted`` or ``undone`` (``undo``: its undo data)."""
+        with self._write() as db:
+            db.execute("UPDATE fixes SET state = ?, undo = ?, ended_at = ? "
+                       "WHERE request_id = ?", (state, undo, now.isoformat(), request_id))
+
+    def fixes(self, state: str | None = None) -> list[FixRecord]:
+        """The recorded fixes, oldest first (only those in ``state`` when given)."""
+        sql = ("SELECT request_id, started_at, case_number, tech, fixer, decision, plan_info, "
+               "plan, state, undo, ended_at FROM fixes")
+        rows = (self._db.execute(sql + " ORDER BY started_at", ()) if state is None else
+                self._db.execute(sql + " WHERE state = ? ORDER BY started_at", (state,)))
+        return [FixRecord(r[0], _ts(r[1]), r[2], r[3], r[4], r[5], bytes(r[6]), r[7], r[8],
+                          r[9], None if r[10] is None else _ts(r[10])) for r in rows]
 
     # cases
     def add_case(self, case: LocalCase) -> None:

@@ -274,6 +274,9 @@ VerifyFunction = Callable[[FixContext, FixPlan, FixOutcome], str]
 """``""`` when the problem is gone, else one sentence saying what remains."""
 RollbackFunction = Callable[[FixContext, FixOutcome], FixOutcome]
 """Undoes an applied change from :attr:`FixOutcome.undo`."""
+RecoverFunction = Callable[[FixContext, FixPlan], FixOutcome]
+"""What an ``apply`` cut off half-way (the agent killed) had done, from the fixer's own
+journal: an outcome with ``undo`` when it can be rolled back. Runs on a worker thread."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,9 @@ class Fixer:
             ``needs_privileges`` is empty.
         verify: ``""`` when the problem is gone, else a sentence saying what remains.
         rollback: undoes an applied change; ``None`` when not reversible.
+        recover: after the agent restarts, what an interrupted ``apply`` of a plan had
+            done (from a journal the fixer writes before each change); ``None``: the
+            fixer keeps no journal, and the agent reports the outcome as unknown.
         platforms: ``sys.platform`` values it runs on; ``None`` means every platform.
         timeout: seconds each step (plan, apply, verify, rollback) may take.
 
@@ -306,6 +312,7 @@ class Fixer:
     apply: ApplyFunction
     verify: VerifyFunction
     rollback: RollbackFunction | None = None
+    recover: RecoverFunction | None = None
     platforms: frozenset[str] | None = None
     timeout: float = 60.0
 
@@ -340,6 +347,8 @@ class Fixer:
                 raise PluginError(f"fixer {self.name!r}: {step} must be callable")
         if self.rollback is not None and not callable(self.rollback):
             raise PluginError(f"fixer {self.name!r}: rollback must be callable or None")
+        if self.recover is not None and not callable(self.recover):
+            raise PluginError(f"fixer {self.name!r}: recover must be callable or None")
         if self.platforms is not None and not isinstance(self.platforms, frozenset):
             raise PluginError(f"fixer {self.name!r}: platforms must be a frozenset or None")
         if (

@@ -29,10 +29,11 @@ from .errors import CertificateError, CertReason, CommandRefused, RefusalReason
 from .messages import CaseNumber, Id, Name, Nonce, SignedCommand, Timestamp
 
 __all__ = [
-    "CLOCK_SKEW", "COMMAND_CONTEXT", "FANOUT_CONTEXT", "MAX_LIFETIME", "MAX_PAYLOAD", "Command",
-    "CommandRefused", "FanoutCommand", "RefusalReason", "ReplayCache", "SignedCommand",
-    "VerifiedCommand", "VerifiedFanout", "audience_matches", "decode_fanout", "sign_command",
-    "sign_fanout", "verify_command", "verify_fanout",
+    "CLOCK_NOISE", "CLOCK_SKEW", "COMMAND_CONTEXT", "FANOUT_CONTEXT", "MAX_LIFETIME",
+    "MAX_PAYLOAD", "Command", "CommandRefused", "FanoutCommand", "RefusalReason", "ReplayCache",
+    "SignedCommand", "VerifiedCommand", "VerifiedFanout", "audience_matches", "clock_advice",
+    "decode_fanout", "human_offset", "refusal_message", "sign_command", "sign_fanout",
+    "verify_command", "verify_fanout",
 ]
 
 COMMAND_CONTEXT = b"helloword-command-v1"
@@ -46,6 +47,9 @@ MAX_LIFETIME = timedelta(minutes=10)
 
 CLOCK_SKEW = timedelta(minutes=2)
 """How far in the future ``issued_at`` may be (the technician's clock runs ahead)."""
+
+CLOCK_NOISE = timedelta(seconds=30)
+"""Clock offsets below this are not blamed for a refusal (network delay, rounding)."""
 
 MAX_PAYLOAD = 65536
 """Largest encoded :class:`Command` accepted, in bytes (as ``SignedCommand.payload``)."""
@@ -297,6 +301,87 @@ def verify_fanout(
     if replay is not None:
         replay.check_and_add(command.nonce, expires_at=command.expires_at, now=now)
     return VerifiedFanout(command=command, cert=cert)
+
+
+def human_offset(offset: timedelta) -> str:
+    """``7 min 12 s``, ``2 h 5 min``, ``3 days 4 h``: the size of a clock offset."""
+    total = round(abs(offset.total_seconds()))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days} day{'s' if days != 1 else ''}" + (f" {hours} h" if hours else "")
+    if hours:
+        return f"{hours} h" + (f" {minutes} min" if minutes else "")
+    if minutes:
+        return f"{minutes} min" + (f" {seconds} s" if seconds else "")
+    return f"{seconds} s"
+
+
+def _this_computer(offset: timedelta) -> str:
+    where = "behind" if offset < timedelta(0) else "ahead of"
+    return (f"this computer's clock is {human_offset(offset)} {where} the server's; correct "
+            "the clock (Settings → Date & time)")
+
+
+def _technician(offset: timedelta) -> str:
+    where = "behind" if offset < timedelta(0) else "ahead of"
+    return (f"the technician's clock is {human_offset(offset)} {where} the server's; the "
+            "technician should correct their computer's clock and sign again")
+
+
+def clock_advice(signed: SignedCommand, reason: RefusalReason, *, org_pub: bytes,
+                 now: datetime, server_offset: timedelta | None, fanout: bool = False) -> str:
+    """For a refusal for time reasons: which clock is off and by how much, or ``""``.
+
+    ``server_offset`` is the server's clock minus this computer's, measured when the
+    server welcomed the agent (``Welcome.server_time``); ``None`` when unknown. A command's
+    ``issued_at`` is the technician's clock at signing, a moment before it arrives, so
+    ``issued_at - (now + server_offset)`` is the technician's offset from the server.
+    Only an offset of at least :data:`CLOCK_NOISE` in the direction that explains the
+    refusal is named: this computer's (then ``Settings → Date & time``), the
+    technician's, or both. Never raises.
+    """
+    if reason not in (RefusalReason.EXPIRED, RefusalReason.NOT_YET_VALID,
+                      RefusalReason.CERTIFICATE_EXPIRED):
+        return ""
+    offset = server_offset or timedelta(0)
+    ours = -offset  # this computer's clock minus the server's
+    server_now = now + offset
+    try:
+        command: Command | FanoutCommand = (
+            _fanout_decoder.decode(signed.payload) if fanout else _decoder.decode(signed.payload))
+    except Exception:
+        return ""
+    if reason is RefusalReason.CERTIFICATE_EXPIRED:
+        if server_offset is None or abs(ours) < CLOCK_NOISE:
+            return ""
+        try:  # valid by the server's clock: this computer's clock is the one off
+            verify_user_certificate(signed.certificate, org_pub=org_pub, principal=command.tech,
+                                    now=server_now)
+        except CertificateError:
+            return ""
+        return _this_computer(ours)
+    theirs = command.issued_at - server_now  # the technician's clock minus the server's
+    late = reason is RefusalReason.EXPIRED  # explained by ours ahead or theirs behind
+    sign = 1 if late else -1
+    notes = []
+    if server_offset is not None and sign * ours.total_seconds() >= CLOCK_NOISE.total_seconds():
+        notes.append(_this_computer(ours))
+    if -sign * theirs.total_seconds() >= CLOCK_NOISE.total_seconds():
+        notes.append(_technician(theirs))
+    return "; and ".join(notes)
+
+
+def refusal_message(exc: CommandRefused, signed: SignedCommand, *, org_pub: bytes,
+                    now: datetime, server_offset: timedelta | None = timedelta(0),
+                    fanout: bool = False) -> str:
+    """``exc``'s message, then which clock is off when one explains the refusal
+    (:func:`clock_advice`). The server leaves ``server_offset`` at zero: its own clock is
+    the reference, so only the technician's clock can be named there."""
+    advice = clock_advice(signed, exc.reason, org_pub=org_pub, now=now,
+                          server_offset=server_offset, fanout=fanout)
+    return f"{exc.message}: {advice}" if advice else exc.message
 
 
 class ReplayCache:

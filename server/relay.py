@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
-from proto.command import verify_command
+from proto.command import refusal_message, verify_command
 from proto.errors import CommandRefused, DecodeError, RefusalReason
 from proto.receipt import verify_receipt
 
@@ -100,8 +100,9 @@ class Relay:
                 event="command", actor=f"tech:{tech}", subject=msg.case, now=now,
                 detail={"action": action.value, "agent": agent_id, "verdict": "refused",
                         "reason": exc.reason.value})
+            text = refusal_message(exc, msg.command, org_pub=node.org_pub, now=now)
             return m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
-                           message=f"{exc.reason.value}: {exc.message}")
+                           message=f"{exc.reason.value}: {text}")
         link = node.links.get(agent_id)
         where = (await node.presence.node_of(agent_id, now)
                  if link is None and node.presence is not None else None)

@@ -31,7 +31,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
-from proto.command import verify_command
+from proto.command import refusal_message, verify_command
 from proto.errors import CloseCode, CommandRefused, RefusalReason, UnexpectedMessage
 
 from .store import NotFound, RecordingRecord, Store
@@ -189,8 +189,9 @@ async def open_tunnel(ctx: TunnelContext, *, tech: str, key: str, msg: m.OpenTun
             event="command", actor=f"tech:{tech}", subject=msg.case, now=now,
             detail={"action": "tunnel", "agent": agent_id, "verdict": "refused",
                     "reason": exc.reason.value})
+        text = refusal_message(exc, msg.command, org_pub=ctx.org_pub, now=now)
         await reply(m.Error(re=msg.id, code=m.ErrorCode.REFUSED,
-                            message=f"{exc.reason.value}: {exc.message}"))
+                            message=f"{exc.reason.value}: {text}"))
         return False
     agent = await ctx.store.get_agent(agent_id)
     assert agent is not None  # the case names it

@@ -36,6 +36,25 @@ from .errors import TechError
 CHUNK = 256 * 1024
 #: SSH channel window: as the agent's, so downloads are not capped by the relay's latency.
 SSH_WINDOW = 8 * 1024 * 1024
+#: The SSH algorithms asked for: the agent's modern set (agent/tunnel.py offers the same;
+#: docs/security.md#ssh-algorithms). Key exchanges this asyncssh lacks are left out.
+KEX_ALGS: tuple[str, ...] = (
+    "mlkem768x25519-sha256", "sntrup761x25519-sha512", "sntrup761x25519-sha512@openssh.com",
+    "curve25519-sha256", "curve25519-sha256@libssh.org")
+ENCRYPTION_ALGS: tuple[str, ...] = (
+    "chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
+MAC_ALGS: tuple[str, ...] = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+HOST_KEY_ALGS: tuple[str, ...] = ("ssh-ed25519",)
+
+
+def ssh_algorithms() -> dict[str, list[str]]:
+    """The :func:`asyncssh.connect` options that ask for exactly the modern set."""
+    from asyncssh.kex import get_kex_algs  # no public listing of what this build supports
+
+    supported = {alg.decode("ascii") for alg in get_kex_algs()}
+    return {"kex_algs": [alg for alg in KEX_ALGS if alg in supported],
+            "encryption_algs": list(ENCRYPTION_ALGS), "mac_algs": list(MAC_ALGS),
+            "server_host_key_algs": list(HOST_KEY_ALGS)}
 
 
 def host_alias(case: str) -> str:
@@ -118,7 +137,7 @@ async def connect(profile: Profile, case: str, **options: Any
             client_keys=[_client_key(profile)], agent_path=None, preferred_auth="publickey",
             known_hosts=([asyncssh.import_public_key(opened.host_key)], [], []),
             compression_algs=None, keepalive_interval=30,
-            **{"window": SSH_WINDOW, **options})
+            **{"window": SSH_WINDOW, **ssh_algorithms(), **options})
     except (asyncssh.Error, OSError) as exc:
         pump.cancel()
         raise TechError(f"the SSH session to {case} failed: {exc}; check the grant "

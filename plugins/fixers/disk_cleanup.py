@@ -20,7 +20,13 @@ with counts; ``apply`` checks again that a file is not open just before moving i
 
 ``apply`` moves the planned files that are unchanged since the plan into
 ``<workdir>/quarantine/<fix-id>/files/<location index>/<relative path>`` and writes
-``manifest.json`` beside; files it cannot move are skipped and reported. ``rollback``
+``manifest.json`` beside; files it cannot move are skipped and reported. Before moving a
+batch of files (at most :data:`JOURNAL_BATCH`) it appends one line per move to
+``journal.jsonl`` there and fsyncs it (one fsync per batch), so an agent killed half-way
+(``kill -9``, a power cut) leaves a journal that names every file it may have moved:
+``recover`` rebuilds the manifest from it after the restart (keeping the moves that
+happened) and the clean-up can be rolled back like a finished one. When the journal
+cannot be written (disk full), no more files are moved. ``rollback``
 moves them back (never over a file that exists again). :func:`purge_quarantine` deletes
 quarantines older than a given age: only then is the space freed when the quarantine is
 on the same file system as the files (the outcome says how much is freed now and how
@@ -29,6 +35,7 @@ much on purge).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -87,6 +94,12 @@ LEFT_ALONE = {
 }
 QUARANTINE_DIR = "quarantine"
 MANIFEST = "manifest.json"
+#: One JSON line per move, appended and fsynced before the move (the first line: header).
+JOURNAL = "journal.jsonl"
+#: Moves journaled (one fsync) before they are made, at most this many at a time.
+JOURNAL_BATCH = 64
+#: At most this many quarantined files are named in an interrupted fix's outcome.
+MAX_MANIFEST_LISTED = 200
 FIX_ID_PATTERN = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _DAY = 86400.0
 
@@ -466,6 +479,107 @@ def _write_manifest(qdir: Path, manifest: Mapping[str, Any]) -> None:
     os.replace(temporary, qdir / MANIFEST)
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a new directory entry in ``path`` durable (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Journal:
+    """``journal.jsonl`` of a quarantine: each line appended and fsynced before the move it
+    announces, so what a killed ``apply`` may have moved is always on disk."""
+
+    def __init__(self, qdir: Path, header: Mapping[str, Any]) -> None:
+        self._file = open(qdir / JOURNAL, "a", encoding="utf-8")  # closed in close()
+        try:
+            self.append(header)
+            self.sync()
+            _fsync_dir(qdir)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Write one line (durable only after :meth:`sync`).
+
+        Raises:
+            OSError: it could not be written (``ENOSPC``: the disk is full).
+        """
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def sync(self) -> None:
+        """Make every line written so far durable (flush, fsync).
+
+        Raises:
+            OSError: it could not be written (``ENOSPC``: the disk is full).
+        """
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass
+
+
+def _journal_entries(qdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(header, moves that happened)`` from a quarantine's journal.
+
+    A journaled move whose file is still in its place unchanged (the agent stopped
+    between the journal line and the move, or in the middle of a copy to another file
+    system) did not happen: a partial copy in the quarantine is removed. A line cut off
+    by the kill is ignored. A journal that cannot be read gives ``({}, [])``.
+    """
+    try:
+        lines = (qdir / JOURNAL).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return {}, []
+    header: dict[str, Any] = {}
+    moved: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # torn by the kill
+        if not isinstance(record, dict):
+            continue
+        if "fix_id" in record and not header:
+            header = record
+            continue
+        source, stored = record.get("source"), record.get("stored")
+        if not isinstance(source, str) or not isinstance(stored, str) or source in seen:
+            continue
+        if Path(stored).is_absolute() or ".." in Path(stored).parts:
+            continue
+        stored_path = qdir / stored
+        try:
+            st = os.lstat(source)
+            in_place = st.st_size == record.get("size") and st.st_mtime == record.get("mtime")
+        except OSError:
+            in_place = False
+        if in_place:
+            if stored_path.is_file() and not stored_path.is_symlink():
+                with contextlib.suppress(OSError):
+                    stored_path.unlink()  # a copy cut off half-way
+            continue
+        if stored_path.is_symlink() or not stored_path.is_file():
+            continue  # journaled, never moved (or the move failed)
+        seen.add(source)
+        moved.append({"source": source, "stored": stored, "size": record.get("size"),
+                      "mtime": record.get("mtime")})
+    return header, moved
+
+
 def _movable(entry: object, targets: list[tuple[int, Path]], roots: list[Path],
              excluded: tuple[Path, ...], live: OpenFiles, now: float
              ) -> tuple[Path, int, os.stat_result] | str:
@@ -519,6 +633,42 @@ def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
                                 "roots": [str(r) for r in roots], "entries": entries}
     live = open_files()  # a file opened since the plan is left alone too
     now = time.time()
+    stopped = ""  # why no more files were moved (the journal could not be written)
+    try:
+        journal = _Journal(qdir, {k: v for k, v in manifest.items() if k != "entries"})
+    except OSError as exc:
+        shutil.rmtree(qdir, ignore_errors=True)
+        return FixOutcome(False, "Nothing was moved: the quarantine's journal could not be "
+                          f"written ({exc.strerror or exc}); free disk space on this "
+                          "computer, then try again.", {"files_moved": 0})
+    batch: list[tuple[Path, int, os.stat_result, dict[str, Any]]] = []
+
+    def move_batch() -> str:
+        """Journal the batch (one fsync for all), then move its files: ``""``, or why no
+        more files are moved."""
+        nonlocal moved, freed
+        try:
+            for *_, record in batch:
+                journal.append(record)
+            journal.sync()  # durable before any of these moves: a kill cannot lose one
+        except OSError as exc:
+            return (f"the quarantine's journal could not be written ({exc.strerror or exc}), "
+                    "so no more files were moved; free disk space on this computer")
+        for source, index, st, record in batch:
+            destination = qdir / record["stored"]
+            try:
+                destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                _move_nofollow(roots[index], source, destination)
+            except OSError as exc:
+                skipped.append({"path": str(source), "reason": exc.strerror or str(exc)})
+                continue
+            entries.append(record)
+            moved += st.st_size
+            if st.st_dev != qdev:
+                freed += st.st_size
+        batch.clear()
+        return ""
+
     try:
         for entry in files:
             checked = _movable(entry, targets, roots, excluded, live, now)
@@ -528,20 +678,19 @@ def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
                 continue
             source, index, st = checked
             stored = Path("files") / str(index) / source.relative_to(roots[index])
-            destination = qdir / stored
-            try:
-                destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                _move_nofollow(roots[index], source, destination)
-            except OSError as exc:
-                skipped.append({"path": str(source), "reason": exc.strerror or str(exc)})
-                continue
-            entries.append({"source": str(source), "stored": stored.as_posix(),
-                            "size": st.st_size, "mtime": st.st_mtime})
-            moved += st.st_size
-            if st.st_dev != qdev:
-                freed += st.st_size
+            batch.append((source, index, st, {"source": str(source), "stored": stored.as_posix(),
+                                              "size": st.st_size, "mtime": st.st_mtime}))
+            if len(batch) >= JOURNAL_BATCH and (stopped := move_batch()):
+                break
+        else:
+            if batch:
+                stopped = move_batch()
     finally:
-        _write_manifest(qdir, manifest)
+        journal.close()
+        try:
+            _write_manifest(qdir, manifest)
+        except OSError:
+            pass  # the journal names every move: recover() and rollback() read it
     details: dict[str, Any] = {
         "fix_id": fix_id,
         "quarantine": str(qdir),
@@ -552,9 +701,11 @@ def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
         "files_skipped": len(skipped),
         "skipped": skipped[:MAX_SKIPPED_LISTED],
     }
+    if stopped:
+        details["stopped"] = stopped
     if not entries:
-        return FixOutcome(False, f"None of the {len(files)} planned files could be moved.",
-                          details, undo=None)
+        return FixOutcome(False, f"None of the {len(files)} planned files could be moved"
+                          + (f": {stopped}." if stopped else "."), details, undo=None)
     summary = (
         f"Moved {len(entries)} files ({human_size(moved)}) to the quarantine {qdir}; "
         f"{human_size(freed)} freed now"
@@ -565,7 +716,9 @@ def apply(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
     )
     if skipped:
         summary += f" {len(skipped)} files were skipped."
-    return FixOutcome(True, summary, details, undo={"fix_id": fix_id})
+    if stopped:
+        summary += f" Stopped early: {stopped}."
+    return FixOutcome(not stopped, summary, details, undo={"fix_id": fix_id})
 
 
 def verify(ctx: FixContext, fix_plan: FixPlan, outcome: FixOutcome) -> str:
@@ -589,6 +742,48 @@ def verify(ctx: FixContext, fix_plan: FixPlan, outcome: FixOutcome) -> str:
     return ""
 
 
+def recover(ctx: FixContext, fix_plan: FixPlan) -> FixOutcome:
+    """What an ``apply`` of ``fix_plan`` that was cut off had moved, from its journal.
+
+    Writes the manifest of the moves that happened (so ``rollback`` and
+    :func:`purge_quarantine` work as for a finished clean-up) and names them in the
+    outcome (``details["manifest"]``, the first :data:`MAX_MANIFEST_LISTED`). ``ok`` is
+    false: the clean-up did not finish.
+    """
+    fix_id = _fix_id(fix_plan.data.get("fix_id"))
+    files = fix_plan.data.get("files")
+    planned = len(files) if isinstance(files, list) else 0
+    qdir = ctx.workdir / QUARANTINE_DIR / fix_id
+    if not qdir.is_dir():
+        return FixOutcome(False, f"Interrupted before any of the {planned} planned files "
+                          "was moved: nothing changed.",
+                          {"fix_id": fix_id, "files_planned": planned, "files_moved": 0})
+    header, moved = _journal_entries(qdir)
+    if not header:  # the kill came before the journal's first line: nothing was moved
+        shutil.rmtree(qdir, ignore_errors=True)
+        return FixOutcome(False, f"Interrupted before any of the {planned} planned files "
+                          "was moved: nothing changed.",
+                          {"fix_id": fix_id, "files_planned": planned, "files_moved": 0})
+    with contextlib.suppress(OSError):  # a full disk: rollback reads the journal instead
+        _write_manifest(qdir, {**header, "entries": moved})
+    size = sum(int(e["size"]) for e in moved if isinstance(e.get("size"), int))
+    details: dict[str, Any] = {
+        "fix_id": fix_id, "quarantine": str(qdir), "files_planned": planned,
+        "files_moved": len(moved), "bytes_moved": size,
+        "manifest": [{"source": e["source"], "size": e["size"]}
+                     for e in moved[:MAX_MANIFEST_LISTED]],
+        "manifest_complete": len(moved) <= MAX_MANIFEST_LISTED,
+    }
+    if not moved:
+        shutil.rmtree(qdir, ignore_errors=True)
+        return FixOutcome(False, f"Interrupted before any of the {planned} planned files "
+                          "was moved: nothing changed.", details)
+    return FixOutcome(
+        False, f"Interrupted after moving {len(moved)} of the {planned} planned files "
+        f"({human_size(size)}) to the quarantine {qdir}; the others are where they were. "
+        "The moved files can be restored.", details, undo={"fix_id": fix_id})
+
+
 # -- rollback and purge --------------------------------------------------------------------
 
 
@@ -599,7 +794,12 @@ def rollback(ctx: FixContext, outcome: FixOutcome) -> FixOutcome:
     try:
         manifest = json.loads((qdir / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return FixOutcome(False, f"The quarantine {fix_id} no longer exists (purged?).")
+        header, moved = _journal_entries(qdir)
+        if not header:
+            return FixOutcome(False, f"The quarantine {fix_id} no longer exists (purged?).")
+        manifest = {**header, "entries": moved}  # an apply that was cut off
+    except ValueError:
+        manifest = None
     entries = manifest.get("entries") if isinstance(manifest, dict) else None
     if not isinstance(entries, list):
         return FixOutcome(False, f"The manifest of quarantine {fix_id} is unreadable.")
@@ -681,6 +881,7 @@ FIXER = Fixer(
     apply=apply,
     verify=verify,
     rollback=rollback,
+    recover=recover,
     timeout=300.0,
 )
 
