@@ -65,8 +65,9 @@ STORE_TABLES = {
     "tech_day_visits",
     "contract_visits",
     "agent_presence",
+    "requests",
 }
-HEAD = "0006"
+HEAD = "0007"
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -970,7 +971,7 @@ async def test_migration_0002_round_trip_keeps_older_data(store: Store) -> None:
     assert await table_names(store) == STORE_TABLES - {
         "audit", "consent_receipts", "revoked_tech_keys", "contracts", "recordings",
         "field_techs", "tickets", "ticket_events", "tech_hours", "tech_day_visits",
-        "contract_visits", "agent_presence"} | {"alembic_version"}
+        "contract_visits", "agent_presence", "requests"} | {"alembic_version"}
     async with store._write_engine.begin() as conn:
         await conn.run_sync(migrate, False)
     assert await store.schema_revision() == HEAD
