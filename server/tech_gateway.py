@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
 from proto.errors import AuthenticationFailed, FrameTooLarge, RemoteProtocolError, UnexpectedMessage
-from proto.session import ServerSession, speaks
+from proto.session import CASE_PAGES_VERSION, ServerSession, speaks
 
 from . import pki
 from .errors import CertificateRefused
@@ -40,7 +40,8 @@ TECH_CONCURRENCY = 16
 #: Requests of all technicians served at once; more wait in memory, not in the store's
 #: connection pool (where they would time out under a fan-out to thousands of agents).
 SERVER_CONCURRENCY = 256
-#: Listings carry at most this many cases (newest first), descriptions cut to 200 chars.
+#: Ticket listings carry at most this many tickets (newest first); case listings have
+#: pages of at most :data:`proto.messages.CASE_PAGE` cases, descriptions cut to 200 chars.
 LIST_LIMIT = 500
 #: A case detail carries its newest results only.
 RESULTS_LIMIT = 20
@@ -101,6 +102,12 @@ class TechGateway:
                 msg = m.Error(re=msg.re, code=m.ErrorCode.BAD_REQUEST, message=(
                     f"more than {m.AGENT_PAGE} agents are enrolled and this hw-tech (protocol "
                     "version 1) cannot page through them; upgrade hw-tech"))
+            if (isinstance(msg, m.CaseList) and msg.next_offset is not None
+                    and (session.version or 0) < CASE_PAGES_VERSION):  # v2 has no pages
+                msg = m.Error(re=msg.re, code=m.ErrorCode.BAD_REQUEST, message=(
+                    f"more than {m.CASE_PAGE} cases match and this hw-tech (protocol version "
+                    f"{session.version}) cannot page through them; upgrade hw-tech, or "
+                    "narrow the list with `hw-tech cases --state STATE`"))
             async with lock:
                 await ws.send(session.send(msg), text=True)
 
@@ -162,9 +169,7 @@ class TechGateway:
         if isinstance(msg, m.ListAgents):
             return await self._list_agents(msg)
         if isinstance(msg, m.ListCases):
-            cases = await node.store.list_cases(state=msg.state)
-            return m.CaseList(re=msg.id, cases=[case_info(c, brief=True)
-                                                for c in cases[:LIST_LIMIT]])
+            return await self._list_cases(msg)
         if isinstance(msg, m.GetRecording):
             await self.relay.case(msg.case)
             return await get_recording(node.store, msg)
@@ -203,6 +208,16 @@ class TechGateway:
                 resolved=msg.resolved, root_cause=msg.root_cause,
                 satisfaction=msg.satisfaction))
         raise AssertionError(f"unhandled {type(msg).__name__}")  # session table forbids it
+
+    async def _list_cases(self, msg: m.ListCases) -> m.CaseList:
+        """One page of cases (newest first), filtered; one store query of one case more
+        than the page, to know whether another page follows."""
+        cases = await self.node.store.list_cases(state=msg.state, customer=msg.customer,
+                                                 offset=msg.offset, limit=msg.limit + 1)
+        page = cases[:msg.limit]
+        return m.CaseList(re=msg.id, cases=[case_info(c, brief=True) for c in page],
+                          next_offset=msg.offset + len(page) if len(cases) > msg.limit
+                          else None)
 
     async def _list_agents(self, msg: m.ListAgents) -> m.AgentList:
         """One page of the enrolled agents (enrollment order), filtered."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from proto import messages as m
+from proto.session import CASE_PAGES_VERSION
 from proto.timefmt import human_time
 
 from .client import TechClient
@@ -74,13 +75,68 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return 0
 
 
+def page_size(text: str) -> int:
+    """argparse type of ``cases --limit``: 1 to :data:`proto.messages.CASE_PAGE`."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= m.CASE_PAGE:
+        raise argparse.ArgumentTypeError(f"--limit takes a number of cases from 1 to "
+                                         f"{m.CASE_PAGE}")
+    return int(text)
+
+
+def page_offset(text: str) -> int:
+    """argparse type of ``cases --offset``: 0 or more (the ``next_offset`` of a page)."""
+    if not text.strip().isdigit() or int(text) > 2**31:
+        raise argparse.ArgumentTypeError("--offset takes a number of cases to skip, 0 or "
+                                         "more (the next page's offset that `hw-tech cases` "
+                                         "printed)")
+    return int(text)
+
+
+def name_filter(what: str) -> Callable[[str], str]:
+    """argparse type of a name filter: 1-128 printable characters."""
+    def parse(text: str) -> str:
+        if not 1 <= len(text) <= 128 or not text.isprintable():
+            raise argparse.ArgumentTypeError(f"--{what} takes a name of 1 to 128 printable "
+                                             "characters")
+        return text
+    return parse
+
+
 def cmd_cases(args: argparse.Namespace) -> int:
-    reply = _call(args, lambda rid: m.ListCases(id=rid, state=args.state))
+    profile = _profile(args)
+
+    async def go() -> tuple[list[m.CaseInfo], int | None]:
+        got: dict[str, m.CaseInfo] = {}  # a case opened meanwhile shifts pages: once each
+        offset: int | None = 0 if args.all else args.offset
+        async with TechClient(profile) as client:
+            paged = (args.customer is not None or args.offset or args.all
+                     or args.limit != m.CASE_PAGE)
+            if paged and (client.session.version or 0) < CASE_PAGES_VERSION:
+                raise TechError(
+                    f"the server speaks protocol version {client.session.version}: "
+                    "--customer, --limit, --offset and --all need a server at version "
+                    f"{CASE_PAGES_VERSION} or later; upgrade the server, or list without them")
+            while offset is not None:
+                page = await client.call(m.ListCases(
+                    id=client.new_id(), state=args.state, customer=args.customer,
+                    offset=offset, limit=args.limit))
+                assert isinstance(page, m.CaseList)
+                for c in page.cases:
+                    got.setdefault(c.number, c)
+                offset = page.next_offset
+                if not args.all:
+                    break
+        return list(got.values()), offset
+
+    cases, more = asyncio.run(go())
     if args.json:
-        _dump(reply.cases)
+        _dump(cases)
     else:
         _table([[c.number, c.state, c.customer, _when(c.opened_at), c.description[:50]]
-                for c in reply.cases], ["CASE", "STATE", "CUSTOMER", "OPENED", "DESCRIPTION"])
+                for c in cases], ["CASE", "STATE", "CUSTOMER", "OPENED", "DESCRIPTION"])
+    if more is not None:
+        print(f"hw-tech: more cases follow: add --offset {more} for the next page, or --all "
+              "for every page", file=sys.stderr)
     return 0
 
 
@@ -324,8 +380,24 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--offline", dest="online", action="store_const", const=False,
                        help="only agents offline now")
     s.set_defaults(func=cmd_agents)
-    s = sub.add_parser("cases", parents=[common], help="cases, newest first")
-    s.add_argument("--state", help="only cases in this state")
+    s = sub.add_parser(
+        "cases", parents=[common], help="cases, newest first, a page at a time",
+        description="List cases, newest first: one page (at most --limit cases, from "
+                    "--offset), or every page with --all. When more cases follow, the offset "
+                    "of the next page is printed on stderr.")
+    s.add_argument("--state", type=name_filter("state"),
+                   help="only cases in this state (open, diagnosed, diagnosis-failed, "
+                        "needs-onsite, resolved, closed, reopened)")
+    s.add_argument("--customer", metavar="NAME", type=name_filter("customer"),
+                   help="only this customer's cases (exact name, as `hw-tech agents` shows)")
+    s.add_argument("--limit", metavar="N", type=page_size, default=m.CASE_PAGE,
+                   help=f"cases per page, 1-{m.CASE_PAGE} (default {m.CASE_PAGE})")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--offset", metavar="N", type=page_offset, default=0,
+                       help="skip this many cases (the next page's offset printed on stderr)")
+    where.add_argument("--all", action="store_true",
+                       help="every page: all matching cases (a case opened meanwhile is "
+                            "listed once)")
     s.set_defaults(func=cmd_cases)
     s = sub.add_parser("case", parents=[common], help="one case: history and stored results")
     s.add_argument("case", metavar="CASE", type=case_number,
