@@ -274,14 +274,14 @@ class AgentGateway:
                                                      "refusals": count})
 
     async def _refuse_result(self, link: AgentLink, msg: m.Result, event: str, reason: str,
-                             text: str) -> None:
+                             text: str, **extra: Any) -> None:
         """Answer a result that is not stored with ``refused`` (the agent drops it from its
         outbox) and audit it; the case and its tickets are left as they were."""
         await link.send(m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=text))
         await self._audit_refusal(
             link, event, reason, subject=msg.case,
             detail={"result": msg.id, "request": msg.re, "action": msg.action.value,
-                    "ok": msg.ok})
+                    "ok": msg.ok, **extra})
 
     async def _result(self, link: AgentLink, msg: m.Result) -> None:
         """Check the result answers a request sent to this agent and fits its quota; store
@@ -292,7 +292,8 @@ class AgentGateway:
             check_result_size(self.quotas, result_id=msg.id,
                               size=len(payload) + len(msg.error.encode()))
         except QuotaExceeded as exc:
-            await self._refuse_result(link, msg, "quota.refused", exc.limit, str(exc))
+            await self._refuse_result(link, msg, "quota.refused", exc.limit, str(exc),
+                                      limit=exc.limit, allowed=exc.allowed)
             # The technician waiting for it (if it answers a request to this agent) hears why.
             self.node.pending.answer(msg.re, link, msg.case, m.Result(
                 id=msg.id, re=msg.re, case=msg.case, action=msg.action, ok=False,
