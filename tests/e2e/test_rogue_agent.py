@@ -356,3 +356,41 @@ def test_bad_case_listing_arguments_exit_2(tmp_path: Path, args: list[str]) -> N
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert "error:" in out.stderr
+
+
+async def test_a_version_2_technician_is_never_shown_a_cut_list(harness: Harness) -> None:
+    """Pages are version 3: a version-2 hw-tech gets every case while they fit one page,
+    and beyond that an error saying to upgrade (before: the newest 500, silently)."""
+    from tech.client import Profile, TechClient
+
+    h = harness
+    h.init_server(agent_open_cases=1000, agent_cases_per_minute=1000)
+    h.start_server()
+    tech = h.add_tech("alice")
+    agent = await RawAgent(h, h.enroll("MANY", customer="Mallory")).connect(m.Mode.CALL)
+
+    async def list_as_v2() -> m.AnyMessage:
+        client = TechClient(Profile.load(tech))
+        client.session = ClientSession(role=m.Role.TECH, identity=client.profile.name,
+                                       versions=(1, 2))
+        async with client:
+            assert client.session.version == 2
+            await client.ws.send(client.session.send(m.ListCases(id="tq-1")),  # type: ignore[union-attr]
+                                 text=True)
+            return client.session.receive(await client.ws.recv(decode=False))  # type: ignore[union-attr]
+
+    try:
+        for i in range(m.CASE_PAGE + 1):
+            reply = await agent.ask(m.OpenCase(id=f"oc-{i}", description="x"))
+            assert isinstance(reply, m.CaseOpened)
+            if i == m.CASE_PAGE - 1:
+                fits = await list_as_v2()
+                assert isinstance(fits, m.CaseList) and len(fits.cases) == m.CASE_PAGE
+                assert fits.next_offset is None
+    finally:
+        await agent.close()
+    cut = await list_as_v2()
+    assert isinstance(cut, m.Error) and cut.code is m.ErrorCode.BAD_REQUEST
+    assert "cannot page through them; upgrade hw-tech" in cut.message
+    every = h.tech_json(tech, "cases", "--all")
+    assert len({c["number"] for c in every}) == m.CASE_PAGE + 1
