@@ -13,6 +13,7 @@ only as the answer to a request the relay sent to that agent for that case and a
 :mod:`server.quota`; whatever is refused is answered with an ``error`` ``refused`` saying
 why and audited (``result.refused``, ``quota.refused``) at most once per interval per
 agent and reason.
+
 Protocol decisions live in :mod:`proto.session`; what a result does to its case in
 :mod:`server.cases`.
 """
