@@ -25,12 +25,7 @@ from .base import StoreBase
 from .engine import pg_xact_lock
 from .errors import NotFound, StoreError
 from .records import CaseEventRecord, CaseRecord, ResultRecord
-from .requests import (
-    answered_request,
-    answered_request_sqlite,
-    mark_answered,
-    mark_answered_sqlite,
-)
+from .requests import answer_request, answer_request_sqlite
 from .rows import case_select, result_select, to_case, to_result
 from .schema import agents, as_utc, case_events, cases, customers, results
 from .sqlitewriter import SqliteBatch, SqliteBusy, sqlite_time, utc_from_sqlite
@@ -84,13 +79,11 @@ def _store_result_sqlite(
         raise _not_agents_case(agent_id, case)
     case_id, state = found
     if answers_request:  # raises ResultRefused before anything is written
-        answered_request_sqlite(db, request_id=request_id, agent_id=agent_id, case=case,
-                                action=action, msg_id=msg_id)
+        answer_request_sqlite(db, request_id=request_id, agent_id=agent_id, case=case,
+                              action=action, msg_id=msg_id, now=now)
     at = sqlite_time(now)
     inserted = db.execute(_SQLITE_RESULT, (msg_id, request_id, case_id, agent_id, action,
                                            1 if ok else 0, payload, error, at)).rowcount == 1
-    if inserted and answers_request:
-        mark_answered_sqlite(db, request_id=request_id, msg_id=msg_id, now=now)
     if inserted and detail_json is not None:
         append_entry_sqlite(db, event="result", actor=f"agent:{agent_id}", subject=case,
                             detail_json=detail_json, now=now)
@@ -398,8 +391,8 @@ class CaseStore(StoreBase):
         if found is None:
             raise _not_agents_case(agent_id, case)
         if answers_request:  # raises ResultRefused before anything is written
-            await answered_request(conn, request_id=request_id, agent_id=agent_id, case=case,
-                                   action=action, msg_id=msg_id)
+            await answer_request(conn, request_id=request_id, agent_id=agent_id, case=case,
+                                 action=action, msg_id=msg_id, now=now)
         inserted = await conn.execute(
             self._insert(results)
             .values(
@@ -415,8 +408,6 @@ class CaseStore(StoreBase):
             )
             .on_conflict_do_nothing(index_elements=["msg_id"])
         )
-        if inserted.rowcount == 1 and answers_request:
-            await mark_answered(conn, request_id=request_id, msg_id=msg_id, now=now)
         if inserted.rowcount == 1 and detail_json is not None:
             await append_entry(
                 conn, event="result", actor=f"agent:{agent_id}", subject=case,

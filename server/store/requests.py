@@ -4,9 +4,10 @@ The relay records each :class:`~proto.messages.Request` it sends (its id, the ag
 case and the action, when) in the same group-committed batch as the ``command`` audit entry
 (:meth:`RequestStore.record_request_in`), so recording costs one more INSERT in a
 transaction that commits anyway, and the row is durable before the agent can answer.
-Storing a result (:meth:`server.store.cases.CaseStore.store_result_in`) first checks it
-against that row (:func:`answered_request_sqlite`, :func:`answered_request`) and, once the
-result is inserted, marks the row answered by it in the same transaction. The record is in
+Storing a result (:meth:`server.store.cases.CaseStore.store_result_in`) checks it against
+that row and marks the row answered by it, in one UPDATE by primary key in the result's
+transaction (:func:`answer_request_sqlite`, :func:`answer_request`; the reason of a
+refusal is read only when it matched no row). The record is in
 the store, not in a node's memory, so a result still counts after a restart of the server,
 a reconnect of the agent (its durable outbox resends it) or on another node.
 """
@@ -25,15 +26,17 @@ from .errors import ResultRefused
 from .schema import as_utc, requests
 from .sqlitewriter import SqliteBatch, sqlite_time
 
-__all__ = ["RequestStore", "answered_request", "answered_request_sqlite", "check_answer",
-           "mark_answered", "mark_answered_sqlite"]
+__all__ = ["RequestStore", "answer_request", "answer_request_sqlite", "check_answer"]
 
 _SQLITE_RECORD: Final = ("INSERT INTO requests (request_id, agent_id, case_number, action, "
                          "sent_at) VALUES (?, ?, ?, ?, ?)")
+# One statement on the hot path: it both checks and marks (0 rows: refused, see why below).
+_SQLITE_ANSWER: Final = (
+    "UPDATE requests SET answered_by = ?, answered_at = coalesce(answered_at, ?) "
+    "WHERE request_id = ? AND agent_id = ? AND case_number = ? AND action = ? "
+    "AND (answered_by IS NULL OR answered_by = ?)")
 _SQLITE_FIND: Final = ("SELECT case_number, action, answered_by FROM requests "
                        "WHERE request_id = ? AND agent_id = ?")
-_SQLITE_ANSWERED: Final = ("UPDATE requests SET answered_by = ?, answered_at = ? "
-                           "WHERE request_id = ? AND answered_by IS NULL")
 
 
 def check_answer(found: tuple[str, str, str | None] | None, *, request_id: str, case: str,
@@ -59,39 +62,41 @@ def check_answer(found: tuple[str, str, str | None] | None, *, request_id: str, 
         raise ResultRefused("answered", request_id)
 
 
-def answered_request_sqlite(db: sqlite3.Connection, *, request_id: str, agent_id: str,
-                            case: str, action: str, msg_id: str) -> None:
-    """Check result ``msg_id`` against its request on the SQLite fast path (in the batch's
-    BEGIN IMMEDIATE transaction, so no other writer runs meanwhile); raises
-    :class:`ResultRefused`. Mark it answered with :func:`mark_answered_sqlite` once the
-    result is inserted."""
-    found = db.execute(_SQLITE_FIND, (request_id, agent_id)).fetchone()
-    check_answer(found, request_id=request_id, case=case, action=action, msg_id=msg_id)
+def answer_request_sqlite(db: sqlite3.Connection, *, request_id: str, agent_id: str,
+                          case: str, action: str, msg_id: str, now: datetime) -> None:
+    """Mark request ``request_id`` answered by result ``msg_id`` if it was sent to
+    ``agent_id`` for ``case`` and ``action`` and no other result answered it, on the SQLite
+    fast path (in the batch's BEGIN IMMEDIATE transaction: no other writer runs meanwhile).
+
+    Raises:
+        ResultRefused: it answers no such request; nothing was written.
+    """
+    if db.execute(_SQLITE_ANSWER, (msg_id, sqlite_time(now), request_id, agent_id, case,
+                                   action, msg_id)).rowcount != 1:
+        found = db.execute(_SQLITE_FIND, (request_id, agent_id)).fetchone()
+        check_answer(found, request_id=request_id, case=case, action=action, msg_id=msg_id)
+        raise ResultRefused("answered", request_id)  # pragma: no cover - found it above
 
 
-def mark_answered_sqlite(db: sqlite3.Connection, *, request_id: str, msg_id: str,
-                         now: datetime) -> None:
-    db.execute(_SQLITE_ANSWERED, (msg_id, sqlite_time(now), request_id))
-
-
-async def answered_request(conn: AsyncConnection, *, request_id: str, agent_id: str,
-                           case: str, action: str, msg_id: str) -> None:
-    """:func:`answered_request_sqlite` through SQLAlchemy (PostgreSQL, or SQLite in
-    memory). The row is locked (``FOR UPDATE``) until the transaction ends, so two results
-    cannot both answer it."""
-    row = (await conn.execute(
-        sa.select(requests.c.case_number, requests.c.action, requests.c.answered_by)
-        .where(requests.c.request_id == request_id, requests.c.agent_id == agent_id)
-        .with_for_update())).one_or_none()
-    check_answer(None if row is None else (row.case_number, row.action, row.answered_by),
-                 request_id=request_id, case=case, action=action, msg_id=msg_id)
-
-
-async def mark_answered(conn: AsyncConnection, *, request_id: str, msg_id: str,
-                        now: datetime) -> None:
-    await conn.execute(sa.update(requests).where(
-        requests.c.request_id == request_id, requests.c.answered_by.is_(None))
-        .values(answered_by=msg_id, answered_at=now))
+async def answer_request(conn: AsyncConnection, *, request_id: str, agent_id: str,
+                         case: str, action: str, msg_id: str, now: datetime) -> None:
+    """:func:`answer_request_sqlite` through SQLAlchemy (PostgreSQL, or SQLite in memory).
+    On PostgreSQL the UPDATE locks the row until the transaction ends and re-checks its
+    condition after a concurrent one commits, so two results cannot both answer it."""
+    marked = await conn.execute(sa.update(requests).where(
+        requests.c.request_id == request_id, requests.c.agent_id == agent_id,
+        requests.c.case_number == case, requests.c.action == action,
+        sa.or_(requests.c.answered_by.is_(None), requests.c.answered_by == msg_id),
+    ).values(answered_by=msg_id,
+             answered_at=sa.func.coalesce(requests.c.answered_at, now)))
+    if marked.rowcount != 1:
+        row = (await conn.execute(
+            sa.select(requests.c.case_number, requests.c.action, requests.c.answered_by)
+            .where(requests.c.request_id == request_id, requests.c.agent_id == agent_id)
+        )).one_or_none()
+        check_answer(None if row is None else (row.case_number, row.action, row.answered_by),
+                     request_id=request_id, case=case, action=action, msg_id=msg_id)
+        raise ResultRefused("answered", request_id)  # pragma: no cover - found it above
 
 
 class RequestStore(StoreBase):
