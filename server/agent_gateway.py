@@ -27,6 +27,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -44,7 +45,7 @@ from .fanout import Fanouts
 from .node import AgentLink, Node, close_reason, recv
 from .onsite.tickets import TicketError
 from .pki import now_utc
-from .quota import QuotaExceeded, RefusalLog, check_result_size
+from .quota import QuotaExceeded, Quotas, RefusalLog, check_result_size
 from .results import result_payload, stored_result
 from .store import NotFound, ResultRefused, StoreError, TokenRefused
 from .tunnel import TunnelBroker, store_recording
@@ -122,9 +123,17 @@ class AgentGateway:
         self.tunnels = tunnels
         #: agent id -> when last seen (connect/disconnect), written in batches
         self.seen: dict[str, datetime] = {}
-        self.quotas = node.cfg.quotas
-        #: recent refusals per agent: audited once per interval, retries refused from memory
-        self.refusals = RefusalLog(self.quotas.audit_interval_s)
+
+    @cached_property
+    def quotas(self) -> Quotas:
+        """The per-agent quotas of this node's configuration (read once)."""
+        return self.node.cfg.quotas
+
+    @cached_property
+    def refusals(self) -> RefusalLog:
+        """Recent refusals per agent: audited once per interval, retries refused from
+        memory."""
+        return RefusalLog(self.quotas.audit_interval_s)
 
     async def serve(self, ws: ServerConnection, session: ServerSession, peer: str) -> None:
         """One agent connection: handshake (or enrollment), then its messages until bye."""
