@@ -550,14 +550,24 @@ class ListAgents(Struct, frozen=True, forbid_unknown_fields=True, tag="list_agen
     limit: Annotated[int, Meta(ge=1, le=AGENT_PAGE)] = AGENT_PAGE
 
 
+#: Most cases one ``case_list`` page carries (a page of brief cases stays under one frame).
+CASE_PAGE = 500
+
+
 class ListCases(Struct, frozen=True, forbid_unknown_fields=True, tag="list_cases",
                 tag_field="type", omit_defaults=True):
-    """Cases, newest first; optionally only in ``state``, owned by ``owner`` or
-    ``unassigned`` (both version 3). A ``remote`` technician gets only their own cases and
-    the unassigned queue whatever the filter (``docs/security.md#case-owners``)."""
+    """Cases newest first, one page at a time (``offset``, ``limit``); optionally only
+    those in ``state``, of one ``customer``, owned by ``owner`` or ``unassigned``.
+    ``customer``, ``offset``, ``limit``, ``owner`` and ``unassigned`` are version 3 (omitted
+    at their defaults, so a version-2 server never sees them). A ``remote`` technician gets
+    only their own cases and the unassigned queue whatever the filter
+    (``docs/security.md#case-owners``)."""
 
     id: Id
     state: Name | None = None
+    customer: Name | None = None
+    offset: Annotated[int, Meta(ge=0, le=2**31)] = 0
+    limit: Annotated[int, Meta(ge=1, le=CASE_PAGE)] = CASE_PAGE
     owner: Name | None = None
     unassigned: bool = False
 
@@ -649,9 +659,13 @@ class AgentList(Struct, frozen=True, forbid_unknown_fields=True, tag="agent_list
 
 
 class CaseList(Struct, frozen=True, forbid_unknown_fields=True, tag="case_list",
-               tag_field="type"):
+               tag_field="type", omit_defaults=True):
+    """One page of cases; ``next_offset`` (version 3): ask again with it for the next page
+    (``None``: this was the last)."""
+
     re: Id
-    cases: list[CaseInfo]
+    cases: Annotated[list[CaseInfo], Meta(max_length=CASE_PAGE)]
+    next_offset: int | None = None
 
 
 class CaseDetail(Struct, frozen=True, forbid_unknown_fields=True, tag="case_detail",

@@ -68,6 +68,10 @@ SERVER_TO_TECH: frozenset[type] = frozenset(
 SINCE_VERSION: dict[type, int] = {m.Fanout: 2, m.Ping: 2, m.Pong: 2, m.FanoutDone: 2,
                                   m.ClaimCase: 3, m.AssignCase: 3, m.CaseOwner: 3,
                                   m.SignedRevocations: 3}
+#: The version whose ``list_cases`` has ``customer``, ``offset`` and ``limit`` and whose
+#: ``case_list`` has ``next_offset`` (fields of existing messages, so not in the table above:
+#: the server sends ``next_offset`` only to a session at this version or later).
+CASE_PAGES_VERSION = 3
 
 
 def speaks(version: int | None, cls: type) -> bool:

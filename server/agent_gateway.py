@@ -6,6 +6,14 @@ server relays technicians' requests on it, :mod:`server.relay`), for a short ``c
 (:mod:`server.tunnel`). On ``run`` and ``call`` sessions the agent opens cases and sends
 results, consent receipts, visit decisions and session recordings; this module stores them
 and answers the request waiting for a result (:class:`server.pending.PendingRequests`).
+
+An enrolled agent is not trusted (``docs/security.md#a-rogue-agent``): a result is stored
+only as the answer to a request the relay sent to that agent for that case and action
+(:mod:`server.store.requests`), and cases and results are held to the per-agent quotas of
+:mod:`server.quota`; whatever is refused is answered with an ``error`` ``refused`` saying
+why and audited (``result.refused``, ``quota.refused``) at most once per interval per
+agent and reason.
+
 Protocol decisions live in :mod:`proto.session`; what a result does to its case in
 :mod:`server.cases`.
 """
@@ -17,8 +25,10 @@ import functools
 import hashlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -36,10 +46,11 @@ from .fanout import Fanouts
 from .node import AgentLink, Node, close_reason, recv
 from .onsite.tickets import TicketError
 from .pki import now_utc
+from .quota import QuotaExceeded, Quotas, RefusalLog, check_result_size
 from .recordings import RecordingDesk
 from .results import result_payload, stored_result
 from .revocations import RevocationKeeper
-from .store import NotFound, StoreError, TokenRefused
+from .store import NotFound, ResultRefused, StoreError, TokenRefused
 from .tunnel import TunnelBroker
 
 log = logging.getLogger("hw.server")
@@ -122,6 +133,17 @@ class AgentGateway:
     def recordings(self) -> RecordingDesk:
         """Recordings: brokered tunnels only, quotas, validated, sealed (server/recordings.py)."""
         return RecordingDesk(self.node.store, self.node.cfg)
+
+    @cached_property
+    def quotas(self) -> Quotas:
+        """The per-agent quotas of this node's configuration (read once)."""
+        return self.node.cfg.quotas
+
+    @cached_property
+    def refusals(self) -> RefusalLog:
+        """Recent refusals per agent: audited once per interval, retries refused from
+        memory."""
+        return RefusalLog(self.quotas.audit_interval_s)
 
     async def serve(self, ws: ServerConnection, session: ServerSession, peer: str) -> None:
         """One agent connection: handshake (or enrollment), then its messages until bye."""
@@ -255,14 +277,7 @@ class AgentGateway:
 
     async def _from_agent(self, link: AgentLink, msg: m.AnyMessage) -> None:
         if isinstance(msg, m.OpenCase):
-            case, new = await self.node.store.open_case(agent_id=link.agent_id,
-                                                         description=msg.description,
-                                                         request_id=msg.id, now=now_utc())
-            await link.send(m.CaseOpened(re=msg.id, case=case.number, opened_at=case.opened_at))
-            if new:
-                log.info("case %s opened by agent %s", case.number, link.agent_id)
-                await self.node.audit(event="case.opened", actor=f"agent:{link.agent_id}",
-                                      subject=case.number, now=now_utc())
+            await self._open_case(link, msg)
         elif isinstance(msg, m.Pong):
             self.fanouts.answer(link.agent_id, msg)
         elif isinstance(msg, m.Result):
@@ -276,22 +291,91 @@ class AgentGateway:
         elif isinstance(msg, m.Error):
             log.info("agent %s reported error %s", link.agent_id, msg.code.value)
 
+    async def _open_case(self, link: AgentLink, msg: m.OpenCase) -> None:
+        """Open a case within the agent's quotas (:func:`server.quota.check_case_open`); an
+        agent that retries before its retry time is refused from memory."""
+        held = (link.agent_id, "open_case")
+        refusal = self.refusals.held(held, time.monotonic())
+        if refusal is None:
+            try:
+                case, new = await self.node.store.open_case(
+                    agent_id=link.agent_id, description=msg.description, request_id=msg.id,
+                    now=now_utc(), quotas=self.quotas)
+            except QuotaExceeded as exc:
+                refusal = exc
+                self.refusals.hold(held, exc, time.monotonic())
+        if refusal is not None:
+            await link.send(m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(refusal)))
+            await self._audit_refusal(
+                link, "quota.refused", refusal.limit, subject=link.agent_id,
+                detail={"limit": refusal.limit, "allowed": refusal.allowed,
+                        "request": msg.id})
+            return
+        await link.send(m.CaseOpened(re=msg.id, case=case.number, opened_at=case.opened_at))
+        if new:
+            log.info("case %s opened by agent %s", case.number, link.agent_id)
+            await self.node.audit(event="case.opened", actor=f"agent:{link.agent_id}",
+                                  subject=case.number, now=now_utc())
+
+    async def _audit_refusal(self, link: AgentLink, event: str, reason: str, *, subject: str,
+                             detail: dict[str, Any]) -> None:
+        """Audit a refusal of ``link``'s agent, unless one for the same reason was audited
+        within the quota interval (then it is counted in the next entry's ``refusals``)."""
+        count = self.refusals.note((link.agent_id, event, reason), time.monotonic())
+        if count is None:
+            return
+        log.info("agent %s: %s (%s), %d since the last entry", link.agent_id, event, reason,
+                 count)
+        await self.node.audit(event=event, actor=f"agent:{link.agent_id}", subject=subject,
+                              now=now_utc(), detail={**detail, "reason": reason,
+                                                     "refusals": count})
+
+    async def _refuse_result(self, link: AgentLink, msg: m.Result, event: str, reason: str,
+                             text: str, **extra: Any) -> None:
+        """Answer a result that is not stored with ``refused`` (the agent drops it from its
+        outbox) and audit it; the case and its tickets are left as they were."""
+        await link.send(m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=text))
+        await self._audit_refusal(
+            link, event, reason, subject=msg.case,
+            detail={"result": msg.id, "request": msg.re, "action": msg.action.value,
+                    "ok": msg.ok, **extra})
+
     async def _result(self, link: AgentLink, msg: m.Result) -> None:
-        """Store first (exactly once), then answer the waiting technician, then ack."""
+        """Check the result answers a request sent to this agent and fits its quota; store
+        it (exactly once), then answer the waiting technician, then ack."""
         now = now_utc()
+        payload = result_payload(msg)
+        try:
+            check_result_size(self.quotas, result_id=msg.id,
+                              size=len(payload) + len(msg.error.encode()))
+        except QuotaExceeded as exc:
+            await self._refuse_result(link, msg, "quota.refused", exc.limit, str(exc),
+                                      limit=exc.limit, allowed=exc.allowed)
+            # The technician waiting for it (if it answers a request to this agent) hears why.
+            self.node.pending.answer(msg.re, link, msg.case, m.Result(
+                id=msg.id, re=msg.re, case=msg.case, action=msg.action, ok=False,
+                error_code=m.ErrorCode.INTERNAL, error=f"the server refused the agent's "
+                f"result: {exc}"), now)
+            return
         state = case_state_after(msg)
         if state in GUARDED:  # rare (a verified fix): only then read what could hold it
             state = await self._guarded_state(link, msg)
         try:
             new = await self._store_result(
                 msg_id=msg.id, request_id=msg.re, case=msg.case, agent_id=link.agent_id,
-                action=msg.action.value, ok=msg.ok, payload=result_payload(msg),
+                action=msg.action.value, ok=msg.ok, payload=payload,
                 error=msg.error, now=now, case_state=None if state is None else state.value,
                 audit_detail={"action": msg.action.value, "request": msg.re,
-                              "result": msg.id, "ok": msg.ok, "error": msg.error[:300]})
+                              "result": msg.id, "ok": msg.ok, "error": msg.error[:300]},
+                answers_request=True)
+        except ResultRefused as exc:
+            # Answers no request sent to this agent for this case and action: never stored,
+            # so nothing it says (findings, a receipt, a fix) moves the case or opens a ticket.
+            await self._refuse_result(link, msg, "result.refused", exc.reason, str(exc))
+            return
         except NotFound as exc:
             # A result for a case that is not this agent's: refuse it for good.
-            await link.send(m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc)))
+            await self._refuse_result(link, msg, "result.refused", "not_own_case", str(exc))
             return
         # Any other store error propagates: the connection closes without an ack, and the
         # agent resends the result from its outbox after reconnecting.

@@ -6,7 +6,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proto import MAX_FRAME_SIZE
+
 from .errors import ConfigError
+from .quota import Quotas
 
 CONFIG_NAME = "config.toml"
 
@@ -43,6 +46,18 @@ class ServerConfig:
     recording_bytes_per_hour: int = 64 * 1024 * 1024
     recordings_per_minute: int = 20
     recordings_per_tunnel: int = 64
+    # per-agent quotas (server/quota.py, docs/operations.md#quotas)
+    agent_open_cases: int = Quotas.open_cases
+    agent_cases_per_minute: int = Quotas.cases_per_minute
+    result_max_bytes: int = Quotas.result_bytes
+    quota_audit_interval_s: float = Quotas.audit_interval_s
+
+    @property
+    def quotas(self) -> Quotas:
+        return Quotas(open_cases=self.agent_open_cases,
+                      cases_per_minute=self.agent_cases_per_minute,
+                      result_bytes=self.result_max_bytes,
+                      audit_interval_s=float(self.quota_audit_interval_s))
 
     @property
     def db_url(self) -> str:
@@ -98,7 +113,8 @@ class ServerConfig:
             raise ConfigError(f"{path} is not valid TOML ({exc}); fix or re-create it") from None
         known = {"listen", "names", "public_urls", "db", "handshake_timeout",
                  "token_ttl_hours", "bus", "node_id", "node_url", "presence_lease_s",
-                 "recording_bytes_per_hour", "recordings_per_minute", "recordings_per_tunnel"}
+                 "recording_bytes_per_hour", "recordings_per_minute", "recordings_per_tunnel",
+                 *QUOTA_SETTINGS}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
@@ -119,6 +135,7 @@ class ServerConfig:
                 if not isinstance(value, int) or isinstance(value, bool) or \
                         not 1 <= value <= 2**40:
                     raise ConfigError(f"{path}: {name} must be a whole number >= 1")
+            check_quotas(cfg, path)
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{path}: a setting has the wrong type ({exc}); see "
                               "docs/operations.md") from None
@@ -139,8 +156,34 @@ class ServerConfig:
             f"db = {_q(self.db)}",
             f"handshake_timeout = {self.handshake_timeout}",
             f"token_ttl_hours = {self.token_ttl_hours}",
+            "# per-agent quotas (docs/operations.md#quotas)",
+            f"agent_open_cases = {self.agent_open_cases}",
+            f"agent_cases_per_minute = {self.agent_cases_per_minute}",
+            f"result_max_bytes = {self.result_max_bytes}",
+            f"quota_audit_interval_s = {self.quota_audit_interval_s}",
         ]
         (self.home / CONFIG_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+#: The quota settings and their allowed ranges (docs/operations.md#quotas).
+QUOTA_SETTINGS: dict[str, tuple[float, float]] = {
+    "agent_open_cases": (1, 10_000),
+    "agent_cases_per_minute": (1, 10_000),
+    "result_max_bytes": (1024, MAX_FRAME_SIZE),
+    "quota_audit_interval_s": (1, 86_400),
+}
+
+
+def check_quotas(cfg: ServerConfig, path: Path) -> None:
+    """Raise ConfigError for a quota setting of the wrong type or out of its range."""
+    for name, (low, high) in QUOTA_SETTINGS.items():
+        value = getattr(cfg, name)
+        whole = not name.endswith("_s")
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or (whole and not isinstance(value, int)) or not low <= value <= high):
+            kind = "a whole number" if whole else "a number"
+            raise ConfigError(f"{path}: {name} must be {kind} from {low:g} to {high:g}, got "
+                              f"{value!r}; see docs/operations.md#quotas")
 
 
 def _q(s: str) -> str:

@@ -1,7 +1,9 @@
 """The relay: a technician's signed command to its agent and the stored result back.
 
 :meth:`Relay.relay` checks the signed command (to fail fast: the agent checks everything
-again against the org key it pinned), audits it, sends it as a
+again against the org key it pinned), audits it and records the request in the store (a
+result is only accepted as the answer to a recorded request, :mod:`server.store.requests`),
+sends it as a
 :class:`~proto.messages.Request` on this node's link to the agent or through the bus to the
 node holding it (:mod:`server.bus`, :mod:`server.presence`), and waits for the result the
 agent gateway stores (:class:`server.pending.PendingRequests`). :meth:`Relay.serve_forward`
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -112,11 +115,10 @@ class Relay:
                                    "ask the customer to start `hw-agent run`, then retry")
         request = m.Request(id="rq-" + secrets.token_hex(8), case=msg.case, action=action,
                             tech=tech, timeout=msg.timeout, command=msg.command)
-        await node.audit(
-            event="command", actor=f"tech:{tech}", subject=msg.case, now=now,
-            detail={"action": action.value, "agent": agent_id, "verdict": "relayed",
-                    "request": request.id, "args": verified.command.args,
-                    **({"node": where} if where is not None else {})})
+        await self._sent(request, agent_id, now, audit_detail={
+            "action": action.value, "agent": agent_id, "verdict": "relayed",
+            "request": request.id, "args": verified.command.args,
+            **({"node": where} if where is not None else {})})
         try:
             async with asyncio.timeout(msg.timeout):
                 if link is not None:
@@ -152,6 +154,26 @@ class Relay:
         if action is m.Action.PLUGINS:
             return m.PluginList(re=msg.id, case=msg.case, plugins=result.plugins)
         return m.DiagDone(re=msg.id, case=msg.case, result=stored)
+
+    async def _sent(self, request: m.Request, agent_id: str, now: datetime,
+                    audit_detail: dict[str, Any] | None = None) -> None:
+        """Record ``request`` as sent to ``agent_id`` (the only results the agent gateway
+        stores answer such a record) and, with ``audit_detail``, audit the relayed command,
+        in ONE job of the next group-committed batch (``server/writer.py``): one more INSERT
+        in a transaction that commits anyway. It is durable before the request is sent, so
+        the agent's answer always finds it, on any node, after any restart."""
+        store = self.node.store
+
+        async def job(conn: Any) -> None:
+            if audit_detail is not None:
+                await store.append_audit_in(conn, event="command",
+                                            actor=f"tech:{request.tech}", subject=request.case,
+                                            detail=audit_detail, now=now)
+            await store.record_request_in(conn, request_id=request.id, agent_id=agent_id,
+                                          case=request.case, action=request.action.value,
+                                          now=now)
+
+        await self.node.writer.submit(job)
 
     async def _public_key(self, agent_id: str) -> bytes:
         agent = await self.agents.get(agent_id)
@@ -243,6 +265,7 @@ class Relay:
             return pending.expect_remote(request_id, case)
 
         async def send_request(agent_id: str, request: m.Request) -> None:
+            await self._sent(request, agent_id, now_utc())  # its result must find it
             link = pending.owner(request.id)
             if link is not None:
                 await link.send(request)

@@ -28,7 +28,7 @@ from proto.errors import (
     UnexpectedMessage,
 )
 from proto.roles import Role, allowed, consent_scopes_allowed, describe
-from proto.session import ServerSession, speaks
+from proto.session import CASE_PAGES_VERSION, ServerSession, speaks
 
 from . import access, pki
 from .access import CALLER, Caller
@@ -50,7 +50,8 @@ TECH_CONCURRENCY = 16
 #: Requests of all technicians served at once; more wait in memory, not in the store's
 #: connection pool (where they would time out under a fan-out to thousands of agents).
 SERVER_CONCURRENCY = 256
-#: Listings carry at most this many cases (newest first), descriptions cut to 200 chars.
+#: Ticket listings carry at most this many tickets (newest first); case listings have
+#: pages of at most :data:`proto.messages.CASE_PAGE` cases, descriptions cut to 200 chars.
 LIST_LIMIT = 500
 #: A case detail carries its newest results only.
 RESULTS_LIMIT = 20
@@ -123,6 +124,12 @@ class TechGateway:
                     "version 1) cannot page through them; upgrade hw-tech"))
             if isinstance(msg, m.RecordingData):  # v3 fields, sealed data: v3 sessions only
                 msg = for_version(msg, session.version)
+            if (isinstance(msg, m.CaseList) and msg.next_offset is not None
+                    and (session.version or 0) < CASE_PAGES_VERSION):  # v2 has no pages
+                msg = m.Error(re=msg.re, code=m.ErrorCode.BAD_REQUEST, message=(
+                    f"more than {m.CASE_PAGE} cases match and this hw-tech (protocol version "
+                    f"{session.version}) cannot page through them; upgrade hw-tech, or "
+                    "narrow the list with `hw-tech cases --state STATE`"))
             async with lock:
                 await ws.send(session.send(msg), text=True)
 
@@ -193,11 +200,7 @@ class TechGateway:
         if isinstance(msg, m.ListAgents):
             return await self._list_agents(msg)
         if isinstance(msg, m.ListCases):
-            cases = await node.store.list_cases(
-                state=msg.state, owner=msg.owner, unassigned=msg.unassigned,
-                visible_to=None if caller.sees_all_cases else caller.name)
-            return m.CaseList(re=msg.id, cases=[case_info(c, brief=True, version=caller.version)
-                                                for c in cases[:LIST_LIMIT]])
+            return await self._list_cases(caller, msg)
         if isinstance(msg, m.ClaimCase | m.AssignCase):
             return await self._set_owner(caller, msg)
         if isinstance(msg, m.GetRecording):
@@ -388,6 +391,19 @@ class TechGateway:
             return m.Error(re=msg.id, code=m.ErrorCode.REFUSED, message=str(exc))
         return m.CaseOwner(re=msg.id, case=case_info(updated, version=caller.version),
                            previous=before)
+
+    async def _list_cases(self, caller: Caller, msg: m.ListCases) -> m.CaseList:
+        """One page of cases (newest first), filtered, of those ``caller`` may see; one store
+        query of one case more than the page, to know whether another page follows."""
+        cases = await self.node.store.list_cases(
+            state=msg.state, customer=msg.customer, offset=msg.offset, limit=msg.limit + 1,
+            owner=msg.owner, unassigned=msg.unassigned,
+            visible_to=None if caller.sees_all_cases else caller.name)
+        page = cases[:msg.limit]
+        return m.CaseList(re=msg.id, cases=[case_info(c, brief=True, version=caller.version)
+                                            for c in page],
+                          next_offset=msg.offset + len(page) if len(cases) > msg.limit
+                          else None)
 
     async def _list_agents(self, msg: m.ListAgents) -> m.AgentList:
         """One page of the enrolled agents (enrollment order), filtered."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from proto import messages as m
+from proto.session import CASE_PAGES_VERSION
 from proto.timefmt import human_time
 
 from .cliargs import (
@@ -27,6 +28,8 @@ from .cliargs import (
     fix_arg,
     fixer_code,
     minutes,
+    page_offset,
+    page_size,
     probe_list,
     recording_id,
     scope_list,
@@ -75,15 +78,44 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
-    owner = _profile(args).name if args.mine else args.owner
-    reply = _call(args, lambda rid: m.ListCases(id=rid, state=args.state, owner=owner,
-                                                unassigned=args.unassigned))
+    profile = _profile(args)
+    owner = profile.name if args.mine else args.owner
+
+    async def go() -> tuple[list[m.CaseInfo], int | None]:
+        got: dict[str, m.CaseInfo] = {}  # a case opened meanwhile shifts pages: once each
+        offset: int | None = 0 if args.all else args.offset
+        async with TechClient(profile) as client:
+            paged = (args.customer is not None or args.offset or args.all
+                     or args.limit != m.CASE_PAGE or owner is not None or args.unassigned)
+            if paged and (client.session.version or 0) < CASE_PAGES_VERSION:
+                raise TechError(
+                    f"the server speaks protocol version {client.session.version}: "
+                    "--customer, --limit, --offset, --all, --mine, --owner and --unassigned "
+                    f"need a server at version {CASE_PAGES_VERSION} or later; upgrade the server, "
+                    "or list without them")
+            while offset is not None:
+                page = await client.call(m.ListCases(
+                    id=client.new_id(), state=args.state, customer=args.customer,
+                    offset=offset, limit=args.limit, owner=owner,
+                    unassigned=args.unassigned))
+                assert isinstance(page, m.CaseList)
+                for c in page.cases:
+                    got.setdefault(c.number, c)
+                offset = page.next_offset
+                if not args.all:
+                    break
+        return list(got.values()), offset
+
+    cases, more = asyncio.run(go())
     if args.json:
-        _dump(reply.cases)
+        _dump(cases)
     else:
         _table([[c.number, c.state, c.customer, c.owner or "-", _when(c.opened_at),
-                 c.description[:50]] for c in reply.cases],
+                 c.description[:50]] for c in cases],
                ["CASE", "STATE", "CUSTOMER", "OWNER", "OPENED", "DESCRIPTION"])
+    if more is not None:
+        print(f"hw-tech: more cases follow: add --offset {more} for the next page, or --all "
+              "for every page", file=sys.stderr)
     return 0
 
 
@@ -397,9 +429,27 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--offline", dest="online", action="store_const", const=False,
                        help="only agents offline now")
     s.set_defaults(func=cmd_agents)
-    s = sub.add_parser("cases", parents=[common], help="cases, newest first (a remote "
-                       "technician sees their own cases and the unassigned queue)")
-    s.add_argument("--state", type=case_state, help="only cases in this state")
+    s = sub.add_parser(
+        "cases", parents=[common], help="cases, newest first, a page at a time (a remote "
+        "technician sees their own cases and the unassigned queue)",
+        description="List cases, newest first: one page (at most --limit cases, from "
+                    "--offset), or every page with --all. When more cases follow, the offset "
+                    "of the next page is printed on stderr. A remote technician sees the "
+                    "cases they own and the unassigned queue.")
+    s.add_argument("--state", type=case_state,
+                   help="only cases in this state (open, diagnosed, diagnosis-failed, "
+                        "needs-onsite, resolved, closed, reopened)")
+    s.add_argument("--customer", metavar="NAME", type=customer_name,
+                   help="only this customer's cases (exact name, as `hw-tech agents` shows)")
+    s.add_argument("--limit", metavar="N", type=page_size, default=m.CASE_PAGE,
+                   help=f"cases per page, 1-{m.CASE_PAGE} cases (default {m.CASE_PAGE})")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--offset", metavar="N", type=page_offset, default=0,
+                       help="skip this many cases, 0-2147483648 cases (the next page's "
+                            "offset printed on stderr)")
+    where.add_argument("--all", action="store_true",
+                       help="every page: all matching cases (a case opened meanwhile is "
+                            "listed once)")
     who = s.add_mutually_exclusive_group()
     who.add_argument("--mine", action="store_true", help="only the cases you own")
     who.add_argument("--owner", metavar="NAME", type=tech_name,

@@ -24,6 +24,8 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 
 TIMEOUT = FloatRange(0, 600, "seconds")  # proto.messages.Timeout
 SATISFACTION = IntRange(1, 5)
+page_size = IntRange(1, m.CASE_PAGE, "cases")  # hw-tech cases --limit
+page_offset = IntRange(0, 2**31, "cases")  # hw-tech cases --offset (a next_offset)
 timeout_seconds = TIMEOUT  # argparse type: how long to wait, more than 0 up to 600 s
 satisfaction = SATISFACTION  # argparse type: 1 (poor) to 5 (excellent)
 MAX_MINUTES = 7 * 24 * 60

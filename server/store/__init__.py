@@ -13,7 +13,8 @@ The package, by concept:
 - one module per aggregate, each a mixin of :class:`Store`: :mod:`.enrollment` (customers,
   tokens, agents, technicians), :mod:`.contracts`, :mod:`.cases` (cases and results),
   :mod:`.audit` (the hash-chained log and group commit), :mod:`.receipts` (consent
-  receipts), :mod:`.recordings` (tunnel-session recordings).
+  receipts), :mod:`.recordings` (tunnel-session recordings), :mod:`.requests` (the
+  requests sent to agents, which results must answer).
 
 Every method is one transaction. Every datetime going in must be timezone-aware and every
 datetime coming out is timezone-aware UTC (SQLite stores naive UTC text; it is re-tagged).
@@ -23,6 +24,7 @@ Exceptions (messages say what happened and what to do; never secrets, keys or pa
     StoreError          base; also: bad input, database unavailable or busy
     ├── TokenRefused    an enrollment token that is unknown, already used or expired (.reason)
     ├── NotFound        no such agent, technician or case (or not the caller's case)
+    ├── ResultRefused   a result that answers no request sent to that agent (.reason)
     └── Conflict        already exists: agent id, public key, technician, token secret
 
 SQLite concurrency: connections run with ``journal_mode=WAL``, a busy timeout and
@@ -53,7 +55,7 @@ from .cases import CASE_NUMBER_ATTEMPTS, CaseStore, case_number, china_day
 from .contracts import ContractStore
 from .engine import MIGRATIONS_DIR, SQLITE_BUSY_TIMEOUT_MS
 from .enrollment import CUSTOMER_KINDS, PUBLIC_KEY_SIZE, EnrollmentStore
-from .errors import Conflict, NotFound, StoreError, TokenRefused
+from .errors import Conflict, NotFound, ResultRefused, StoreError, TokenRefused
 from .receipts import ReceiptStore
 from .recordings import RecordingStore
 from .records import (
@@ -68,6 +70,7 @@ from .records import (
     ResultRecord,
     TechnicianRecord,
 )
+from .requests import RequestStore
 from .schema import METADATA, UTCDateTime
 
 __all__ = [
@@ -88,6 +91,7 @@ __all__ = [
     "NotFound",
     "RecordingRecord",
     "ResultRecord",
+    "ResultRefused",
     "Store",
     "StoreError",
     "TechnicianRecord",
@@ -99,5 +103,5 @@ __all__ = [
 
 
 class Store(EnrollmentStore, ContractStore, CaseStore, AuditStore, ReceiptStore,
-            RecordingStore, StoreBase):
+            RecordingStore, RequestStore, StoreBase):
     """The durable store. Create with :meth:`open`; every method is its own transaction."""

@@ -19,18 +19,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import audit as _audit
+from ..quota import CASE_RATE_WINDOW, Quotas, check_case_open
 from .audit import append_entry, append_entry_sqlite
 from .base import StoreBase
 from .engine import pg_xact_lock
 from .errors import Conflict, NotFound, StoreError
 from .records import CaseEventRecord, CaseRecord, ResultRecord
+from .requests import answer_request, answer_request_sqlite
 from .rows import case_select, result_select, to_case, to_result
-from .schema import agents, as_utc, case_events, cases, recordings, results
+from .schema import agents, as_utc, case_events, cases, customers, recordings, results
 from .sqlitewriter import SqliteBatch, SqliteBusy, sqlite_time, utc_from_sqlite
 
-__all__ = ["CASE_NUMBER_ATTEMPTS", "CaseStore", "case_number", "china_day"]
+__all__ = ["CASE_NUMBER_ATTEMPTS", "CASE_PAGE_MAX", "CaseStore", "case_number", "china_day"]
 
 CASE_NUMBER_ATTEMPTS: Final = 20
+#: Cases one :meth:`CaseStore.list_cases` call returns at most.
+CASE_PAGE_MAX: Final = 10_000
 _CHINA: Final = timezone(timedelta(hours=8), "China")  # case numbers use China's date
 _PG_CASE_DAY_LOCK: Final = 0x48574344  # "HWCD", key = the day as YYYYMMDD
 
@@ -66,7 +70,7 @@ _SQLITE_CASE_EVENT: Final = ("INSERT INTO case_events (case_id, state, at, actor
 def _store_result_sqlite(
     db: sqlite3.Connection, *, msg_id: str, request_id: str, case: str, agent_id: str,
     action: str, ok: bool, payload: bytes, error: str, now: datetime,
-    case_state: str | None, detail_json: str | None,
+    case_state: str | None, detail_json: str | None, answers_request: bool,
 ) -> bool:
     """:meth:`CaseStore.store_result_in` on the SQLite fast path (:mod:`.sqlitewriter`):
     the same rows, the same checks, in the batch's transaction."""
@@ -74,6 +78,9 @@ def _store_result_sqlite(
     if found is None:
         raise _not_agents_case(agent_id, case)
     case_id, state = found
+    if answers_request:  # raises ResultRefused before anything is written
+        answer_request_sqlite(db, request_id=request_id, agent_id=agent_id, case=case,
+                              action=action, msg_id=msg_id, now=now)
     at = sqlite_time(now)
     inserted = db.execute(_SQLITE_RESULT, (msg_id, request_id, case_id, agent_id, action,
                                            1 if ok else 0, payload, error, at)).rowcount == 1
@@ -92,7 +99,8 @@ class CaseStore(StoreBase):
     # ----------------------------------------------------------------- cases
 
     async def open_case(
-        self, *, agent_id: str, description: str, request_id: str, now: datetime
+        self, *, agent_id: str, description: str, request_id: str, now: datetime,
+        quotas: Quotas | None = None,
     ) -> tuple[CaseRecord, bool]:
         """Open a case for the agent, idempotently per ``(agent_id, request_id)``.
 
@@ -101,8 +109,15 @@ class CaseStore(StoreBase):
         ``HW-YYYYMMDD-NNNN`` with the China (UTC+8) date of ``now`` and a per-day sequence from
         0001; a number taken by a concurrent insert is retried with the next one.
 
+        With ``quotas``, a new case is refused when the agent has too many cases in state
+        ``open`` or opened too many in the last minute (:func:`server.quota.check_case_open`);
+        the counts are read in the transaction that would insert the case, after the
+        day's lock, so concurrent opens of one agent cannot pass a limit together. A retry
+        of a request that already opened a case gets that case, whatever the counts.
+
         Raises:
             NotFound: no such agent.
+            QuotaExceeded: a limit of ``quotas``; nothing was written.
             StoreError: no free number after :data:`CASE_NUMBER_ATTEMPTS` attempts.
         """
         now = as_utc(now, "now")
@@ -123,6 +138,8 @@ class CaseStore(StoreBase):
                     # Openers of the same day queue here on PostgreSQL (on SQLite BEGIN
                     # IMMEDIATE already did); the unique (day, seq) is the last word.
                     await pg_xact_lock(conn, _PG_CASE_DAY_LOCK, int(day))
+                    if quotas is not None:
+                        await self._check_quotas(conn, agent_id, quotas, now)
                     seq = await self._next_case_seq(conn, day)
                     number = case_number(day, seq)
                     inserted = await conn.execute(
@@ -170,6 +187,22 @@ class CaseStore(StoreBase):
         return None if row is None else to_case(row)
 
     @staticmethod
+    async def _check_quotas(conn: AsyncConnection, agent_id: str, quotas: Quotas,
+                            now: datetime) -> None:
+        """Raise QuotaExceeded if ``agent_id`` may not open one more case now."""
+        since = now - CASE_RATE_WINDOW
+        recent = cases.c.opened_at > since
+        waiting, opened, oldest = (await conn.execute(
+            sa.select(sa.func.count().filter(cases.c.state == "open"),
+                      sa.func.count().filter(recent),
+                      sa.func.min(cases.c.opened_at).filter(recent))
+            .where(cases.c.agent_id == agent_id))).one()
+        if isinstance(oldest, str):  # SQLite returns an aggregate's text as it is stored
+            oldest = utc_from_sqlite(oldest)
+        check_case_open(quotas, waiting=int(waiting), recent=int(opened),
+                        oldest_recent=None if oldest is None else as_utc(oldest), now=now)
+
+    @staticmethod
     async def _next_case_seq(conn: AsyncConnection, day: str) -> int:
         highest = (
             await conn.execute(
@@ -197,16 +230,29 @@ class CaseStore(StoreBase):
 
     async def list_cases(
         self, *, state: str | None = None, agent_id: str | None = None,
+        customer: str | None = None, offset: int = 0, limit: int = CASE_PAGE_MAX,
         owner: str | None = None, unassigned: bool = False, visible_to: str | None = None,
     ) -> list[CaseRecord]:
-        """Cases, newest first, optionally only those in ``state`` and/or of ``agent_id``,
-        owned by ``owner``, ``unassigned``, or ``visible_to`` a technician (the cases they
-        own and the unassigned queue: what a ``remote`` technician sees)."""
+        """Cases, newest first (then by number, descending), optionally only those in
+        ``state``, of ``agent_id`` and/or of ``customer`` (exact name), owned by ``owner``,
+        ``unassigned``, or ``visible_to`` a technician (the cases they own and the unassigned
+        queue: what a ``remote`` technician sees); ``offset`` and ``limit`` select a page of
+        that order (a case opened meanwhile moves the later pages down by one: listed twice
+        across pages, never skipped).
+
+        Raises:
+            StoreError: ``offset`` below 0 or ``limit`` not in 1..:data:`CASE_PAGE_MAX`.
+        """
+        if offset < 0 or not 1 <= limit <= CASE_PAGE_MAX:
+            raise StoreError(f"a case page needs offset >= 0 and limit 1..{CASE_PAGE_MAX}, got "
+                             f"offset {offset} and limit {limit}")
         query = case_select.order_by(cases.c.opened_at.desc(), cases.c.id.desc())
         if state is not None:
             query = query.where(cases.c.state == state)
         if agent_id is not None:
             query = query.where(cases.c.agent_id == agent_id)
+        if customer is not None:
+            query = query.where(customers.c.name == customer)
         if owner is not None:
             query = query.where(cases.c.owner == owner)
         if unassigned:
@@ -214,7 +260,7 @@ class CaseStore(StoreBase):
         if visible_to is not None:
             query = query.where(sa.or_(cases.c.owner == visible_to, cases.c.owner.is_(None)))
         async with self._tx(write=False) as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(query.offset(offset).limit(limit))).all()
         return [to_case(row) for row in rows]
 
     async def set_case_owner(
@@ -337,6 +383,7 @@ class CaseStore(StoreBase):
         now: datetime,
         case_state: str | None = None,
         audit_detail: Mapping[str, Any] | None = None,
+        answers_request: bool = False,
     ) -> bool:
         """Store an agent's result exactly once; ``False`` if ``msg_id`` was already stored.
 
@@ -345,15 +392,22 @@ class CaseStore(StoreBase):
         case is in that state already. With ``audit_detail``, a newly stored result is also
         appended to the audit log (event ``result``) in that transaction.
 
+        With ``answers_request`` (the agent gateway always sets it), the result must answer
+        a request the relay recorded (:mod:`.requests`) as sent to ``agent_id`` for this
+        ``case`` and ``action``, not yet answered by another result; the request is then
+        marked answered by ``msg_id`` in the same transaction.
+
         Raises:
             NotFound: the case does not exist or is not ``agent_id``'s (the same error for
                 both, so an agent learns nothing about other agents' cases).
+            ResultRefused: ``answers_request`` and the result answers no such request.
         """
         async with self._tx(write=True) as conn:
             return await self.store_result_in(
                 conn, msg_id=msg_id, request_id=request_id, case=case, agent_id=agent_id,
                 action=action, ok=ok, payload=payload, error=error, now=now,
-                case_state=case_state, audit_detail=audit_detail)
+                case_state=case_state, audit_detail=audit_detail,
+                answers_request=answers_request)
 
     async def store_result_in(
         self,
@@ -370,9 +424,11 @@ class CaseStore(StoreBase):
         now: datetime,
         case_state: str | None = None,
         audit_detail: Mapping[str, Any] | None = None,
+        answers_request: bool = False,
     ) -> bool:
         """:meth:`store_result` inside the caller's write transaction (see
-        :meth:`run_batch`). ``NotFound`` is raised before anything is written."""
+        :meth:`run_batch`). ``NotFound`` and ``ResultRefused`` are raised before anything
+        is written."""
         now = as_utc(now, "now")
         try:
             detail_json = (None if audit_detail is None
@@ -383,7 +439,8 @@ class CaseStore(StoreBase):
             return _store_result_sqlite(
                 conn.db, msg_id=msg_id, request_id=request_id, case=case, agent_id=agent_id,
                 action=action, ok=ok, payload=payload, error=error, now=now,
-                case_state=case_state, detail_json=detail_json)
+                case_state=case_state, detail_json=detail_json,
+                answers_request=answers_request)
         found = (
             await conn.execute(
                 sa.select(cases.c.id, cases.c.state).where(
@@ -393,6 +450,9 @@ class CaseStore(StoreBase):
         ).one_or_none()
         if found is None:
             raise _not_agents_case(agent_id, case)
+        if answers_request:  # raises ResultRefused before anything is written
+            await answer_request(conn, request_id=request_id, agent_id=agent_id, case=case,
+                                 action=action, msg_id=msg_id, now=now)
         inserted = await conn.execute(
             self._insert(results)
             .values(

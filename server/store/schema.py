@@ -13,8 +13,8 @@ from sqlalchemy.engine import Dialect
 
 __all__ = [
     "METADATA", "UTCDateTime", "agents", "as_utc", "audit", "case_events", "cases",
-    "consent_receipts", "contracts", "customers", "enroll_tokens", "recordings", "results",
-    "revoked_tech_keys", "technicians", "tunnels",
+    "consent_receipts", "contracts", "customers", "enroll_tokens", "recordings", "requests",
+    "results", "revoked_tech_keys", "technicians", "tunnels",
 ]
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -122,6 +122,10 @@ cases = sa.Table(
     sa.UniqueConstraint("agent_id", "open_request_id"),
     sa.Index(None, "state"),
     sa.Index(None, "owner"),
+    # migration 0007: an agent's recent cases (quotas), listings newest first (pages)
+    sa.Index(None, "agent_id", "opened_at"),
+    sa.Index(None, "opened_at"),
+    sa.Index(None, "customer_id", "opened_at"),
 )
 
 case_events = sa.Table(
@@ -247,6 +251,22 @@ tunnels = sa.Table(
 )
 """Every SSH tunnel the server brokered (migration 0009): who, with which key, to which
 agent and case, when; a recording is kept only for one of these, attributed from it."""
+
+
+requests = sa.Table(
+    "requests",
+    METADATA,
+    # Every request the relay sent to an agent (migration 0007): a result is stored only if
+    # it answers one of these, sent to that agent for that case and action, once.
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("agent_id", sa.String(100), nullable=False),
+    sa.Column("case_number", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("sent_at", UTCDateTime, nullable=False),
+    sa.Column("answered_by", sa.String(100), nullable=True),  # the result's msg_id
+    sa.Column("answered_at", UTCDateTime, nullable=True),
+)
+"""Requests sent to agents, and the result that answered each (migration 0007)."""
 
 
 def as_utc(value: datetime, what: str = "datetime") -> datetime:

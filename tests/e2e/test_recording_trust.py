@@ -83,7 +83,9 @@ def _setup(h: Harness, tmp_path: Path, **settings: int) -> World:
     user_home.mkdir(exist_ok=True)
     agent = h.start_agent(home, env={"HOME": str(user_home), "SHELL": "/bin/sh"})
     case = h.help(home).splitlines()[0]
-    alice, bob = h.add_tech("alice"), h.add_tech("bob")
+    # bob reads recordings as an auditor (recordings are readable by the session's technician,
+    # supervisors and auditors only)
+    alice, bob = h.add_tech("alice"), h.add_tech("bob", roles=("remote", "auditor"))
     # The auditors' key goes to alice, off the server: the server runs without it.
     shutil.move(key, alice / "recording.key")
     rogue = h.enroll("ROGUE", customer="Mallory")
@@ -114,7 +116,7 @@ async def _ask(ws: ClientConnection, s: ClientSession, msg: m.AnyMessage) -> m.A
     await ws.send(s.send(msg), text=True)
     while True:
         reply = s.receive(await ws.recv(decode=False))
-        if not isinstance(reply, m.Revocations | m.Ping):
+        if not isinstance(reply, m.Revocations | m.SignedRevocations | m.Ping):
             return reply
 
 

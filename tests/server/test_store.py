@@ -66,6 +66,7 @@ STORE_TABLES = {
     "contract_visits",
     "agent_presence",
     "tunnels",
+    "requests",
 }
 HEAD = "0009"
 
@@ -971,7 +972,7 @@ async def test_migration_0002_round_trip_keeps_older_data(store: Store) -> None:
     assert await table_names(store) == STORE_TABLES - {
         "audit", "consent_receipts", "revoked_tech_keys", "contracts", "recordings",
         "field_techs", "tickets", "ticket_events", "tech_hours", "tech_day_visits",
-        "contract_visits", "agent_presence", "tunnels"} | {"alembic_version"}
+        "contract_visits", "agent_presence", "tunnels", "requests"} | {"alembic_version"}
     async with store._write_engine.begin() as conn:
         await conn.run_sync(migrate, False)
     assert await store.schema_revision() == HEAD
