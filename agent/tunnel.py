@@ -42,6 +42,7 @@ from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
 from proto.gate import Allowed, Refusal
+from proto.sshalgs import modern_set
 
 from .connection import Link
 from .consent import Grant
@@ -61,30 +62,12 @@ SSH_WINDOW = 8 * 1024 * 1024
 #: Room left in a recording for its closing marker.
 _MARGIN = 512
 
-# The SSH algorithms offered, strongest first (docs/security.md#ssh-algorithms). Only our
-# own client (tech/ssh.py asks for the same set) and current OpenSSH ever connect, so
-# nothing legacy is offered: no SHA-1, no encrypt-and-MAC, no NIST curves, no CBC/CTR.
-#: Key exchange; the post-quantum hybrids are offered when this asyncssh supports them.
-KEX_ALGS: tuple[str, ...] = (
-    "mlkem768x25519-sha256", "sntrup761x25519-sha512", "sntrup761x25519-sha512@openssh.com",
-    "curve25519-sha256", "curve25519-sha256@libssh.org")
-#: Ciphers: AEAD only (they carry their own integrity, so no MAC is used with them).
-ENCRYPTION_ALGS: tuple[str, ...] = (
-    "chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
-#: MACs: encrypt-then-MAC with SHA-2 only (negotiated only by a peer without AEAD ciphers).
-MAC_ALGS: tuple[str, ...] = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
-#: Host key: the agent's Ed25519 identity key is its only one (``server_host_keys``).
-HOST_KEY_ALGS: tuple[str, ...] = ("ssh-ed25519",)
-
-
 def ssh_algorithms() -> dict[str, list[str]]:
-    """The :func:`asyncssh.run_server` options that offer exactly the modern set above,
-    leaving out the key exchanges this asyncssh build does not implement."""
+    """The :func:`asyncssh.run_server` options that offer exactly the modern set of
+    :mod:`proto.sshalgs` (the host key is the agent's Ed25519 identity, its only one)."""
     from asyncssh.kex import get_kex_algs  # no public listing of what this build supports
 
-    supported = {alg.decode("ascii") for alg in get_kex_algs()}
-    return {"kex_algs": [alg for alg in KEX_ALGS if alg in supported],
-            "encryption_algs": list(ENCRYPTION_ALGS), "mac_algs": list(MAC_ALGS)}
+    return modern_set({alg.decode("ascii") for alg in get_kex_algs()})
 
 
 def now_utc() -> datetime:

@@ -269,6 +269,34 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_tech(cfg: ServerConfig, issued: pki.IssuedTech, out: Path, *, now: datetime,
+                   detail: dict[str, str]) -> None:
+    """Write the technician's profile and ``ca.crt`` into ``out``, then register the key
+    (fingerprint, validity, roles) and audit ``tech.added``."""
+    shutil.copyfile(cfg.path("ca.crt"), out / "ca.crt")
+    profile = {"name": issued.name, "urls": cfg.urls,
+               "ca_sha256": pki.ca_fingerprint(cfg.path("ca.crt").read_bytes()).hex()}
+    (out / "profile.json").write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+    roles = format_roles(issued.roles)
+
+    async def add() -> None:
+        store = await Store.open(cfg.db_url)
+        try:
+            await store.add_technician(name=issued.name, key_fingerprint=issued.key_fingerprint,
+                                       valid_before=issued.valid_before, now=now, replace=True,
+                                       roles=roles)
+            await store.append_audit(event="tech.added", actor="operator", subject=issued.name,
+                                     now=now, detail={"key": issued.key_fingerprint,
+                                                      "roles": roles,
+                                                      "valid_before":
+                                                      issued.valid_before.isoformat(),
+                                                      **detail})
+        finally:
+            await store.close()
+
+    _run(add())
+
+
 def cmd_tech_add(args: argparse.Namespace) -> int:
     cfg = ServerConfig.load(_home(args))
     if args.cert is not None:
@@ -290,26 +318,7 @@ def cmd_tech_add(args: argparse.Namespace) -> int:
     roles = frozenset(Role(r) for r in (args.role or [Role.REMOTE.value]))
     issued = pki.issue_tech(cfg.home, name=args.name, out=out, now=now, days=args.days,
                             roles=roles)
-    shutil.copyfile(cfg.path("ca.crt"), out / "ca.crt")
-    profile = {"name": args.name, "urls": cfg.urls,
-               "ca_sha256": pki.ca_fingerprint(cfg.path("ca.crt").read_bytes()).hex()}
-    (out / "profile.json").write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
-
-    async def add() -> None:
-        store = await Store.open(cfg.db_url)
-        try:
-            await store.add_technician(name=args.name, key_fingerprint=issued.key_fingerprint,
-                                       valid_before=issued.valid_before, now=now, replace=True,
-                                       roles=format_roles(roles))
-            await store.append_audit(event="tech.added", actor="operator", subject=args.name,
-                                     now=now, detail={"key": issued.key_fingerprint,
-                                                      "roles": format_roles(roles),
-                                                      "valid_before":
-                                                      issued.valid_before.isoformat()})
-        finally:
-            await store.close()
-
-    _run(add())
+    _register_tech(cfg, issued, out, now=now, detail={})
     print(f"technician {args.name} ({format_roles(roles)}): key, certificate (valid until "
           f"{human_time(issued.valid_before)}) and profile written to {out}")
     print(f"next: hw-tech --home {out} agents")
@@ -336,27 +345,7 @@ def _tech_register(args: argparse.Namespace, cfg: ServerConfig) -> int:
             raise ServerError(f"{out} already holds a technician certificate; pass --replace "
                               "to overwrite it")
         target.write_text(text, encoding="utf-8")
-    shutil.copyfile(cfg.path("ca.crt"), out / "ca.crt")
-    profile = {"name": args.name, "urls": cfg.urls,
-               "ca_sha256": pki.ca_fingerprint(cfg.path("ca.crt").read_bytes()).hex()}
-    (out / "profile.json").write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
-
-    async def add() -> None:
-        store = await Store.open(cfg.db_url)
-        try:
-            await store.add_technician(name=args.name, key_fingerprint=issued.key_fingerprint,
-                                       valid_before=issued.valid_before, now=now, replace=True,
-                                       roles=format_roles(issued.roles))
-            await store.append_audit(event="tech.added", actor="operator", subject=args.name,
-                                     now=now, detail={"key": issued.key_fingerprint,
-                                                      "roles": format_roles(issued.roles),
-                                                      "valid_before":
-                                                      issued.valid_before.isoformat(),
-                                                      "signed": "offline"})
-        finally:
-            await store.close()
-
-    _run(add())
+    _register_tech(cfg, issued, out, now=now, detail={"signed": "offline"})
     print(f"technician {args.name} ({format_roles(issued.roles)}): certificate "
           f"{issued.key_fingerprint} (valid until "
           f"{human_time(issued.valid_before)}) registered; profile and ca.crt written to {out}")

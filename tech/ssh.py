@@ -29,6 +29,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from proto import messages as m
+from proto.sshalgs import HOST_KEY_ALGS, modern_set
 
 from .client import Profile, TechClient
 from .errors import TechError
@@ -36,24 +37,14 @@ from .errors import TechError
 CHUNK = 256 * 1024
 #: SSH channel window: as the agent's, so downloads are not capped by the relay's latency.
 SSH_WINDOW = 8 * 1024 * 1024
-#: The SSH algorithms asked for: the agent's modern set (agent/tunnel.py offers the same;
-#: docs/security.md#ssh-algorithms). Key exchanges this asyncssh lacks are left out.
-KEX_ALGS: tuple[str, ...] = (
-    "mlkem768x25519-sha256", "sntrup761x25519-sha512", "sntrup761x25519-sha512@openssh.com",
-    "curve25519-sha256", "curve25519-sha256@libssh.org")
-ENCRYPTION_ALGS: tuple[str, ...] = (
-    "chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
-MAC_ALGS: tuple[str, ...] = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
-HOST_KEY_ALGS: tuple[str, ...] = ("ssh-ed25519",)
 
 
 def ssh_algorithms() -> dict[str, list[str]]:
-    """The :func:`asyncssh.connect` options that ask for exactly the modern set."""
+    """The :func:`asyncssh.connect` options that ask for exactly the modern set the agent
+    offers (:mod:`proto.sshalgs`); key exchanges this asyncssh lacks are left out."""
     from asyncssh.kex import get_kex_algs  # no public listing of what this build supports
 
-    supported = {alg.decode("ascii") for alg in get_kex_algs()}
-    return {"kex_algs": [alg for alg in KEX_ALGS if alg in supported],
-            "encryption_algs": list(ENCRYPTION_ALGS), "mac_algs": list(MAC_ALGS),
+    return {**modern_set({alg.decode("ascii") for alg in get_kex_algs()}),
             "server_host_key_algs": list(HOST_KEY_ALGS)}
 
 
