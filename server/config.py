@@ -39,6 +39,14 @@ class ServerConfig:
     node_id: str = ""
     node_url: str = ""
     presence_lease_s: float = 30.0
+    #: seconds a client has for its TLS handshake (from accept)
+    tls_handshake_timeout: float = 5.0
+    #: connections one address (an IPv6 /64) may hold open, authenticated or not
+    max_connections_per_address: int = 4096
+    #: connections one address may hold that have not finished their handshake yet
+    max_unauthenticated_per_address: int = 64
+    #: how often the node polls the store for technician revocations (seconds)
+    revocation_poll_s: float = 0.25
 
     @property
     def db_url(self) -> str:
@@ -93,7 +101,9 @@ class ServerConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid TOML ({exc}); fix or re-create it") from None
         known = {"listen", "names", "public_urls", "db", "handshake_timeout",
-                 "token_ttl_hours", "bus", "node_id", "node_url", "presence_lease_s"}
+                 "token_ttl_hours", "bus", "node_id", "node_url", "presence_lease_s",
+                 "tls_handshake_timeout", "max_connections_per_address",
+                 "max_unauthenticated_per_address", "revocation_poll_s"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
@@ -108,6 +118,18 @@ class ServerConfig:
                 raise ConfigError(f"{path}: handshake_timeout must be in (0, 300] seconds")
             if not (1 <= float(cfg.presence_lease_s) <= 600):
                 raise ConfigError(f"{path}: presence_lease_s must be in [1, 600] seconds")
+            if not (0 < float(cfg.tls_handshake_timeout) <= 60):
+                raise ConfigError(f"{path}: tls_handshake_timeout must be in (0, 60] seconds")
+            if not (0.05 <= float(cfg.revocation_poll_s) <= 60):
+                raise ConfigError(f"{path}: revocation_poll_s must be in [0.05, 60] seconds")
+            per_address, unauthenticated = (cfg.max_connections_per_address,
+                                            cfg.max_unauthenticated_per_address)
+            if (not isinstance(per_address, int) or not isinstance(unauthenticated, int)
+                    or not 1 <= unauthenticated <= per_address <= 1_000_000):
+                raise ConfigError(f"{path}: max_unauthenticated_per_address and "
+                                  "max_connections_per_address must be whole numbers with "
+                                  "1 <= max_unauthenticated_per_address <= "
+                                  "max_connections_per_address <= 1000000")
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{path}: a setting has the wrong type ({exc}); see "
                               "docs/operations.md") from None
@@ -128,6 +150,13 @@ class ServerConfig:
             f"db = {_q(self.db)}",
             f"handshake_timeout = {self.handshake_timeout}",
             f"token_ttl_hours = {self.token_ttl_hours}",
+            "# before TLS: a client's TLS handshake time, and connections per address (an",
+            "# IPv6 /64) in all and before their handshake finished (docs/operations.md)",
+            f"tls_handshake_timeout = {self.tls_handshake_timeout}",
+            f"max_connections_per_address = {self.max_connections_per_address}",
+            f"max_unauthenticated_per_address = {self.max_unauthenticated_per_address}",
+            "# how often this node looks for technician revocations (seconds)",
+            f"revocation_poll_s = {self.revocation_poll_s}",
         ]
         (self.home / CONFIG_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
 

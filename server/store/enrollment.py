@@ -385,6 +385,14 @@ class EnrollmentStore(StoreBase):
         if found is None:
             raise NotFound(f"technician {name!r} does not exist")
 
+    async def technician_revocation_count(self) -> int:
+        """How many technician keys were ever revoked or replaced: a cheap marker each
+        server node polls to learn of a revocation made by another process (the list only
+        grows, so a new revocation always changes it)."""
+        async with self._tx(write=False) as conn:
+            return int((await conn.execute(
+                sa.select(sa.func.count()).select_from(revoked_tech_keys))).scalar_one())
+
     async def revoked_technician_fingerprints(self) -> list[str]:
         """Fingerprints of every technician key revoked or replaced, sorted; it only grows.
 
