@@ -9,6 +9,12 @@ connection is a :class:`GuardedConnection` (websockets' ``create_connection`` ho
 :class:`~server.admission.AddressLimit` and either closes it at once (with a reset, before
 any TLS work) or upgrades it with ``loop.start_tls`` (``tls_timeout``: the TLS handshake
 timeout) and only then hands it to websockets. Works on the stock asyncio loop and uvloop.
+
+``start_tls`` must take the transport over inside ``connection_made``: uvloop starts
+reading as soon as ``connection_made`` returns (a ``pause_reading`` there is undone), and
+a ClientHello read by the plain protocol is lost to TLS. So its first step (pause, swap in
+the TLS protocol) runs at once, as a 3.12 eager task would, and the rest as a task
+(:func:`_start_now`).
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ import logging
 import socket
 import ssl
 import struct
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from websockets.asyncio.server import ServerConnection
 
 from .admission import AddressLimit
 
 log = logging.getLogger("hw.server.listener")
+T = TypeVar("T")
 
 #: Seconds a TLS close-notify exchange may take.
 TLS_SHUTDOWN_TIMEOUT = 5.0
@@ -39,7 +47,7 @@ class Guard:
     ssl_context: ssl.SSLContext
     tls_timeout: float
     #: TLS handshakes in progress (cancelled on shutdown)
-    handshaking: set[asyncio.Task[None]] = field(default_factory=set)
+    handshaking: set[asyncio.Future[None]] = field(default_factory=set)
 
     def connection_class(self) -> type[GuardedConnection]:
         """The ``create_connection`` to give ``serve`` (a subclass bound to this guard)."""
@@ -73,8 +81,13 @@ class GuardedConnection(ServerConnection):
             _reset(transport)
             return
         transport = cast(asyncio.Transport, transport)
-        transport.pause_reading()  # the ClientHello waits in the kernel until start_tls
-        task = asyncio.get_running_loop().create_task(self._secure(transport))
+        try:
+            task = _start_now(self._secure(transport))
+        except Exception as exc:  # start_tls refused the transport at once
+            log.warning("cannot start TLS on a new connection: %s", exc)
+            self.guard.limit.closed(self)
+            transport.abort()
+            return
         self.guard.handshaking.add(task)
         task.add_done_callback(self.guard.handshaking.discard)
 
@@ -132,3 +145,41 @@ def _reset(transport: asyncio.BaseTransport) -> None:
         except OSError:
             pass
     transport.abort()
+
+
+def _start_now(coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    """Run ``coro`` up to its first suspension now, then on as a task."""
+    try:
+        first = coro.send(None)
+    except StopIteration:
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+    return asyncio.ensure_future(_Resumed(coro, first))
+
+
+class _Resumed:
+    """The rest of a coroutine whose first step already ran: awaiting this drives it on as
+    ``await coro`` would have (values and exceptions, cancellation included, pass through)."""
+
+    def __init__(self, coro: Coroutine[Any, Any, T], first: Any) -> None:
+        self._coro, self._first = coro, first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, pending = self._coro, self._first
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # handed to the coroutine
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                pending = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
