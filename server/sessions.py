@@ -92,7 +92,9 @@ class TechSessions:
     _count: int = -1
     _held: dict[str, set[Held]] = field(default_factory=dict)
     _read: _Read | None = None
-    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+    _closing: set[asyncio.Future[Any]] = field(default_factory=set)
+    #: requests being checked by :meth:`refusal` (not cancelled: refused and audited)
+    _checking: set[asyncio.Task[Any]] = field(default_factory=set)
     _failing: bool = False
 
     # -- the registry ----------------------------------------------------------------
@@ -197,15 +199,30 @@ class TechSessions:
 
         Raises:
             StoreError: the revocations cannot be read (refuse the request)."""
-        await self.refresh()
+        task = asyncio.current_task()
+        if task is not None:  # a revocation found now refuses (and audits) this request
+            self._checking.add(task)  # instead of cancelling it
+        try:
+            await self.refresh()
+        except asyncio.CancelledError:  # its connection closed meanwhile (the revocation?)
+            if key in self._revoked_set:
+                self._audit_refusal(tech, key, msg)
+            raise
+        finally:
+            self._checking.discard(task)
         if key not in self._revoked_set:
             return None
-        kind = type(msg).__struct_config__.tag
-        await self.audit(event="tech.refused", actor="server", subject=tech, now=now_utc(),
-                         detail={"key": key, "request": kind, "reason": "key revoked",
-                                 "node": self.node_id})
+        self._audit_refusal(tech, key, msg)
         return m.Error(re=getattr(msg, "id", None), code=m.ErrorCode.REFUSED,
                        message=REVOKED_REASON)
+
+    def _audit_refusal(self, tech: str, key: str, msg: m.AnyMessage) -> None:
+        """Audit a refused request in its own task: the connection is closing, and its end
+        cancels the request's task."""
+        self._spawn(self.audit(
+            event="tech.refused", actor="server", subject=tech, now=now_utc(),
+            detail={"key": key, "request": type(msg).__struct_config__.tag,
+                    "reason": "key revoked", "node": self.node_id}))
 
     def is_revoked(self, key: str) -> bool:
         """As of the last read (use :meth:`refusal` before serving a request)."""
@@ -238,7 +255,8 @@ class TechSessions:
                 continue
             held.revoked = True
             for task in list(held.tasks):
-                task.cancel()
+                if task not in self._checking:
+                    task.cancel()
             self._spawn(_close(held.ws, CloseCode.AUTH_FAILED, REVOKED_REASON))
             if held.agent_ws is not None:
                 self._spawn(_close(held.agent_ws, CloseCode.NORMAL, TUNNEL_REVOKED_REASON))
@@ -258,7 +276,7 @@ class TechSessions:
                                  "key": key, "node": self.node_id, "connections": len(group),
                                  "tunnels": sum(h.agent_ws is not None for h in group)})
 
-    def _spawn(self, closing: Awaitable[None]) -> None:
+    def _spawn(self, closing: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(closing)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
