@@ -1,7 +1,7 @@
 """A technician's latency while one address floods the server with connections that never
 start TLS (issue 13, break 4).
 
-Starts a real hw-server (default limits: 64 unauthenticated connections per address, 5 s
+Starts a real hw-server (default limits: 256 unauthenticated connections per address, 5 s
 TLS handshake timeout). Measures, in the same run, a technician on 127.0.0.1
 
 - ``request``: one request (``list_cases``) on an open session, and

@@ -42,9 +42,9 @@ class ServerConfig:
     #: seconds a client has for its TLS handshake (from accept)
     tls_handshake_timeout: float = 5.0
     #: connections one address (an IPv6 /64) may hold open, authenticated or not
-    max_connections_per_address: int = 4096
+    max_connections_per_address: int = 65536
     #: connections one address may hold that have not finished their handshake yet
-    max_unauthenticated_per_address: int = 64
+    max_unauthenticated_per_address: int = 256
     #: how often the node polls the store for technician revocations (seconds)
     revocation_poll_s: float = 0.25
 
