@@ -161,6 +161,12 @@ class TechSessions:
                                 "%s", every, exc)
                 self._failing = True
                 continue
+            except Exception:  # never let the poll die: revocations would stop working
+                if not self._failing:
+                    log.exception("technician revocation poll failed (retrying every %gs)",
+                                  every)
+                self._failing = True
+                continue
             if self._failing:
                 log.info("technician revocations readable again")
                 self._failing = False
