@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=2000.0,
                         help="connection attempts per second of the flooding address at "
                         "most (0: as fast as one process can; default 2000)")
-    args, _rest = parser.parse_known_args()
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp))
         try:
@@ -158,9 +158,6 @@ def main() -> int:
             out = flooder.communicate(timeout=30)[0].strip().splitlines()
             stats = json.loads(out[-1]) if out and out[-1].startswith("{") else {}
             refusals = [ln for ln in server.text().splitlines() if "before TLS" in ln]
-            if "--keep" in sys.argv:
-                import shutil
-                shutil.copy(server.log, "/tmp/flood-server.log")
         finally:
             h.stop_all()
     if flood is None:
