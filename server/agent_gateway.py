@@ -255,17 +255,29 @@ class AgentGateway:
     async def _enroll(self, ws: ServerConnection, session: ServerSession, msg: m.Enroll,
                       peer: str) -> None:
         agent_id = agent_id_for(msg.public_key)
+        address = ws.remote_address[0] if ws.remote_address else ""
+        limit = self.gate.enrollments  # bad tokens per address (server/admission.py)
+        wait = limit.attempt(address)
         try:
+            if wait is not None:
+                raise StoreError(f"too many enrollment tokens this server did not accept came "
+                                 f"from your address; retry in {wait} s with a valid token, "
+                                 f"copied whole (ask HelloWord support for a new one)")
             rec = await self.node.store.redeem_enroll_token(
                 secret_hash=secret_hash(msg.secret), now=now_utc(), agent_id=agent_id,
                 public_key=msg.public_key, hostname=msg.hostname, os=msg.os,
                 software=msg.software)
         except (TokenRefused, StoreError) as exc:
-            log.info("enrollment from %s refused: %s", peer, exc)
+            if isinstance(exc, TokenRefused):  # counted: one summary line per interval
+                limit.failed(address)
+            elif wait is None:  # the store's fault, not the token's
+                limit.succeeded(address)
+                log.info("enrollment from %s refused: %s", peer, exc)
             await ws.send(session.send(m.Error(re=None, code=m.ErrorCode.REFUSED,
                                                message=str(exc))), text=True)
             await ws.close(int(CloseCode.ENROLL_REFUSED), close_reason(str(exc)))
             return
+        limit.succeeded(address)
         assert session.version is not None
         await ws.send(session.send(m.Enrolled(version=session.version, agent_id=rec.agent_id,
                                               customer=rec.customer)), text=True)

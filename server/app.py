@@ -5,7 +5,10 @@ technician sessions (:mod:`server.tech_gateway`, which hands commands to
 :mod:`server.relay` and fan-outs to :mod:`server.fanout`), ``/healthz`` answers plain HTTP
 and ``/ca.pem`` serves the CA certificate (agents check it against the fingerprint in their
 token before trusting it). This module wires those parts around one :class:`Node` and runs
-the node's background work (last-seen times, revocations, presence leases). Protocol
+the node's background work (last-seen times, revocations, presence leases). Before TLS,
+:mod:`server.listener` counts each address's connections (:class:`AddressLimit`); agent and
+technician handshakes then pass their :class:`HandshakeGate`; :mod:`server.sessions` ends a
+revoked technician's connections within a poll interval. Protocol
 decisions live in :mod:`proto.session`, case states in :mod:`server.cases`. See
 ``docs/protocol.md``.
 """
@@ -17,6 +20,7 @@ import gc
 import logging
 import os
 import ssl
+from collections.abc import Hashable
 from datetime import timedelta
 
 from websockets.asyncio.server import Server as WsServer
@@ -31,18 +35,20 @@ from proto.errors import CloseCode, ProtocolError
 from proto.session import ServerSession
 
 from . import pki
-from .admission import HandshakeGate
+from .admission import AddressLimit, HandshakeGate
 from .agent_gateway import AgentDirectory, AgentGateway
 from .bus import Bus, Forward, Forwarded, LocalBus, NatsBus
 from .bus import _safe as _safe_bus
 from .config import ServerConfig, parse_listen
 from .fanout import Fanouts, FanoutService
+from .listener import Guard
 from .node import Node, close_reason
 from .onsite.policy import load_home_policy
 from .onsite.tickets import OnsiteDesk
 from .pki import now_utc
 from .presence import Presence
 from .relay import Relay
+from .sessions import TechSessions
 from .store import Store, StoreError
 from .tech_gateway import TechGateway
 from .tunnel import TUNNEL_WRITE_LIMIT, TunnelBroker
@@ -52,11 +58,14 @@ log = logging.getLogger("hw.server")
 
 #: How often agents' last-seen times are written (one transaction for all).
 SEEN_FLUSH_S = 2.0
-#: How often the running server re-reads revoked technician keys (seconds).
+#: How often the running server re-reads revoked agents (seconds); technician keys are
+#: polled every ``revocation_poll_s`` (server/sessions.py).
 REVOCATION_REFRESH_S = 5.0
 #: Agent handshakes (websocket upgrade, hello, challenge, proof) in progress at once; more
 #: are answered 503 with a Retry-After at once (server/admission.py: a reconnect storm).
 MAX_HANDSHAKES = 200
+#: The same for technicians, with their own places: an agent storm never locks them out.
+MAX_TECH_HANDSHAKES = 50
 #: Connections the kernel queues before this process accepts them (capped by the kernel's
 #: net.core.somaxconn). The default of 100 overflowed when a restart brought 10k agents
 #: back at once: the kernel dropped their SYNs and the agents' 10 s connect timeout ran out.
@@ -77,15 +86,25 @@ class Server:
     def __init__(self, cfg: ServerConfig, store: Store, bus: Bus | None = None) -> None:
         self.cfg = cfg
         bus = bus or LocalBus()
+        #: connections per address, counted before TLS (server/listener.py)
+        self.addresses = AddressLimit(cfg.max_connections_per_address,
+                                      cfg.max_unauthenticated_per_address)
+        self._gate = HandshakeGate(MAX_HANDSHAKES, cfg.handshake_timeout,
+                                   on_welcome=self._welcomed)
+        self._pushes: set[asyncio.Task[None]] = set()
         self.node = Node(
             cfg=cfg, store=store, bus=bus, writer=Writer(store),
             desk=OnsiteDesk(store, load_home_policy(cfg.home)),
             presence=(Presence(store, bus.node_id, timedelta(seconds=cfg.presence_lease_s))
                       if bus.multi else None),
-            org_pub=pki.org_public_raw(cfg.home))
+            org_pub=pki.org_public_raw(cfg.home),
+            sessions=TechSessions(store, audit=lambda **entry: self.node.audit(**entry),
+                                  node_id=bus.node_id, on_change=self._revocations_changed),
+            tech_gate=HandshakeGate(MAX_TECH_HANDSHAKES, cfg.handshake_timeout,
+                                    on_welcome=self._welcomed))
         self.ca_pem = cfg.path("ca.crt").read_bytes()
         self._ws_server: WsServer | None = None
-        self._gate = HandshakeGate(MAX_HANDSHAKES, cfg.handshake_timeout)
+        self._guard = Guard(self.addresses, server_ssl_context(cfg), cfg.tls_handshake_timeout)
         self.agents = AgentDirectory(self.node)
         self.tunnels = TunnelBroker()
         fanouts = Fanouts()
@@ -113,8 +132,10 @@ class Server:
         # connections accepted.
         gc.collect()
         gc.freeze()
+        # No ssl= here: each connection counts against its address first, then starts TLS
+        # itself within tls_handshake_timeout (server/listener.py).
         self._ws_server = await serve(
-            self._handler, host, port, ssl=server_ssl_context(self.cfg),
+            self._handler, host, port, create_connection=self._guard.connection_class(),
             process_request=self._process_request, compression=None,
             max_size=MAX_FRAME_SIZE, max_queue=4, write_limit=TUNNEL_WRITE_LIMIT,
             ping_interval=30, ping_timeout=20,
@@ -125,8 +146,18 @@ class Server:
 
     async def load_revocations(self) -> None:
         """Read the revoked technician keys and agents (before serving)."""
-        self.node.revoked = await self.node.store.revoked_technician_fingerprints()
+        await self.node.sessions.load()
         self.agents.set_revoked(await self.node.store.revoked_agent_ids())
+
+    def _welcomed(self, conn: Hashable) -> None:
+        """A handshake gate welcomed ``conn``: it no longer counts as unauthenticated."""
+        self.addresses.authenticated(conn)
+
+    def _revocations_changed(self, revoked: list[str]) -> None:
+        """New technician revocations (their sessions are closing): tell the agents."""
+        task = asyncio.create_task(self.agent_gateway.push_revocations())
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
 
     async def flush_seen(self, every: float = SEEN_FLUSH_S) -> None:
         """Write the agents' last-seen times in one transaction every ``every`` seconds."""
@@ -135,9 +166,11 @@ class Server:
             await self.flush_seen_once()
 
     async def flush_seen_once(self) -> None:
-        busy = self._gate.report()  # on the same beat: one line per flush at most
-        if busy is not None:
-            log.warning("%s", busy)
+        # on the same beat: one line per flush at most for each
+        for line in (self._gate.report(), self.node.tech_gate.report(),
+                     self.addresses.report(), self._gate.enrollments.report()):
+            if line is not None:
+                log.warning("%s", line)
         gateway = self.agent_gateway
         batch, gateway.seen = gateway.seen, {}
         try:
@@ -148,20 +181,17 @@ class Server:
                 gateway.seen.setdefault(agent_id, at)
 
     async def refresh_revocations(self, every: float = REVOCATION_REFRESH_S) -> None:
-        """Pick up `hw-server tech revoke` made while running; push changes to agents."""
+        """Pick up `hw-server agent revoke` made while running (technician revocations are
+        polled far more often by :meth:`TechSessions.poll`, which ends their sessions)."""
         node = self.node
         while True:
             await asyncio.sleep(every)
             try:
-                current = await node.store.revoked_technician_fingerprints()
                 revoked_agents = await node.store.revoked_agent_ids()
             except StoreError as exc:
-                log.warning("cannot read revocations: %s", exc)
+                log.warning("cannot read revoked agents: %s", exc)
                 continue
             self.agents.set_revoked(revoked_agents)
-            if current != node.revoked:
-                node.revoked = current
-                await self.agent_gateway.push_revocations()
             await self.agent_gateway.tend_revocations()  # the signed list (server/revocations.py)
 
     async def renew_presence(self) -> None:
@@ -191,6 +221,7 @@ class Server:
         thousand agents, and an agent reconnects after any lost connection anyway.
         Technicians get the normal close (1001) so a running command says why it ended."""
         ws_server.close(close_connections=False)  # first: or the agents come straight back
+        self._guard.cancel_handshakes()  # connections still in their TLS handshake
         self.node.stopping = True
         closing = []
         cut = 0
@@ -231,8 +262,18 @@ class Server:
                                      f"once; retry in {wait} s (Retry-After)\n")
             busy.headers["Retry-After"] = str(wait)
             return busy
-        if path == "/tech":
-            return None
+        if path == "/tech":  # technicians have their own places (an agent storm or a
+            # flood of /tech handshakes never takes the other's)
+            address = conn.remote_address[0] if conn.remote_address else ""
+            wait = self.node.tech_gate.admit(conn, address)
+            if wait is None:
+                conn.connection_lost_waiter.add_done_callback(
+                    lambda _: self.node.tech_gate.done(conn, welcomed=False))
+                return None
+            busy = conn.respond(503, f"this server is busy with many technician handshakes "
+                                     f"at once; retry in {wait} s (Retry-After)\n")
+            busy.headers["Retry-After"] = str(wait)
+            return busy
         if path == "/healthz":
             return conn.respond(200, "ok\n")
         if path == "/ca.pem":
@@ -270,6 +311,7 @@ class Server:
 async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) -> None:
     """Open the store, serve until ``stop`` is set (or forever), then close cleanly."""
     cfg.check_nodes()
+    raise_descriptor_limit()
     store = await Store.open(cfg.db_url)
     bus: Bus | None = None
     try:
@@ -278,6 +320,7 @@ async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) ->
         server = Server(cfg, store, bus)
         await server.load_revocations()
         background = [asyncio.create_task(server.refresh_revocations()),
+                      asyncio.create_task(server.node.sessions.poll(cfg.revocation_poll_s)),
                       asyncio.create_task(server.flush_seen())]
         presence = server.node.presence
         if presence is not None:
@@ -307,3 +350,25 @@ async def run_server(cfg: ServerConfig, *, stop: asyncio.Event | None = None) ->
         if bus is not None:
             await bus.close()
         await store.close()
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise the soft limit on open descriptors to the hard one (each connection holds
+    one; the soft default of 1024 or so is far below what a server needs). Returns the
+    (soft, hard) limits in force; logs when it cannot raise them."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return (0, 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d (%s); raise it with "
+                    "`ulimit -n` or LimitNOFILE= in the service unit", soft, target, exc)
+        return soft, hard
+    log.info("open-file limit raised from %d to %d", soft, target)
+    return target, hard

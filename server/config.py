@@ -58,6 +58,14 @@ class ServerConfig:
                       cases_per_minute=self.agent_cases_per_minute,
                       result_bytes=self.result_max_bytes,
                       audit_interval_s=float(self.quota_audit_interval_s))
+    #: seconds a client has for its TLS handshake (from accept)
+    tls_handshake_timeout: float = 5.0
+    #: connections one address (an IPv6 /64) may hold open, authenticated or not
+    max_connections_per_address: int = 65536
+    #: connections one address may hold that have not finished their handshake yet
+    max_unauthenticated_per_address: int = 256
+    #: how often the node polls the store for technician revocations (seconds)
+    revocation_poll_s: float = 0.25
 
     @property
     def db_url(self) -> str:
@@ -114,7 +122,9 @@ class ServerConfig:
         known = {"listen", "names", "public_urls", "db", "handshake_timeout",
                  "token_ttl_hours", "bus", "node_id", "node_url", "presence_lease_s",
                  "recording_bytes_per_hour", "recordings_per_minute", "recordings_per_tunnel",
-                 *QUOTA_SETTINGS}
+                 *QUOTA_SETTINGS,
+                 "tls_handshake_timeout", "max_connections_per_address",
+                 "max_unauthenticated_per_address", "revocation_poll_s"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
@@ -136,6 +146,18 @@ class ServerConfig:
                         not 1 <= value <= 2**40:
                     raise ConfigError(f"{path}: {name} must be a whole number >= 1")
             check_quotas(cfg, path)
+            if not (0 < float(cfg.tls_handshake_timeout) <= 60):
+                raise ConfigError(f"{path}: tls_handshake_timeout must be in (0, 60] seconds")
+            if not (0.05 <= float(cfg.revocation_poll_s) <= 60):
+                raise ConfigError(f"{path}: revocation_poll_s must be in [0.05, 60] seconds")
+            per_address, unauthenticated = (cfg.max_connections_per_address,
+                                            cfg.max_unauthenticated_per_address)
+            if (not isinstance(per_address, int) or not isinstance(unauthenticated, int)
+                    or not 1 <= unauthenticated <= per_address <= 1_000_000):
+                raise ConfigError(f"{path}: max_unauthenticated_per_address and "
+                                  "max_connections_per_address must be whole numbers with "
+                                  "1 <= max_unauthenticated_per_address <= "
+                                  "max_connections_per_address <= 1000000")
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{path}: a setting has the wrong type ({exc}); see "
                               "docs/operations.md") from None
@@ -161,6 +183,13 @@ class ServerConfig:
             f"agent_cases_per_minute = {self.agent_cases_per_minute}",
             f"result_max_bytes = {self.result_max_bytes}",
             f"quota_audit_interval_s = {self.quota_audit_interval_s}",
+            "# before TLS: a client's TLS handshake time, and connections per address (an",
+            "# IPv6 /64) in all and before their handshake finished (docs/operations.md)",
+            f"tls_handshake_timeout = {self.tls_handshake_timeout}",
+            f"max_connections_per_address = {self.max_connections_per_address}",
+            f"max_unauthenticated_per_address = {self.max_unauthenticated_per_address}",
+            "# how often this node looks for technician revocations (seconds)",
+            f"revocation_poll_s = {self.revocation_poll_s}",
         ]
         (self.home / CONFIG_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -1,5 +1,6 @@
 """What the parts of one server node share: the store, the live agent links, the waiting
-requests, the revoked keys. :class:`server.app.Server` builds one :class:`Node` and hands
+requests, the technician sessions and revoked keys (:mod:`server.sessions`), the
+technicians' handshake gate. :class:`server.app.Server` builds one :class:`Node` and hands
 it to the agent gateway, the technician gateway, the relay and the fan-out."""
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from websockets.asyncio.server import ServerConnection
 from proto import messages as m
 from proto.session import ServerSession
 
+from .admission import HandshakeGate
 from .bus import Bus
 from .config import ServerConfig
 from .onsite.tickets import OnsiteDesk
 from .pending import PendingRequests
 from .presence import Presence
+from .sessions import TechSessions
 from .store import Store
 from .writer import Writer
 
@@ -63,14 +66,21 @@ class Node:
     presence: Presence | None
     #: the org's raw Ed25519 public key (signs technician certificates)
     org_pub: bytes
+    #: this node's technician connections by key; the revoked keys (polled while running)
+    sessions: TechSessions
+    #: technicians' handshakes in progress (``done(ws, welcomed=True)`` at their welcome)
+    tech_gate: HandshakeGate
     #: agent id -> its live ``run`` link on this node
     links: dict[str, AgentLink] = field(default_factory=dict)
     #: requests relayed to agents, waiting for their result
     pending: PendingRequests[AgentLink] = field(default_factory=PendingRequests)
-    #: revoked technician key fingerprints (re-read while running)
-    revoked: list[str] = field(default_factory=list)
     #: set by shutdown: one summary line, not one per agent
     stopping: bool = False
+
+    @property
+    def revoked(self) -> list[str]:
+        """Revoked technician key fingerprints, sorted (as of the last poll)."""
+        return self.sessions.revoked
 
     @property
     def node_id(self) -> str:

@@ -283,4 +283,4 @@ class Relay:
         return TunnelContext(
             store=node.store, broker=self.tunnels, org_pub=node.org_pub,
             revoked=lambda: node.revoked, agent_of=self.agent_of, send_request=send_request,
-            pending_result=pending_result, drop_pending=pending.drop)
+            pending_result=pending_result, drop_pending=pending.drop, sessions=node.sessions)

@@ -109,6 +109,7 @@ class TechGateway:
             session.verify(proof, key)
             await ws.send(session.send(m.Welcome(session_id=secrets.token_hex(8), identity=name,
                                                  server_time=now_utc())), text=True)
+            node.tech_gate.done(ws, welcomed=True)
         CALLER.set(Caller(name=name, key=fingerprint, roles=roles,
                           version=session.version or 1))
         log.info("technician %s connected from %s", name, peer)
@@ -140,6 +141,7 @@ class TechGateway:
             tasks.discard(task)
             limit.release()
 
+        held = node.sessions.hold(name, fingerprint, ws, tasks)  # a revocation closes it
         try:
             while True:
                 msg = await recv(ws, session)
@@ -161,6 +163,7 @@ class TechGateway:
                 tasks.add(task)
                 task.add_done_callback(done)
         finally:
+            node.sessions.release(held)
             for task in tasks:
                 task.cancel()
             log.info("technician %s disconnected from %s", name, peer)
@@ -168,6 +171,11 @@ class TechGateway:
     async def _request(self, tech: str, key: str, msg: m.AnyMessage, reply: Reply) -> None:
         rid = getattr(msg, "id", None)
         try:
+            # checked against the store now, not the last poll: refused and audited
+            refused = await self.node.sessions.refusal(tech, key, msg)
+            if refused is not None:
+                await reply(refused)
+                return
             async with self._serving:
                 answer = await self._serve(tech, key, msg)
             await reply(answer)

@@ -12,6 +12,11 @@ Backpressure: a frame is read from one side only once the previous one was writt
 other (``send`` waits while the peer's TCP buffer is full) and each connection queues at
 most ``max_queue`` received frames, so a side that stops reading stalls its peer instead of
 growing the server's memory. See ``docs/protocol.md#tunnels``.
+
+Revocation: the technician's key is checked against the store before the tunnel is asked
+for, and while it relays, a revocation of that key closes both ends
+(:class:`server.sessions.TechSessions`); the audit's ``tunnel.closed`` then says
+``ended_by: revocation``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from proto import messages as m
 from proto.command import refusal_message, verify_command
 from proto.errors import CloseCode, CommandRefused, RefusalReason, UnexpectedMessage
 
-from .store import NotFound, RecordingRecord, Store
+from .sessions import TechSessions
+from .store import NotFound, RecordingRecord, Store, StoreError
 
 log = logging.getLogger("hw.server.tunnel")
 
@@ -159,6 +165,7 @@ class TunnelContext:
     send_request: Callable[[str, m.Request], Awaitable[None]]
     pending_result: Callable[[str, str, str], asyncio.Future[tuple[m.Result, datetime]] | None]
     drop_pending: Callable[[str], None]
+    sessions: TechSessions
 
 
 async def open_tunnel(ctx: TunnelContext, *, tech: str, key: str, msg: m.OpenTunnel,
@@ -171,9 +178,16 @@ async def open_tunnel(ctx: TunnelContext, *, tech: str, key: str, msg: m.OpenTun
     normal session (it may retry), and ``False``.
     """
     try:
+        refused = await ctx.sessions.refusal(tech, key, msg)
+        if refused is not None:
+            await reply(refused)
+            return False
         agent_id = await ctx.agent_of(msg.case)
     except NotFound as exc:
         await reply(m.Error(re=msg.id, code=m.ErrorCode.NOT_FOUND, message=str(exc)))
+        return False
+    except StoreError as exc:
+        await reply(m.Error(re=msg.id, code=m.ErrorCode.INTERNAL, message=str(exc)))
         return False
     now = now_utc()
     try:
@@ -258,7 +272,10 @@ async def open_tunnel(ctx: TunnelContext, *, tech: str, key: str, msg: m.OpenTun
                  agent_id, msg.case)
         ctx.broker.active += 1
         try:
-            stats = await relay(ws, agent_ws)
+            with ctx.sessions.tunnel(ws, agent_ws) as held:  # a revocation closes both ends
+                stats = await relay(ws, agent_ws)
+            if held is not None and held.revoked:
+                stats.ended_by = "revocation"
         finally:
             ctx.broker.active -= 1
         took = asyncio.get_running_loop().time() - stats.started

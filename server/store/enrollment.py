@@ -26,6 +26,7 @@ from .schema import (
     revoked_tech_keys,
     technicians,
 )
+from .sqlitewriter import SqliteBusy
 
 __all__ = ["CUSTOMER_KINDS", "PUBLIC_KEY_SIZE", "EnrollmentStore"]
 
@@ -393,6 +394,23 @@ class EnrollmentStore(StoreBase):
                 )
         if found is None:
             raise NotFound(f"technician {name!r} does not exist")
+
+    async def technician_revocation_count(self) -> int:
+        """How many technician keys were ever revoked or replaced: a cheap marker each
+        server node polls to learn of a revocation made by another process (the list only
+        grows, so a new revocation always changes it). On the request path: a SQLite file
+        store reads it on the loop's thread (microseconds)."""
+        if self._sqlite_reader is not None:
+            try:
+                found = self._sqlite_reader.fetchone("SELECT count(*) FROM revoked_tech_keys", ())
+            except SqliteBusy:
+                pass
+            else:
+                assert found is not None
+                return int(found[0])
+        async with self._tx(write=False) as conn:
+            return int((await conn.execute(
+                sa.select(sa.func.count()).select_from(revoked_tech_keys))).scalar_one())
 
     async def revoked_technician_fingerprints(self) -> list[str]:
         """Fingerprints of every technician key revoked or replaced, sorted; it only grows.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from agent.connection import open_ws
 from agent.errors import Unreachable
@@ -80,3 +81,28 @@ async def _slots_free(server: Server) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the handshake slot was not freed after the connection closed")
+
+
+async def test_technician_handshakes_have_their_own_gate(server: Server) -> None:
+    """A flood of /tech handshakes is answered 503 + Retry-After like the agents', and an
+    agent still gets in: neither takes the other's places."""
+    server.node.tech_gate.limit = server.node.tech_gate.per_peer = 1
+    ctx = _client_ctx(server.cfg.home)
+    base = f"wss://127.0.0.1:{server.port}"
+    slow = await connect(f"{base}/tech", ssl=ctx)  # in its handshake: never says hello
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"{base}/tech", ssl=ctx)
+        assert refused.value.response.status_code == 503
+        assert refused.value.response.headers["Retry-After"]
+        assert b"technician" in refused.value.response.body
+        agent = await open_ws(f"{base}/agent", ctx)
+        await agent.close()
+    finally:
+        await slow.close()
+    for _ in range(200):  # the place is free again once the connection is gone
+        if server.node.tech_gate.in_progress == 0:
+            break
+        await asyncio.sleep(0.05)
+    tech = await connect(f"{base}/tech", ssl=ctx)
+    await tech.close()
