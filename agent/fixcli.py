@@ -14,11 +14,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from plugins.api import FixContext, FixOutcome
+from proto.argtypes import name_arg
+from proto.textsafe import safe_json_dumps
 from proto.timefmt import human_time
 
-from .cliargs import _home, _run
+from .cliargs import _home, _run, out
 from .errors import AgentError, FixError
 from .localstore import FIX_UNDONE, FixRecord, LocalStore
+
+#: argparse type of a fix's id (the request id it answered)
+FIX_ID = name_arg("fix id", 100)
 
 
 def _record_json(r: FixRecord) -> dict[str, Any]:
@@ -37,14 +42,14 @@ def cmd_fixes_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps([_record_json(r) for r in records], ensure_ascii=False, indent=2))
+        print(safe_json_dumps([_record_json(r) for r in records], indent=2))
         return 0
     if not records:
-        print("no fixes were applied on this computer")
+        out("no fixes were applied on this computer")
     for r in records:
         undo = f"; undo: hw-agent fixes undo {r.request_id}" if r.undo is not None else ""
-        print(f"{human_time(r.started_at, seconds=True)}  {r.request_id}  {r.fixer} on "
-              f"{r.case} by {r.tech}: {r.state}{undo}")
+        out(f"{human_time(r.started_at, seconds=True)}  {r.request_id}  {r.fixer} on "
+            f"{r.case} by {r.tech}: {r.state}{undo}")
     return 0
 
 
@@ -85,10 +90,10 @@ def cmd_fixes_undo(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps({"ok": outcome.ok, "summary": outcome.summary,
-                          "details": dict(outcome.details)}, ensure_ascii=False, default=str))
+        print(safe_json_dumps({"ok": outcome.ok, "summary": outcome.summary,
+                               "details": dict(outcome.details)}, default=str))
     else:
-        print(outcome.summary)
+        out(outcome.summary)
     return 0 if outcome.ok else 1
 
 
@@ -105,6 +110,6 @@ def add_fix_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     s.set_defaults(func=cmd_fixes_list)
     s = fsub.add_parser("undo", parents=[common], help="undo a fix (for disk.cleanup: put the "
                         "quarantined files back); exit 1 if some could not be restored")
-    s.add_argument("id", help="the fix's id, as `hw-agent fixes list` shows it")
+    s.add_argument("id", type=FIX_ID, help="the fix's id, as `hw-agent fixes list` shows it")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_fixes_undo)
