@@ -1,7 +1,7 @@
 """Technician roles (for listing) and case owners.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-06
 
 This file is frozen history: it does not import the store's table definitions.

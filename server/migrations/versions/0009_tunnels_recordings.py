@@ -7,7 +7,7 @@ sealed to the recording key; older rows are plaintext, ``false``) and an index o
 ``(agent_id, received_at)`` for the per-agent quotas.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-06
 
 This file is frozen history: it does not import the store's table definitions.
