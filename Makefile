@@ -39,6 +39,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/rtt.py
 	$(BIN)/python bench/tunnel.py
 	$(BIN)/python bench/agents.py --agents 200
+	$(BIN)/python bench/revoke.py
+	$(BIN)/python bench/flood.py
+	$(BIN)/python bench/requests.py
+	$(BIN)/python bench/recording_flood.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
