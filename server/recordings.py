@@ -42,6 +42,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -272,21 +273,50 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def _install_public(home: Path, key: X25519PublicKey) -> None:
+    """Write ``home/recording.pub`` in one step: a temporary file in the home, then
+    :func:`os.replace`, so a reader sees the old key or the new one, never none."""
+    fd, tmp = tempfile.mkstemp(dir=home, prefix=PUB_NAME + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(sealed.public_pem(key))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, home / PUB_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def make_key_pair(home: Path) -> Path:
-    """A new recording key pair: ``recording.pub`` in ``home``, the private half in
-    ``home/offline/recording.key`` (0600); returns the private key's path.
+    """A new recording key pair: the private half in ``home/offline/recording.key``
+    (0600), then ``recording.pub`` in ``home`` replaced in one step; returns the private
+    key's path. Nothing is changed when it fails.
 
     Raises:
-        ServerError: ``offline/recording.key`` exists already (never overwritten).
+        ServerError: ``offline/recording.key`` exists already (never overwritten), or a file
+            cannot be written.
     """
     priv = X25519PrivateKey.generate()
     path = home / OFFLINE_DIR / KEY_NAME
+    pub = home / PUB_NAME
     try:
         _write_private(path, sealed.private_pem(priv))
     except FileExistsError:
-        raise ServerError(f"{path} exists already; move it off the server first (it opens "
-                          "every recording sealed to it), then retry") from None
-    (home / PUB_NAME).write_bytes(sealed.public_pem(priv.public_key()))
+        raise ServerError(
+            f"{path} exists already (the private half of the current recording key, or of an "
+            "earlier one); move it off this server to the auditors first (it opens every "
+            f"recording sealed to it), then retry; {pub} is unchanged") from None
+    except OSError as exc:
+        raise ServerError(f"cannot write {path} ({exc.strerror}); fix the permissions of "
+                          f"{path.parent} and retry; {pub} is unchanged") from None
+    try:
+        _install_public(home, priv.public_key())
+    except OSError as exc:
+        path.unlink(missing_ok=True)  # nothing is sealed to it yet
+        raise ServerError(f"cannot write {pub} ({exc.strerror}); fix the permissions of "
+                          f"{home} and retry; {pub} is unchanged") from None
     return path
 
 
@@ -314,13 +344,15 @@ def cmd_recording_key(args: argparse.Namespace) -> int:
             raise ServerError(f"cannot read {args.pub} ({exc.strerror})") from None
         except sealed.SealError as exc:
             raise ServerError(f"{args.pub}: {exc}") from None
-        pub.write_bytes(sealed.public_pem(key))
+        try:
+            _install_public(home, key)
+        except OSError as exc:
+            raise ServerError(f"cannot write {pub} ({exc.strerror}); fix the permissions of "
+                              f"{home} and retry; {pub} is unchanged") from None
         print(f"recording key {sealed.key_id(key)} installed as {pub}; restart "
               "`hw-server run` so it seals new recordings to it")
         return 0
-    if pub.exists():
-        pub.unlink()
-    path = make_key_pair(home)
+    path = make_key_pair(home)  # recording.pub is replaced only once the pair is made
     made = load_public_key(home)
     assert made is not None
     print(f"recording key {sealed.key_id(made)} made: {pub}")
@@ -342,5 +374,6 @@ def add_recording_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                     "private half in HOME/offline/recording.key to be moved away.")
     s.add_argument("--pub", metavar="FILE", help="install this X25519 public key (PEM)")
     s.add_argument("--replace", action="store_true",
-                   help="replace the key in place (older recordings stay sealed to the old)")
+                   help="replace the key in place (older recordings stay sealed to the old); "
+                        "without --pub, move the old HOME/offline/recording.key away first")
     s.set_defaults(func=cmd_recording_key)
