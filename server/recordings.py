@@ -16,8 +16,13 @@ An agent's :class:`~proto.messages.Recording` is kept only if, in this order:
 5. the server has a recording public key (``recording.pub`` in its home) to seal it to
    (:mod:`proto.sealed`); without one the recording is *not* refused: the answer is an
    ``internal`` error, so the agent keeps it in its outbox and sends it again after its next
-   reconnect, and the operator log says to install the key. No recording is stored
-   unsealed.
+   reconnect, and the operator log says to install the key. A damaged or unreadable
+   ``recording.pub`` is treated the same (logged once, not per recording; the agent's
+   connection stays up). No recording is stored unsealed.
+
+One recording of an agent at a time on each node, from the resend check to the store (a
+per-agent :class:`asyncio.Lock`), so concurrent connections of one agent cannot pass a quota
+together; agents connected to several nodes at once can, by a recording per extra node.
 
 A refusal is an :class:`~proto.messages.Error` ``refused`` naming the recording, which the
 agent's outbox takes as final (it does not resend), audited ``recording.refused`` with the
@@ -39,10 +44,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -110,22 +117,59 @@ class _QuotaAudit:
 
 
 @dataclass
+class _AgentLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
 class RecordingDesk:
     """Receives agents' recordings for one server node."""
 
     store: Store
     cfg: ServerConfig
     _key: X25519PublicKey | None = None
+    #: why ``recording.pub`` cannot be used (logged once), ``None``: usable or absent
+    _key_error: str | None = None
     _quota_audits: dict[str, _QuotaAudit] = field(default_factory=dict)
+    _locks: dict[str, _AgentLock] = field(default_factory=dict)
 
     def public_key(self) -> X25519PublicKey | None:
-        """The recording public key (read until found, then kept)."""
+        """The recording public key (read until found, then kept); ``None`` while there is
+        none or it cannot be used (damaged, unreadable: logged once, see ``_key_error``)."""
         if self._key is None:
-            self._key = load_public_key(self.cfg.home)
+            try:
+                self._key = load_public_key(self.cfg.home)
+            except ServerError as exc:
+                if str(exc) != self._key_error:
+                    log.error("cannot use the recording key: %s; until then recordings are "
+                              "held back in the agents' outboxes (sent again after their "
+                              "next reconnect)", exc)
+                self._key_error = str(exc)
+                return None
+            self._key_error = None
         return self._key
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, agent_id: str) -> AsyncIterator[None]:
+        """One recording of ``agent_id`` at a time on this node, from check to store, so
+        concurrent connections of one agent cannot pass a quota together."""
+        entry = self._locks.setdefault(agent_id, _AgentLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[agent_id]
 
     async def receive(self, agent_id: str, msg: m.Recording) -> m.AnyMessage:
         """Store ``msg`` from the authenticated agent ``agent_id``, or say why not."""
+        async with self._one_at_a_time(agent_id):
+            return await self._receive(agent_id, msg)
+
+    async def _receive(self, agent_id: str, msg: m.Recording) -> m.AnyMessage:
         store = self.store
         if await store.recording_exists(msg.id):
             return m.Ack(re=msg.id)  # a resend: stored already (by the earlier copy)
@@ -136,6 +180,11 @@ class RecordingDesk:
             await self._quota(agent_id, tunnel, msg, now)
             key = self.public_key()
             if key is None:
+                if self._key_error is not None:  # logged once by public_key()
+                    return m.Error(re=msg.id, code=m.ErrorCode.INTERNAL, message=(
+                        "the server cannot use its recording key and keeps no recording "
+                        "unsealed; the recording stays in the agent's outbox and is sent "
+                        "again after the next reconnect"))
                 log.warning("recording %s of agent %s is held back: this server has no "
                             "recording key (%s); install one with `hw-server recording-key "
                             "--home %s`", msg.id, agent_id, PUB_NAME, self.cfg.home)
