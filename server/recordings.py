@@ -316,7 +316,6 @@ def for_version(msg: m.RecordingData, version: int | None) -> m.AnyMessage:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -350,6 +349,11 @@ def make_key_pair(home: Path) -> Path:
     priv = X25519PrivateKey.generate()
     path = home / OFFLINE_DIR / KEY_NAME
     pub = home / PUB_NAME
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServerError(f"cannot make the directory {path.parent} ({exc.strerror}); remove "
+                          f"what is in its place and retry; {pub} is unchanged") from None
     try:
         _write_private(path, sealed.private_pem(priv))
     except FileExistsError:
