@@ -402,8 +402,20 @@ def cmd_tech_revoke(args: argparse.Namespace) -> int:
     print(f"technician {args.name} revoked; their certificate is refused by this server from "
           "now on")
     if revocations.has_org_key(cfg.home):
-        body = revocations.sign_in_home(cfg.home, pki.org_public_raw(cfg.home),
-                                        revoked=revoked, now=now)
+        try:
+            body = revocations.sign_in_home(cfg.home, pki.org_public_raw(cfg.home),
+                                            revoked=revoked, now=now)
+        except (OSError, ServerError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(printable(
+                f"hw-server: error: technician {args.name} is revoked (that stands: this "
+                "server refuses their certificate), but the signed revocation list "
+                f"{cfg.home / revocations.SIGNED_FILE} could not be written ({why}), so "
+                "agents do not have it yet. A running server signs it again by itself and "
+                "logs if it cannot; fix the cause (disk space, permissions, something in "
+                f"its place) and run `hw-server tech revoke --home {cfg.home} {args.name}` "
+                "again, which signs the list anew"), file=sys.stderr)
+            return 1
         print(f"signed revocation list number {body.sequence} ({len(body.fingerprints)} keys); "
               "the running server sends it to every agent")
     else:

@@ -16,8 +16,13 @@ An agent's :class:`~proto.messages.Recording` is kept only if, in this order:
 5. the server has a recording public key (``recording.pub`` in its home) to seal it to
    (:mod:`proto.sealed`); without one the recording is *not* refused: the answer is an
    ``internal`` error, so the agent keeps it in its outbox and sends it again after its next
-   reconnect, and the operator log says to install the key. No recording is stored
-   unsealed.
+   reconnect, and the operator log says to install the key. A damaged or unreadable
+   ``recording.pub`` is treated the same (logged once, not per recording; the agent's
+   connection stays up). No recording is stored unsealed.
+
+One recording of an agent at a time on each node, from the resend check to the store (a
+per-agent :class:`asyncio.Lock`), so concurrent connections of one agent cannot pass a quota
+together; agents connected to several nodes at once can, by a recording per extra node.
 
 A refusal is an :class:`~proto.messages.Error` ``refused`` naming the recording, which the
 agent's outbox takes as final (it does not resend), audited ``recording.refused`` with the
@@ -39,9 +44,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
+import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -109,22 +117,59 @@ class _QuotaAudit:
 
 
 @dataclass
+class _AgentLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
 class RecordingDesk:
     """Receives agents' recordings for one server node."""
 
     store: Store
     cfg: ServerConfig
     _key: X25519PublicKey | None = None
+    #: why ``recording.pub`` cannot be used (logged once), ``None``: usable or absent
+    _key_error: str | None = None
     _quota_audits: dict[str, _QuotaAudit] = field(default_factory=dict)
+    _locks: dict[str, _AgentLock] = field(default_factory=dict)
 
     def public_key(self) -> X25519PublicKey | None:
-        """The recording public key (read until found, then kept)."""
+        """The recording public key (read until found, then kept); ``None`` while there is
+        none or it cannot be used (damaged, unreadable: logged once, see ``_key_error``)."""
         if self._key is None:
-            self._key = load_public_key(self.cfg.home)
+            try:
+                self._key = load_public_key(self.cfg.home)
+            except ServerError as exc:
+                if str(exc) != self._key_error:
+                    log.error("cannot use the recording key: %s; until then recordings are "
+                              "held back in the agents' outboxes (sent again after their "
+                              "next reconnect)", exc)
+                self._key_error = str(exc)
+                return None
+            self._key_error = None
         return self._key
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, agent_id: str) -> AsyncIterator[None]:
+        """One recording of ``agent_id`` at a time on this node, from check to store, so
+        concurrent connections of one agent cannot pass a quota together."""
+        entry = self._locks.setdefault(agent_id, _AgentLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[agent_id]
 
     async def receive(self, agent_id: str, msg: m.Recording) -> m.AnyMessage:
         """Store ``msg`` from the authenticated agent ``agent_id``, or say why not."""
+        async with self._one_at_a_time(agent_id):
+            return await self._receive(agent_id, msg)
+
+    async def _receive(self, agent_id: str, msg: m.Recording) -> m.AnyMessage:
         store = self.store
         if await store.recording_exists(msg.id):
             return m.Ack(re=msg.id)  # a resend: stored already (by the earlier copy)
@@ -135,6 +180,11 @@ class RecordingDesk:
             await self._quota(agent_id, tunnel, msg, now)
             key = self.public_key()
             if key is None:
+                if self._key_error is not None:  # logged once by public_key()
+                    return m.Error(re=msg.id, code=m.ErrorCode.INTERNAL, message=(
+                        "the server cannot use its recording key and keeps no recording "
+                        "unsealed; the recording stays in the agent's outbox and is sent "
+                        "again after the next reconnect"))
                 log.warning("recording %s of agent %s is held back: this server has no "
                             "recording key (%s); install one with `hw-server recording-key "
                             "--home %s`", msg.id, agent_id, PUB_NAME, self.cfg.home)
@@ -266,27 +316,60 @@ def for_version(msg: m.RecordingData, version: int | None) -> m.AnyMessage:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
 
+def _install_public(home: Path, key: X25519PublicKey) -> None:
+    """Write ``home/recording.pub`` in one step: a temporary file in the home, then
+    :func:`os.replace`, so a reader sees the old key or the new one, never none."""
+    fd, tmp = tempfile.mkstemp(dir=home, prefix=PUB_NAME + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(sealed.public_pem(key))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, home / PUB_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def make_key_pair(home: Path) -> Path:
-    """A new recording key pair: ``recording.pub`` in ``home``, the private half in
-    ``home/offline/recording.key`` (0600); returns the private key's path.
+    """A new recording key pair: the private half in ``home/offline/recording.key``
+    (0600), then ``recording.pub`` in ``home`` replaced in one step; returns the private
+    key's path. Nothing is changed when it fails.
 
     Raises:
-        ServerError: ``offline/recording.key`` exists already (never overwritten).
+        ServerError: ``offline/recording.key`` exists already (never overwritten), or a file
+            cannot be written.
     """
     priv = X25519PrivateKey.generate()
     path = home / OFFLINE_DIR / KEY_NAME
+    pub = home / PUB_NAME
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServerError(f"cannot make the directory {path.parent} ({exc.strerror}); remove "
+                          f"what is in its place and retry; {pub} is unchanged") from None
     try:
         _write_private(path, sealed.private_pem(priv))
     except FileExistsError:
-        raise ServerError(f"{path} exists already; move it off the server first (it opens "
-                          "every recording sealed to it), then retry") from None
-    (home / PUB_NAME).write_bytes(sealed.public_pem(priv.public_key()))
+        raise ServerError(
+            f"{path} exists already (the private half of the current recording key, or of an "
+            "earlier one); move it off this server to the auditors first (it opens every "
+            f"recording sealed to it), then retry; {pub} is unchanged") from None
+    except OSError as exc:
+        raise ServerError(f"cannot write {path} ({exc.strerror}); fix the permissions of "
+                          f"{path.parent} and retry; {pub} is unchanged") from None
+    try:
+        _install_public(home, priv.public_key())
+    except OSError as exc:
+        path.unlink(missing_ok=True)  # nothing is sealed to it yet
+        raise ServerError(f"cannot write {pub} ({exc.strerror}); fix the permissions of "
+                          f"{home} and retry; {pub} is unchanged") from None
     return path
 
 
@@ -314,13 +397,15 @@ def cmd_recording_key(args: argparse.Namespace) -> int:
             raise ServerError(f"cannot read {args.pub} ({exc.strerror})") from None
         except sealed.SealError as exc:
             raise ServerError(f"{args.pub}: {exc}") from None
-        pub.write_bytes(sealed.public_pem(key))
+        try:
+            _install_public(home, key)
+        except OSError as exc:
+            raise ServerError(f"cannot write {pub} ({exc.strerror}); fix the permissions of "
+                              f"{home} and retry; {pub} is unchanged") from None
         print(f"recording key {sealed.key_id(key)} installed as {pub}; restart "
               "`hw-server run` so it seals new recordings to it")
         return 0
-    if pub.exists():
-        pub.unlink()
-    path = make_key_pair(home)
+    path = make_key_pair(home)  # recording.pub is replaced only once the pair is made
     made = load_public_key(home)
     assert made is not None
     print(f"recording key {sealed.key_id(made)} made: {pub}")
@@ -342,5 +427,6 @@ def add_recording_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                     "private half in HOME/offline/recording.key to be moved away.")
     s.add_argument("--pub", metavar="FILE", help="install this X25519 public key (PEM)")
     s.add_argument("--replace", action="store_true",
-                   help="replace the key in place (older recordings stay sealed to the old)")
+                   help="replace the key in place (older recordings stay sealed to the old); "
+                        "without --pub, move the old HOME/offline/recording.key away first")
     s.set_defaults(func=cmd_recording_key)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -98,9 +99,24 @@ def read_signed(home: Path, org_pub: bytes) -> tuple[m.SignedRevocations, Revoca
 
 
 def _write(home: Path, signed: m.SignedRevocations) -> None:
-    tmp = home / (SIGNED_FILE + ".tmp")
-    tmp.write_bytes(codec.encode(signed))
-    os.replace(tmp, home / SIGNED_FILE)
+    """Replace ``home/revocations.signed`` in one step through a temporary file of this
+    writer's own (``hw-server tech revoke`` and a running server may sign at the same
+    moment: each replaces the file whole, the later one wins).
+
+    Raises:
+        OSError: the list cannot be written (the one held is unchanged).
+    """
+    fd, tmp = tempfile.mkstemp(dir=home, prefix=SIGNED_FILE + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(codec.encode(signed))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, home / SIGNED_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def sign_in_home(home: Path, org_pub: bytes, *, revoked: list[str], now: datetime

@@ -65,9 +65,13 @@ class World:
 
 
 def _configure(h: Harness, **settings: int) -> None:
-    with (h.server_home / "config.toml").open("a", encoding="utf-8") as f:
-        for key, value in settings.items():
-            f.write(f"{key} = {value}\n")
+    path = h.server_home / "config.toml"
+    text = path.read_text(encoding="utf-8")
+    for key, value in settings.items():  # replaced where init wrote it, else added
+        text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        if not n:
+            text += f"{key} = {value}\n"
+    path.write_text(text, encoding="utf-8")
 
 
 def _setup(h: Harness, tmp_path: Path, **settings: int) -> World:
