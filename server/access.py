@@ -11,8 +11,13 @@ connection's :class:`Caller` (``docs/security.md#roles``, ``#case-owners``):
   the caller is a ``supervisor``, or the action is the desk's (``offer_visit``, a
   ``book-visit`` consent request, an escalation by the desk);
 - a recording is readable by the technician of its session, supervisors and auditors;
-- a technician holding only ``field`` (of the ticket roles) sees and updates the tickets
-  booked for them.
+- tickets: ``desk``, ``supervisor`` and ``auditor`` see every ticket; a ``remote``
+  technician sees the tickets of the cases they may read (their own and the unassigned
+  queue: a ticket carries the customer, the city, the reason and the findings), a ``field``
+  technician the visits booked for them; only the desk, a supervisor or the visit's field
+  technician moves a ticket;
+- agents: a technician who does not see every case lists only the agents of the cases they
+  may read (a fan-out goes to the agents connected, not to this listing).
 
 One team per server: "all cases of the team" is every case of this server.
 """
@@ -35,9 +40,11 @@ from .store import CaseRecord
 SEE_ALL_CASES: frozenset[Role] = frozenset({Role.DESK, Role.SUPERVISOR, Role.AUDITOR})
 #: Roles that act on any case, whoever owns it.
 ACT_ON_ANY_CASE: frozenset[Role] = frozenset({Role.SUPERVISOR})
-#: Roles that see every ticket (others with ``field`` see their own visits).
-SEE_ALL_TICKETS: frozenset[Role] = frozenset(
-    {Role.REMOTE, Role.DESK, Role.SUPERVISOR, Role.AUDITOR})
+#: Roles that see every ticket (others: their own visits, and with ``remote`` the tickets
+#: of the cases they may read).
+SEE_ALL_TICKETS: frozenset[Role] = frozenset({Role.DESK, Role.SUPERVISOR, Role.AUDITOR})
+#: Roles that move any ticket along (others: the visits booked for them).
+UPDATE_ANY_TICKET: frozenset[Role] = frozenset({Role.DESK, Role.SUPERVISOR})
 #: Roles that read every recording (others: their own sessions').
 READ_ALL_RECORDINGS: frozenset[Role] = frozenset({Role.SUPERVISOR, Role.AUDITOR})
 #: Requests that act on a case for the remote role: the first one done on an unassigned
@@ -129,14 +136,57 @@ def recording_refusal(caller: Caller, tech: str, recording: str) -> str | None:
             "the session's technician, supervisors and auditors only")
 
 
-def sees_ticket(caller: Caller, ticket: m.TicketInfo) -> bool:
-    """Whether ``caller`` may see (and, with the field role, update) ``ticket``."""
-    return caller.has(SEE_ALL_TICKETS) or ticket.technician == caller.name
+@dataclass(frozen=True)
+class TicketScope:
+    """The tickets one technician may see, as filters of the store's query
+    (:meth:`server.onsite.tickets.OnsiteDesk.tickets`): booked for ``visits_of``, or of a
+    case ``cases_of`` owns or that is unassigned."""
+
+    visits_of: str
+    cases_of: str | None
 
 
-def ticket_refusal(caller: Caller, ticket: m.TicketInfo) -> str | None:
-    """Why ``caller`` may not see ``ticket``, or ``None``."""
-    if sees_ticket(caller, ticket):
+def ticket_scope(caller: Caller) -> TicketScope | None:
+    """Which tickets ``caller`` sees (``None``: all of them)."""
+    if caller.has(SEE_ALL_TICKETS):
         return None
+    return TicketScope(visits_of=caller.name,
+                       cases_of=caller.name if Role.REMOTE in caller.roles else None)
+
+
+def ticket_needs_case(caller: Caller, ticket: m.TicketInfo) -> bool:
+    """Whether :func:`ticket_refusal` needs the ticket's case to decide."""
+    scope = ticket_scope(caller)
+    return (scope is not None and scope.cases_of is not None
+            and ticket.technician != caller.name)
+
+
+def ticket_refusal(caller: Caller, ticket: m.TicketInfo, case: CaseRecord | None = None
+                   ) -> str | None:
+    """Why ``caller`` may not see ``ticket`` (of ``case``, which a remote technician's
+    check needs: :func:`ticket_needs_case`), or ``None``."""
+    scope = ticket_scope(caller)
+    if scope is None or ticket.technician == caller.name:
+        return None
+    if scope.cases_of is not None and case is not None:
+        why = read_refusal(caller, case)
+        if why is None:
+            return None
+        return f"ticket {ticket.ticket}: {why}"
     return (f"ticket {ticket.ticket} is not booked for {caller.name}; the field role sees "
             "only its own visits")
+
+
+def ticket_update_refusal(caller: Caller, ticket: m.TicketInfo) -> str | None:
+    """Why ``caller`` may not move ``ticket`` along, or ``None``: the desk, a supervisor
+    or the field technician of the visit do (seeing a ticket of one's case is not enough)."""
+    if caller.has(UPDATE_ANY_TICKET) or ticket.technician == caller.name:
+        return None
+    return (f"ticket {ticket.ticket} is not booked for {caller.name}; only the desk, a "
+            "supervisor or the visit's field technician moves it along")
+
+
+def agents_scope(caller: Caller) -> str | None:
+    """Whose cases' agents ``caller`` lists (:meth:`server.store.Store.list_agents`'s
+    ``with_cases_of``), or ``None``: every agent, for the roles that see every case."""
+    return None if caller.sees_all_cases else caller.name

@@ -123,8 +123,6 @@ class TechGateway:
                 msg = m.Error(re=msg.re, code=m.ErrorCode.BAD_REQUEST, message=(
                     f"more than {m.AGENT_PAGE} agents are enrolled and this hw-tech (protocol "
                     "version 1) cannot page through them; upgrade hw-tech"))
-            if isinstance(msg, m.RecordingData):  # v3 fields, sealed data: v3 sessions only
-                msg = for_version(msg, session.version)
             if (isinstance(msg, m.CaseList) and msg.next_offset is not None
                     and (session.version or 0) < CASE_PAGES_VERSION):  # v2 has no pages
                 msg = m.Error(re=msg.re, code=m.ErrorCode.BAD_REQUEST, message=(
@@ -206,7 +204,7 @@ class TechGateway:
         if refused is not None:
             return refused
         if isinstance(msg, m.ListAgents):
-            return await self._list_agents(msg)
+            return await self._list_agents(caller, msg)
         if isinstance(msg, m.ListCases):
             return await self._list_cases(caller, msg)
         if isinstance(msg, m.ClaimCase | m.AssignCase):
@@ -217,6 +215,8 @@ class TechGateway:
             if isinstance(answer, m.Error):
                 return answer
             data = await get_recording(node.store, answer)
+            if isinstance(data, m.RecordingData):  # v3 fields, sealed data: v3 sessions only
+                data = for_version(data, caller.version)  # before the audit: reads that happen
             if isinstance(data, m.RecordingData) and data.info is not None:
                 await node.audit(event="recording.read", actor=f"tech:{tech}",
                                  subject=msg.case, now=now_utc(),
@@ -258,16 +258,23 @@ class TechGateway:
         if isinstance(msg, m.ListTickets):
             due = (now_utc().astimezone(desk.policy.hours.tz).date()
                    if msg.followup_due else None)
-            return m.TicketList(re=msg.id, tickets=[
-                t for t in await desk.tickets(state=msg.state, followup_due_on=due,
-                                              limit=LIST_LIMIT)
-                if access.sees_ticket(caller, t)])
+            scope = access.ticket_scope(caller)  # filtered in the query, before its limit
+            return m.TicketList(re=msg.id, tickets=await desk.tickets(
+                state=msg.state, followup_due_on=due, limit=LIST_LIMIT,
+                visits_of=None if scope is None else scope.visits_of,
+                cases_of=None if scope is None else scope.cases_of))
         if isinstance(msg, m.GetTicket | m.UpdateTicket):
             ticket = await desk.get(msg.ticket)
-            why = access.ticket_refusal(caller, ticket)
+            of_case = (await self.relay.case(ticket.case)
+                       if access.ticket_needs_case(caller, ticket) else None)
+            why = access.ticket_refusal(caller, ticket, of_case)
+            if why is None and isinstance(msg, m.UpdateTicket):
+                why = access.ticket_update_refusal(caller, ticket)
             if why is not None:
                 return await self._refuse(caller, msg, why, subject=msg.ticket)
             if isinstance(msg, m.GetTicket):
+                await node.audit(event="ticket.read", actor=f"tech:{tech}", subject=ticket.ticket,
+                                 now=now_utc(), detail={"case": ticket.case, "key": key})
                 return m.TicketDetail(re=rid, ticket=ticket)
             return m.TicketDetail(re=msg.id, ticket=await desk.move(
                 msg.ticket, msg.to, actor=f"tech:{tech}", now=now_utc(), note=msg.note,
@@ -413,12 +420,16 @@ class TechGateway:
                           next_offset=msg.offset + len(page) if len(cases) > msg.limit
                           else None)
 
-    async def _list_agents(self, msg: m.ListAgents) -> m.AgentList:
-        """One page of the enrolled agents (enrollment order), filtered."""
+    async def _list_agents(self, caller: Caller, msg: m.ListAgents) -> m.AgentList:
+        """One page of the enrolled agents (enrollment order), filtered: a technician who
+        does not see every case lists the agents of the cases they may read only (one
+        query; :func:`server.access.agents_scope`)."""
         node = self.node
         elsewhere = (await node.presence.online(now_utc()) if node.presence is not None
                      else set())
-        matching = [(a, online) for a in await node.store.list_agents(customer=msg.customer)
+        listed = await node.store.list_agents(customer=msg.customer,
+                                              with_cases_of=access.agents_scope(caller))
+        matching = [(a, online) for a in listed
                     if (online := a.agent_id in node.links or a.agent_id in elsewhere)
                     is msg.online or msg.online is None]
         page = matching[msg.offset:msg.offset + msg.limit]

@@ -38,6 +38,7 @@ from proto.timefmt import human_time
 from ..cases import MOVES as CASE_MOVES
 from ..cases import Event as CaseEvent
 from ..store import NotFound, Store, StoreError
+from ..store.schema import cases
 from .calendar import WorkCalendar
 from .coverage import City, nearest_base, resolve_city
 from .dispatch import FieldTech, occupied_hours, rank, visit_end
@@ -188,9 +189,27 @@ class OnsiteDesk:
         return None if found is None else str(found)
 
     async def tickets(self, *, state: m.TicketState | None = None, agent_id: str | None = None,
-                   followup_due_on: date | None = None, limit: int = 500
+                   followup_due_on: date | None = None, limit: int = 500,
+                   visits_of: str | None = None, cases_of: str | None = None
                    ) -> list[m.TicketInfo]:
+        """The newest ``limit`` tickets matching the filters, newest first.
+
+        ``visits_of`` and ``cases_of`` narrow the list to what one technician may see
+        (:func:`server.access.ticket_scope`): the tickets booked for ``visits_of`` and/or
+        the tickets of the cases ``cases_of`` owns or that are unassigned (either, when both
+        are given). They are filtered in this query, before its limit, so newer tickets of
+        others never push a technician's own out of the list.
+        """
         query = sa.select(tickets).order_by(tickets.c.created_at.desc()).limit(limit)
+        shown: list[sa.ColumnElement[bool]] = []
+        if visits_of is not None:
+            shown.append(tickets.c.technician == visits_of)
+        if cases_of is not None:
+            shown.append(sa.exists().where(  # the cases' unique number index
+                cases.c.number == tickets.c.case_number,
+                sa.or_(cases.c.owner == cases_of, cases.c.owner.is_(None))))
+        if shown:
+            query = query.where(sa.or_(*shown))
         if state is not None:
             query = query.where(tickets.c.state == state.value)
         if agent_id is not None:

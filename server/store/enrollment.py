@@ -21,6 +21,7 @@ from .rows import agent_select, technician_select, to_agent, to_technician
 from .schema import (
     agents,
     as_utc,
+    cases,
     customers,
     enroll_tokens,
     revoked_tech_keys,
@@ -208,11 +209,21 @@ class EnrollmentStore(StoreBase):
                 agents.c.revoked_at.is_not(None)))).scalars()
             return {str(r) for r in rows}
 
-    async def list_agents(self, *, customer: str | None = None) -> list[AgentRecord]:
-        """Every agent (revoked ones included), or ``customer``'s, oldest enrollment first."""
+    async def list_agents(self, *, customer: str | None = None,
+                          with_cases_of: str | None = None) -> list[AgentRecord]:
+        """Every agent (revoked ones included), or ``customer``'s, oldest enrollment first.
+
+        ``with_cases_of``: only the agents with a case that technician may read as a
+        ``remote`` technician (one they own or one of the unassigned queue); filtered in the
+        same query (an ``EXISTS`` on the cases' agent index), not one query per agent.
+        """
         query = agent_select.order_by(agents.c.enrolled_at, agents.c.agent_id)
         if customer is not None:
             query = query.where(customers.c.name == customer)
+        if with_cases_of is not None:
+            query = query.where(sa.exists().where(
+                cases.c.agent_id == agents.c.agent_id,
+                sa.or_(cases.c.owner == with_cases_of, cases.c.owner.is_(None))))
         async with self._tx(write=False) as conn:
             rows = (await conn.execute(query)).all()
         return [to_agent(row) for row in rows]

@@ -13,12 +13,16 @@ from proto.command import Command, sign_command
 from proto.roles import Role
 from server.access import (
     Caller,
+    TicketScope,
     act_refusal,
+    agents_scope,
     claims,
     read_refusal,
     recording_refusal,
-    sees_ticket,
+    ticket_needs_case,
     ticket_refusal,
+    ticket_scope,
+    ticket_update_refusal,
 )
 from server.store import CaseRecord
 
@@ -85,9 +89,40 @@ def test_recordings_and_tickets() -> None:
     assert recording_refusal(caller("bob", Role.REMOTE), "alice", "r1") is not None
     assert recording_refusal(caller("aud", Role.AUDITOR), "alice", "r1") is None
     finn = caller("finn", Role.FIELD)
-    assert sees_ticket(finn, ticket("finn"))
-    assert not sees_ticket(finn, ticket("wang"))
-    assert not sees_ticket(finn, ticket(None))
+    assert ticket_refusal(finn, ticket("finn")) is None
+    assert ticket_refusal(finn, ticket(None)) is not None
     why = ticket_refusal(finn, ticket("wang"))
     assert why is not None and "own visits" in why
-    assert sees_ticket(caller("dana", Role.DESK), ticket("wang"))
+    assert ticket_refusal(caller("dana", Role.DESK), ticket("wang")) is None
+
+
+def test_a_remote_technician_sees_the_tickets_of_cases_they_may_read() -> None:
+    bob = caller("bob", Role.REMOTE)
+    assert ticket_scope(bob) == TicketScope(visits_of="bob", cases_of="bob")
+    assert ticket_scope(caller("finn", Role.FIELD)) == TicketScope(visits_of="finn",
+                                                                   cases_of=None)
+    for role in (Role.DESK, Role.SUPERVISOR, Role.AUDITOR):
+        assert ticket_scope(caller("x", Role.REMOTE, role)) is None
+    assert ticket_needs_case(bob, ticket(None))
+    assert not ticket_needs_case(caller("bob", Role.REMOTE, Role.FIELD), ticket("bob"))
+    assert not ticket_needs_case(caller("finn", Role.FIELD), ticket(None))
+    assert ticket_refusal(bob, ticket(None), case(None)) is None
+    assert ticket_refusal(bob, ticket(None), case("bob")) is None
+    why = ticket_refusal(bob, ticket("wang"), case("alice"))
+    assert why is not None and f"case {CASE} is owned by alice" in why
+
+
+def test_seeing_a_ticket_is_not_moving_it() -> None:
+    rafa = caller("rafa", Role.REMOTE, Role.FIELD)
+    assert ticket_refusal(rafa, ticket(None), case(None)) is None
+    why = ticket_update_refusal(rafa, ticket(None))
+    assert why is not None and "not booked for rafa" in why
+    assert ticket_update_refusal(rafa, ticket("rafa")) is None
+    assert ticket_update_refusal(caller("dana", Role.DESK), ticket("wang")) is None
+    assert ticket_update_refusal(caller("aud", Role.AUDITOR), ticket("wang")) is not None
+
+
+def test_a_remote_technician_lists_the_agents_of_their_cases() -> None:
+    assert agents_scope(caller("bob", Role.REMOTE)) == "bob"
+    for role in (Role.DESK, Role.SUPERVISOR, Role.AUDITOR):
+        assert agents_scope(caller("x", Role.REMOTE, role)) is None
