@@ -140,7 +140,7 @@ async def test_receipt_rate_quota_refuses_with_the_limit_and_audits_once(
             reply = await rogue.ask(consent(rogue, case, f"cg-{i}"))
             assert isinstance(reply, m.Error) and reply.code is m.ErrorCode.REFUSED
             assert "sent 3 new consent receipts in the last minute (the limit is 3 per " \
-                   "minute); retry in " in reply.message
+                   "minute); it was not stored; retry in " in reply.message
     finally:
         await rogue.close()
     assert receipts_of(h, case) == ["cg-0", "cg-1", "cg-2"]
