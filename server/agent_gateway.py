@@ -9,10 +9,13 @@ and answers the request waiting for a result (:class:`server.pending.PendingRequ
 
 An enrolled agent is not trusted (``docs/security.md#a-rogue-agent``): a result is stored
 only as the answer to a request the relay sent to that agent for that case and action
-(:mod:`server.store.requests`), and cases and results are held to the per-agent quotas of
-:mod:`server.quota`; whatever is refused is answered with an ``error`` ``refused`` saying
-why and audited (``result.refused``, ``quota.refused``) at most once per interval per
-agent and reason.
+(:mod:`server.store.requests`), a consent receipt only for one of that agent's cases
+(:mod:`server.store.receipts`), and cases, results and receipts are held to the per-agent
+quotas of :mod:`server.quota`; whatever is refused is answered with an ``error``
+``refused`` saying why and audited (``result.refused``, ``receipt.refused``,
+``quota.refused``) at most once per interval per agent and reason. An agent holds one
+``run`` session (a newer one replaces it) and at most ``max_calls_per_agent`` ``call``
+sessions on this node, each closed after ``call_idle_timeout_s`` without a message.
 
 Protocol decisions live in :mod:`proto.session`; what a result does to its case in
 :mod:`server.cases`.
@@ -533,27 +536,27 @@ class AgentGateway:
             return None
         receipt_id = update_id or grant.receipt_id
         held = (link.agent_id, "receipt")
-        refusal = self.refusals.held(held, time.monotonic())
-        try:
-            if refusal is not None:
-                raise refusal
-            await self._store_receipt(link.agent_id, receipt_id, receipt, grant)
-        except NotOwnCase as exc:
-            await link.send(m.Error(re=update_id, code=m.ErrorCode.REFUSED, message=str(exc)))
-            await self._audit_refusal(
-                link, "receipt.refused", "not_own_case", subject=grant.case,
-                detail={"receipt": receipt_id, "tech": grant.tech})
-            return None
-        except QuotaExceeded as exc:
-            if refusal is None:
+        refusal = self.refusals.held(held, time.monotonic())  # a flood: no store transaction
+        if refusal is None:
+            try:
+                await self._store_receipt(link.agent_id, receipt_id, receipt, grant)
+                return grant
+            except NotOwnCase as exc:
+                await link.send(m.Error(re=update_id, code=m.ErrorCode.REFUSED,
+                                        message=str(exc)))
+                await self._audit_refusal(
+                    link, "receipt.refused", "not_own_case", subject=grant.case,
+                    detail={"receipt": receipt_id, "tech": grant.tech})
+                return None
+            except QuotaExceeded as exc:
+                refusal = exc
                 self.refusals.hold(held, exc, time.monotonic())
-            await link.send(m.Error(re=update_id, code=m.ErrorCode.REFUSED, message=str(exc)))
-            await self._audit_refusal(
-                link, "quota.refused", exc.limit, subject=link.agent_id,
-                detail={"limit": exc.limit, "allowed": exc.allowed, "receipt": receipt_id,
-                        "case": grant.case})
-            return None
-        return grant
+        await link.send(m.Error(re=update_id, code=m.ErrorCode.REFUSED, message=str(refusal)))
+        await self._audit_refusal(
+            link, "quota.refused", refusal.limit, subject=link.agent_id,
+            detail={"limit": refusal.limit, "allowed": refusal.allowed, "receipt": receipt_id,
+                    "case": grant.case})
+        return None
 
     async def _store_receipt(self, agent_id: str, receipt_id: str, receipt: m.SignedReceipt,
                              grant: m.ConsentGrant) -> None:

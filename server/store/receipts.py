@@ -81,6 +81,11 @@ class ReceiptStore(StoreBase):
         expires_at = as_utc(expires_at, "expires_at")
         revoked_at = None if revoked_at is None else as_utc(revoked_at, "revoked_at")
         now = as_utc(now, "now")
+        # Resends and refusals are decided in a read transaction (no write lock taken for
+        # a flood of them); a case never changes agent, so the check still holds below.
+        async with self._tx(write=False) as conn:
+            if not await self._new_for_own_case(conn, receipt_id, agent_id, case):
+                return False
         async with self._tx(write=True) as conn:
             known = (
                 await conn.execute(
@@ -91,24 +96,6 @@ class ReceiptStore(StoreBase):
             ).first()
             if known is None:
                 raise NotFound(f"agent {agent_id!r} is not enrolled")
-            stored = (
-                await conn.execute(
-                    sa.select(consent_receipts.c.receipt_id).where(
-                        consent_receipts.c.receipt_id == receipt_id
-                    )
-                )
-            ).first()
-            if stored is not None:
-                return False  # a resend (or an id taken): the first one stays
-            own = (
-                await conn.execute(
-                    sa.select(cases.c.id).where(
-                        cases.c.number == case, cases.c.agent_id == agent_id
-                    )
-                )
-            ).first()
-            if own is None:
-                raise NotOwnCase(case)
             if quotas is not None:
                 await self._check_rate(conn, agent_id, quotas, now)
             inserted = await conn.execute(
@@ -129,6 +116,34 @@ class ReceiptStore(StoreBase):
                 .on_conflict_do_nothing(index_elements=["receipt_id"])
             )
         return bool(inserted.rowcount == 1)
+
+    @staticmethod
+    async def _new_for_own_case(conn: AsyncConnection, receipt_id: str, agent_id: str,
+                                case: str) -> bool:
+        """``False``: ``receipt_id`` is stored already. Raises NotFound (no such agent) or
+        NotOwnCase."""
+        known = (
+            await conn.execute(sa.select(agents.c.agent_id).where(agents.c.agent_id == agent_id))
+        ).first()
+        if known is None:
+            raise NotFound(f"agent {agent_id!r} is not enrolled")
+        stored = (
+            await conn.execute(
+                sa.select(consent_receipts.c.receipt_id).where(
+                    consent_receipts.c.receipt_id == receipt_id
+                )
+            )
+        ).first()
+        if stored is not None:
+            return False  # a resend (or an id taken): the first one stays
+        own = (
+            await conn.execute(
+                sa.select(cases.c.id).where(cases.c.number == case, cases.c.agent_id == agent_id)
+            )
+        ).first()
+        if own is None:
+            raise NotOwnCase(case)
+        return True
 
     @staticmethod
     async def _check_rate(conn: AsyncConnection, agent_id: str, quotas: Quotas,
