@@ -9,10 +9,13 @@ and answers the request waiting for a result (:class:`server.pending.PendingRequ
 
 An enrolled agent is not trusted (``docs/security.md#a-rogue-agent``): a result is stored
 only as the answer to a request the relay sent to that agent for that case and action
-(:mod:`server.store.requests`), and cases and results are held to the per-agent quotas of
-:mod:`server.quota`; whatever is refused is answered with an ``error`` ``refused`` saying
-why and audited (``result.refused``, ``quota.refused``) at most once per interval per
-agent and reason.
+(:mod:`server.store.requests`), a consent receipt only for one of that agent's cases
+(:mod:`server.store.receipts`), and cases, results and receipts are held to the per-agent
+quotas of :mod:`server.quota`; whatever is refused is answered with an ``error``
+``refused`` saying why and audited (``result.refused``, ``receipt.refused``,
+``quota.refused``) at most once per interval per agent and reason. An agent holds one
+``run`` session (a newer one replaces it) and at most ``max_calls_per_agent`` ``call``
+sessions on this node, each closed after ``call_idle_timeout_s`` without a message.
 
 Protocol decisions live in :mod:`proto.session`; what a result does to its case in
 :mod:`server.cases`.
@@ -51,9 +54,15 @@ from .recordings import RecordingDesk
 from .results import result_payload, stored_result
 from .revocations import RevocationKeeper
 from .store import NotFound, ResultRefused, StoreError, TokenRefused
+from .store.receipts import NotOwnCase
 from .tunnel import TunnelBroker
 
 log = logging.getLogger("hw.server")
+
+
+#: The websocket close code for a call over ``max_calls_per_agent`` (RFC 6455 "Try Again
+#: Later"; docs/protocol.md#close-codes).
+TRY_AGAIN_LATER = 1013
 
 
 def secret_hash(secret: bytes) -> bytes:
@@ -126,6 +135,8 @@ class AgentGateway:
         self.tunnels = tunnels
         #: agent id -> when last seen (connect/disconnect), written in batches
         self.seen: dict[str, datetime] = {}
+        #: agent id -> its open ``call`` sessions on this node (``max_calls_per_agent``)
+        self.calls: dict[str, int] = {}
         self._keeper: RevocationKeeper | None = None
         self._pushed: m.SignedRevocations | None = None
 
@@ -189,14 +200,27 @@ class AgentGateway:
             await self._send_revocations(link, self._signed())
             log.info("agent %s (%s) connected from %s", agent.agent_id, agent.customer, peer)
         else:
+            if not await self._call_admitted(link):
+                return
             log.info("agent %s (%s) call from %s", agent.agent_id, agent.customer, peer)
+        idle = None if run else float(node.cfg.call_idle_timeout_s)
         try:
             while True:
-                msg = await recv(ws, session)
+                try:
+                    async with asyncio.timeout(idle):  # a run session may stay silent
+                        msg = await recv(ws, session)
+                except TimeoutError:
+                    log.info("agent %s: call from %s idle for %g s, closed", agent.agent_id,
+                             peer, idle)
+                    await ws.close(int(CloseCode.NORMAL), close_reason(
+                        f"idle: no message for {idle:g} s; open a new call when needed"))
+                    break
                 if isinstance(msg, m.Bye):
                     break
                 await self._from_agent(link, msg)
         finally:
+            if not run:
+                self._call_ended(agent.agent_id)
             node.pending.gone(link)
             if run and node.links.get(agent.agent_id) is link:
                 self.fanouts.gone(agent.agent_id)
@@ -206,6 +230,29 @@ class AgentGateway:
                 self.seen[agent.agent_id] = now_utc()
                 if not node.stopping:
                     log.info("agent %s disconnected from %s", agent.agent_id, peer)
+
+    async def _call_admitted(self, link: AgentLink) -> bool:
+        """Count a new ``call`` session of ``link``'s agent, or close it (1013, try again
+        later) when the agent already holds ``max_calls_per_agent`` on this node; the
+        refusal is audited as ``quota.refused`` once per interval."""
+        agent_id, allowed = link.agent_id, int(self.node.cfg.max_calls_per_agent)
+        open_calls = self.calls.get(agent_id, 0)
+        if open_calls < allowed:
+            self.calls[agent_id] = open_calls + 1
+            return True
+        await link.ws.close(TRY_AGAIN_LATER, close_reason(
+            f"{open_calls} calls of this agent are open, the most this server allows; "
+            f"finish one and retry"))
+        await self._audit_refusal(link, "quota.refused", "calls", subject=agent_id,
+                                  detail={"limit": "calls", "allowed": allowed})
+        return False
+
+    def _call_ended(self, agent_id: str) -> None:
+        left = self.calls.get(agent_id, 1) - 1
+        if left > 0:
+            self.calls[agent_id] = left
+        else:
+            self.calls.pop(agent_id, None)
 
     @property
     def keeper(self) -> RevocationKeeper:
@@ -474,7 +521,10 @@ class AgentGateway:
 
     async def _receipt(self, link: AgentLink, receipt: m.SignedReceipt, update_id: str | None
                        ) -> m.ConsentGrant | None:
-        """Verify a receipt with the agent's enrolled key and store it once."""
+        """Verify a receipt with the agent's enrolled key and store it once, if it is for
+        one of the agent's own cases and within its ``receipts_per_minute`` quota;
+        otherwise answer ``refused`` (the agent drops it from its outbox) and audit it
+        (``receipt.refused`` / ``quota.refused``, once per interval)."""
         try:
             grant = verify_receipt(receipt, Ed25519PublicKey.from_public_bytes(
                 link.public_key))
@@ -484,8 +534,29 @@ class AgentGateway:
             await link.send(m.Error(re=update_id, code=m.ErrorCode.REFUSED,
                                     message=f"consent receipt refused: {exc.reason}"))
             return None
-        await self._store_receipt(link.agent_id, update_id or grant.receipt_id, receipt, grant)
-        return grant
+        receipt_id = update_id or grant.receipt_id
+        held = (link.agent_id, "receipt")
+        refusal = self.refusals.held(held, time.monotonic())  # a flood: no store transaction
+        if refusal is None:
+            try:
+                await self._store_receipt(link.agent_id, receipt_id, receipt, grant)
+                return grant
+            except NotOwnCase as exc:
+                await link.send(m.Error(re=update_id, code=m.ErrorCode.REFUSED,
+                                        message=str(exc)))
+                await self._audit_refusal(
+                    link, "receipt.refused", "not_own_case", subject=grant.case,
+                    detail={"receipt": receipt_id, "tech": grant.tech})
+                return None
+            except QuotaExceeded as exc:
+                refusal = exc
+                self.refusals.hold(held, exc, time.monotonic())
+        await link.send(m.Error(re=update_id, code=m.ErrorCode.REFUSED, message=str(refusal)))
+        await self._audit_refusal(
+            link, "quota.refused", refusal.limit, subject=link.agent_id,
+            detail={"limit": refusal.limit, "allowed": refusal.allowed, "receipt": receipt_id,
+                    "case": grant.case})
+        return None
 
     async def _store_receipt(self, agent_id: str, receipt_id: str, receipt: m.SignedReceipt,
                              grant: m.ConsentGrant) -> None:
@@ -494,7 +565,8 @@ class AgentGateway:
             receipt_id=receipt_id, agent_id=agent_id, case=grant.case, tech=grant.tech,
             scopes=",".join(sc.value for sc in grant.scopes), payload=receipt.payload,
             signature=receipt.signature, granted_at=grant.granted_at,
-            expires_at=grant.expires_at, revoked_at=grant.revoked_at, now=now)
+            expires_at=grant.expires_at, revoked_at=grant.revoked_at, now=now,
+            quotas=self.quotas)
         if new:
             await self.node.audit(
                 event="consent.revoked" if grant.revoked_at else "consent.granted",

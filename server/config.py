@@ -50,13 +50,19 @@ class ServerConfig:
     agent_open_cases: int = Quotas.open_cases
     agent_cases_per_minute: int = Quotas.cases_per_minute
     result_max_bytes: int = Quotas.result_bytes
+    agent_receipts_per_minute: int = Quotas.receipts_per_minute
     quota_audit_interval_s: float = Quotas.audit_interval_s
+    #: ``call`` sessions one agent may hold open at once on this node (server/agent_gateway.py)
+    max_calls_per_agent: int = 4
+    #: seconds a ``call`` session may wait for the agent's next message before it is closed
+    call_idle_timeout_s: float = 60.0
 
     @property
     def quotas(self) -> Quotas:
         return Quotas(open_cases=self.agent_open_cases,
                       cases_per_minute=self.agent_cases_per_minute,
                       result_bytes=self.result_max_bytes,
+                      receipts_per_minute=self.agent_receipts_per_minute,
                       audit_interval_s=float(self.quota_audit_interval_s))
     #: seconds a client has for its TLS handshake (from accept)
     tls_handshake_timeout: float = 5.0
@@ -182,11 +188,16 @@ class ServerConfig:
             f"agent_open_cases = {self.agent_open_cases}",
             f"agent_cases_per_minute = {self.agent_cases_per_minute}",
             f"result_max_bytes = {self.result_max_bytes}",
+            f"agent_receipts_per_minute = {self.agent_receipts_per_minute}",
             f"quota_audit_interval_s = {self.quota_audit_interval_s}",
             "# session recordings one agent may have stored (server/recordings.py)",
             f"recording_bytes_per_hour = {self.recording_bytes_per_hour}",
             f"recordings_per_minute = {self.recordings_per_minute}",
             f"recordings_per_tunnel = {self.recordings_per_tunnel}",
+            "# call sessions (hw-agent help, visits) one agent may hold open at once, and",
+            "# seconds one may wait for the agent's next message (docs/operations.md#quotas)",
+            f"max_calls_per_agent = {self.max_calls_per_agent}",
+            f"call_idle_timeout_s = {self.call_idle_timeout_s}",
             "# before TLS: a client's TLS handshake time, and connections per address (an",
             "# IPv6 /64) in all and before their handshake finished (docs/operations.md)",
             f"tls_handshake_timeout = {self.tls_handshake_timeout}",
@@ -203,7 +214,10 @@ QUOTA_SETTINGS: dict[str, tuple[float, float]] = {
     "agent_open_cases": (1, 10_000),
     "agent_cases_per_minute": (1, 10_000),
     "result_max_bytes": (1024, MAX_FRAME_SIZE),
+    "agent_receipts_per_minute": (1, 10_000),
     "quota_audit_interval_s": (1, 86_400),
+    "max_calls_per_agent": (1, 1_000),
+    "call_idle_timeout_s": (1, 3_600),
 }
 
 

@@ -17,15 +17,27 @@ limit                      counts                                   when refused
 ``cases_per_minute``       cases the agent opened in the last 60 s  ``open_case``; retry after
                                                                     the time it says
 ``result_bytes``           stored bytes of one result (payload and  ``result``; not stored, the
-                           error text); frames are 1 MiB at most    agent drops it
+(``result_max_bytes``)     error text); frames are 1 MiB at most    agent drops it
+``receipts_per_minute``    new consent receipts the agent had       ``consent_update`` (or the
+(``agent_receipts_per_     stored in the last 60 s (a resend of a   receipt of a result); not
+minute``)                  stored one is not new)                   stored, the agent drops it
 =========================  ======================================  ===========================
 
-The decisions are pure functions (:func:`check_case_open`, :func:`check_result_size`); the
-case counts are read in the transaction that opens the case
-(:meth:`server.store.cases.CaseStore.open_case`), so concurrent opens cannot pass the limit
-together, and survive restarts. :class:`RefusalLog` remembers recent refusals in memory: an
-agent that keeps retrying is refused from memory until its retry time (no store
-transaction per attempt), and only the first refusal per interval is audited.
+(In parentheses: the ``config.toml`` setting where its name differs.)
+
+The decisions are pure functions (:func:`check_case_open`, :func:`check_result_size`,
+:func:`check_receipt_rate`); the case counts are read in the transaction that opens the
+case (:meth:`server.store.cases.CaseStore.open_case`) and the receipt counts in the one
+that stores the receipt (:meth:`server.store.receipts.ReceiptStore.store_consent_receipt`),
+so concurrent attempts cannot pass a limit together, and the counts survive restarts.
+:class:`RefusalLog` remembers recent refusals in memory: an agent that keeps retrying is
+refused from memory until its retry time (no store transaction per attempt), and only the
+first refusal per interval is audited.
+
+Sessions are bounded too (not quotas on what is stored, but set next to them): an agent
+holds at most ``max_calls_per_agent`` ``call`` sessions at once on a node, each closed
+after ``call_idle_timeout_s`` without a message, and one ``run`` session (a newer one
+replaces it) (:mod:`server.agent_gateway`).
 """
 
 from __future__ import annotations
@@ -37,11 +49,13 @@ from typing import Final
 
 from .errors import ServerError
 
-__all__ = ["CASE_RATE_WINDOW", "RECHECK_S", "QuotaExceeded", "Quotas", "RefusalLog",
-           "check_case_open", "check_result_size"]
+__all__ = ["CASE_RATE_WINDOW", "RECEIPT_RATE_WINDOW", "RECHECK_S", "QuotaExceeded", "Quotas",
+           "RefusalLog", "check_case_open", "check_receipt_rate", "check_result_size"]
 
 #: The window of ``cases_per_minute``.
 CASE_RATE_WINDOW: Final = timedelta(seconds=60)
+#: The window of ``receipts_per_minute``.
+RECEIPT_RATE_WINDOW: Final = timedelta(seconds=60)
 #: How long a refusal with no retry time of its own (``open_cases``) is answered from memory
 #: before the store is asked again.
 RECHECK_S: Final = 5.0
@@ -59,6 +73,10 @@ class Quotas:
     #: with the built-in probes is ~5 KB, and the 20 newest results a case detail carries
     #: (``server/tech_gateway.py``) then fit its 1 MiB frame
     result_bytes: int = 48 * 1024
+    #: new consent receipts one agent has stored in any 60 seconds at most: a customer
+    #: grants or revokes by hand, a few a minute at the very most; each receipt is up to
+    #: 8 KB and an audit entry
+    receipts_per_minute: int = 30
     #: seconds between two ``quota.refused`` (or ``result.refused``) audit entries of one
     #: agent and limit; the refusals in between are counted in the next entry
     audit_interval_s: float = 60.0
@@ -122,7 +140,26 @@ def check_result_size(quotas: Quotas, *, result_id: str, size: int) -> None:
             f"result {result_id} is {size} bytes, over the server's limit of "
             f"{quotas.result_bytes} bytes per result; it was not stored and will not be",
             allowed=quotas.result_bytes,
-            then="run fewer probes at a time, or ask the operator to raise result_bytes")
+            then="run fewer probes at a time, or ask the operator to raise result_max_bytes")
+
+
+def check_receipt_rate(quotas: Quotas, *, recent: int, oldest_recent: datetime | None,
+                       now: datetime) -> None:
+    """May an agent that stored ``recent`` new consent receipts in the last
+    :data:`RECEIPT_RATE_WINDOW` (the oldest at ``oldest_recent``) store one more?
+
+    Raises:
+        QuotaExceeded: ``receipts_per_minute``; the receipt is not stored.
+    """
+    if recent >= quotas.receipts_per_minute:
+        free_at = (oldest_recent or now) + RECEIPT_RATE_WINDOW
+        wait = max(1, int((free_at - now).total_seconds() + 0.999))
+        raise QuotaExceeded(
+            "receipts_per_minute",
+            f"consent receipt refused: this computer sent {recent} new consent receipts in "
+            f"the last minute (the limit is {quotas.receipts_per_minute} per minute); it was "
+            f"not stored",
+            allowed=quotas.receipts_per_minute, retry_after=float(wait))
 
 
 @dataclass(slots=True)

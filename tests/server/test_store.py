@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from server import presence as _presence  # noqa: F401  (its table joins METADATA)
 from server.onsite import tables as _onsite_tables  # noqa: F401  (its tables join METADATA)
+from server.quota import QuotaExceeded, Quotas
 from server.store import (
     MIGRATIONS_DIR,
     AgentRecord,
@@ -40,6 +41,7 @@ from server.store import (
     schema,
 )
 from server.store import engine as engine_module
+from server.store.receipts import NotOwnCase
 from tests import postgres
 
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # 10:00 on 2026-11-25 in China
@@ -1058,6 +1060,7 @@ async def send_receipt(
 
 async def test_consent_receipts_are_stored_exactly_once(store: Store) -> None:
     await enroll(store, "a")
+    await store.open_case(agent_id="a", description="x", request_id="r1", now=T0)
     assert await send_receipt(store, "rc-1") is True
     assert await send_receipt(store, "rc-1", now=T0 + timedelta(minutes=1)) is False
     assert await send_receipt(store, "rc-1", payload=b"other-bytes") is False  # first kept
@@ -1074,6 +1077,8 @@ async def test_consent_receipts_are_stored_exactly_once(store: Store) -> None:
 async def test_a_revocation_is_a_new_receipt_and_listing_filters(store: Store) -> None:
     await enroll(store, "a")
     await enroll(store, "b")
+    await store.open_case(agent_id="a", description="x", request_id="r1", now=T0)
+    await store.open_case(agent_id="b", description="x", request_id="r1", now=T0)
     assert await send_receipt(store, "rc-1")
     assert await send_receipt(store, "rc-2", revoked_at=T0 + timedelta(minutes=5),
                               now=T0 + timedelta(minutes=5))
@@ -1087,6 +1092,39 @@ async def test_a_revocation_is_a_new_receipt_and_listing_filters(store: Store) -
     assert [r.receipt_id for r in await store.list_consent_receipts(
         case="HW-20261125-0002")] == ["rc-3"]
     assert await store.list_consent_receipts(case="HW-20261125-0002", agent_id="a") == []
+
+
+async def test_a_receipt_for_a_case_not_the_agents_is_refused(store: Store) -> None:
+    await enroll(store, "a")
+    await enroll(store, "b")
+    await store.open_case(agent_id="b", description="x", request_id="r1", now=T0)
+    for case in ("HW-20261125-0001", "HW-20261125-0099"):  # b's case, no case
+        with pytest.raises(NotOwnCase, match=f"case {case} is not this computer's"):
+            await send_receipt(store, "rc-1", case=case)
+    assert await store.list_consent_receipts() == []
+
+
+async def test_new_receipts_per_minute_are_capped_and_resends_pass(store: Store) -> None:
+    await enroll(store, "a")
+    await store.open_case(agent_id="a", description="x", request_id="r1", now=T0)
+    quotas = Quotas(receipts_per_minute=2)
+
+    async def send(receipt_id: str, now: datetime) -> bool:
+        return await store.store_consent_receipt(
+            receipt_id=receipt_id, agent_id="a", case="HW-20261125-0001", tech="alice",
+            scopes="diagnostics", payload=b"p", signature=b"s" * 64, granted_at=T0,
+            expires_at=T0 + timedelta(minutes=30), revoked_at=None, now=now, quotas=quotas)
+
+    assert await send("rc-1", T0)
+    assert await send("rc-2", T0 + timedelta(seconds=20))
+    with pytest.raises(QuotaExceeded, match=r"the limit is 2 per minute\); it was not "
+                                            r"stored; retry in 40 s") as info:
+        await send("rc-3", T0 + timedelta(seconds=20))
+    assert info.value.limit == "receipts_per_minute"
+    assert await send("rc-1", T0 + timedelta(seconds=30)) is False  # a resend: not counted
+    assert await send("rc-3", T0 + timedelta(seconds=61))  # rc-1 left the window
+    assert [r.receipt_id for r in await store.list_consent_receipts()] == [
+        "rc-1", "rc-2", "rc-3"]
 
 
 async def test_a_receipt_from_an_unknown_agent_is_not_found(store: Store) -> None:
