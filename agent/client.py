@@ -127,6 +127,7 @@ class Agent:
             gate=lambda case, tech, fingerprint: self.gate(
                 m.Action.TUNNEL, case=case, tech=tech, fingerprint=fingerprint),
             key_revoked=lambda fingerprint: fingerprint in self.revoked,
+            revocations_stale=self._revocations_stale,
             revoking=lambda case: case in self._revoking,
             dial=self._dial_tunnel,
             log=lambda event, detail: self.store.log(event, detail, now=now_utc()),
@@ -340,6 +341,12 @@ class Agent:
                   else timedelta(seconds=self._server_offset))
         return refusal_message(exc, signed, org_pub=self.org_pub, now=now,
                                server_offset=offset, fanout=fanout)
+
+    def _revocations_stale(self) -> str | None:
+        """Why the signed revocation list is too old to act on (an open tunnel then ends,
+        as new commands are refused), or ``None`` (docs/security.md#revocation-lists)."""
+        stale = self.signed_revocations.stale(now_utc(), self.policy.revocation_grace)
+        return None if stale is None else stale.message
 
     def _cannot_record_text(self) -> str:
         return CANNOT_RECORD.format(home=self.home.path)

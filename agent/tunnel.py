@@ -559,6 +559,8 @@ class TunnelHost:
     gate: Callable[[str, str, str], Allowed[Grant] | Refusal]
     #: whether the operator revoked this technician key (the latest ``revocations``)
     key_revoked: Callable[[str], bool]
+    #: why the organisation's signed revocation list is too old to act on, or ``None``
+    revocations_stale: Callable[[], str | None]
     #: whether the customer is revoking consent on this case right now
     revoking: Callable[[str], bool]
     #: dial the tunnel connection for this request (raises :class:`AgentError`)
@@ -589,6 +591,8 @@ class Tunnels:
         """Why the session must end now, or ``None`` while the gate still allows it."""
         if self.host.key_revoked(fingerprint):
             return "the technician's key was revoked"
+        if (stale := self.host.revocations_stale()) is not None:
+            return f"the organisation's revocation list is out of date ({stale})"
         decision = self.host.gate(case, tech, fingerprint)
         if isinstance(decision, Refusal) or not scopes <= decision.scopes:
             return "the customer's grant was revoked or expired"

@@ -235,3 +235,23 @@ def test_a_server_that_rolls_the_list_back_cannot_unrevoke(harness: Harness) -> 
     p = h.run("hw-server", "revocations", "load", "--home", str(h.server_home), str(kept),
               check=False)
     assert p.returncode == 1 and "lower than the one" in p.stderr
+
+
+def test_an_open_ssh_session_ends_once_the_list_goes_stale(harness: Harness) -> None:
+    """New commands are refused once the signed list is stale, and a session already open
+    ends too: a server that withholds the next list cannot keep a tunnel open past it."""
+    h = harness
+    org, _ = offline_server(h)
+    h.start_server()
+    home, _agent, case = start_case(h)
+    alice = register(h, org, "alice")
+    h.grant(home, case, "alice", scopes="shell")
+    session = h.spawn("long", "hw-tech", "--home", str(alice), "ssh", case, "--",
+                      "echo started; sleep 300")
+    session.wait_log("started")
+
+    issued = (datetime.now(UTC) - timedelta(days=3)).isoformat()
+    load(h, signed_list(h, org, "old.signed", "--issued", issued, "--days", "1"))
+    assert session.popen.wait(60) != 0
+    log = h.run("hw-agent", "log", "--home", str(home)).stdout
+    assert "session-closed" in log and "revocation list is out of date" in log
