@@ -48,7 +48,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -65,6 +64,7 @@ from proto.asciicast import RecordingInvalid, validate
 from .cliargs import _home
 from .config import ServerConfig
 from .errors import ServerError
+from .files import replace_file
 from .pki import now_utc
 from .store import NotFound, Store
 from .store.records import TunnelRecord
@@ -324,17 +324,7 @@ def _write_private(path: Path, data: bytes) -> None:
 def _install_public(home: Path, key: X25519PublicKey) -> None:
     """Write ``home/recording.pub`` in one step: a temporary file in the home, then
     :func:`os.replace`, so a reader sees the old key or the new one, never none."""
-    fd, tmp = tempfile.mkstemp(dir=home, prefix=PUB_NAME + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(sealed.public_pem(key))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, home / PUB_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(home / PUB_NAME, sealed.public_pem(key))
 
 
 def make_key_pair(home: Path) -> Path:

@@ -18,8 +18,6 @@ the simple layout, each signing its own, still never go back.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +39,7 @@ from proto.revocation import (
 )
 
 from .errors import ServerError
+from .files import replace_file
 
 log = logging.getLogger("hw.server")
 
@@ -106,17 +105,7 @@ def _write(home: Path, signed: m.SignedRevocations) -> None:
     Raises:
         OSError: the list cannot be written (the one held is unchanged).
     """
-    fd, tmp = tempfile.mkstemp(dir=home, prefix=SIGNED_FILE + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(codec.encode(signed))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, home / SIGNED_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(home / SIGNED_FILE, codec.encode(signed))
 
 
 def sign_in_home(home: Path, org_pub: bytes, *, revoked: list[str], now: datetime
